@@ -1,0 +1,56 @@
+# Everything a newcomer needs: `make demo` (set up + main job) and `make test` (set up + all tests).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned only here: these wheels install from local disk on the course machines.
+# On Colab or your own machine any torch >= 2.1 works (see pyproject.toml).
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: help install demo test lint unit nbtest notebooks lab clean
+
+help:
+	@echo "make demo       set up .venv, then train + evaluate on the offline sample data (quick preset) -> runs/"
+	@echo "make test       set up .venv, then ruff + unit tests + every notebook with nbval (quick preset, CPU)"
+	@echo "make lab        start JupyterLab in notebooks/"
+	@echo "make notebooks  re-execute every notebook in place (quick preset) so stored outputs match the code"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip $(PIP_QUIET)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN) $(PIP_QUIET)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" $(PIP_QUIET)
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	MEMSEG_PRESET=$${MEMSEG_PRESET:-quick} $(PY) -m memseg_tutorial demo
+
+lint: install
+	$(VENV)/bin/ruff check memseg_tutorial tests benchmarks notebooks
+
+unit: install
+	MEMSEG_PRESET=quick $(PY) -m pytest tests
+
+nbtest: install
+	MEMSEG_PRESET=quick $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+test: lint unit nbtest
+
+notebooks: install
+	for nb in notebooks/*.ipynb; do \
+		echo "executing $$nb"; \
+		MEMSEG_PRESET=quick $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 "$$nb"; \
+	done
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,132 @@
+"""Reading, resizing and normalising images: the small helpers every other module uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for files with an image extension; skips Thumbs.db, scripts, hidden files."""
+    path = Path(path)
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files of a folder; a clear error if the folder is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {folder}")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if is_image_file(p))
+
+
+def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
+    """An image as uint8 RGB (H, W, 3), grey images expanded to 3 channels.
+
+    Resized to ``size`` x ``size`` with area interpolation when given. Raises a ValueError that
+    names the file when it cannot be decoded or is empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None or image.size == 0:
+        raise ValueError(f"Cannot read image {path}: the file is empty or not a valid image.")
+    if image.dtype != np.uint8:  # 16-bit PNG and the like
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if size is not None:
+        image = resize_image(image, size)
+    return np.ascontiguousarray(image)
+
+
+def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -> np.ndarray:
+    """A binary float32 mask (H, W) in {0, 1}: grey > threshold, resized by nearest neighbour."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Mask file not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if mask is None or mask.size == 0:
+        raise ValueError(f"Cannot read mask {path}: the file is empty or not a valid image.")
+    binary = (mask > threshold).astype(np.float32)
+    if size is not None:
+        binary = resize_mask(binary, size)
+    return binary
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Square resize for images: area when shrinking, linear when growing."""
+    h, w = image.shape[:2]
+    interpolation = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Square resize for masks: nearest neighbour keeps them binary, then binarise at 0.5."""
+    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
+    return (resized > 0.5).astype(np.float32)
+
+
+def to_tensor(image: np.ndarray, normalize: bool = True) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W); ImageNet-normalised when ``normalize``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return normalize_tensor(tensor) if normalize else tensor
+
+
+def normalize_tensor(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images (3, H, W) or (B, 3, H, W) -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    return (images - mean) / std
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Undo ImageNet normalisation, clipped to [0, 1], for display."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    return (images * std + mean).clamp(0.0, 1.0)
+
+
+def minmax_scale(array: np.ndarray | torch.Tensor, eps: float = 1e-8) -> np.ndarray:
+    """Scale any array to [0, 1] for display (feature maps, DI maps, anomaly maps)."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().float().cpu().numpy()
+    array = np.asarray(array, dtype=np.float32)
+    lo, hi = float(array.min()), float(array.max())
+    return (array - lo) / max(hi - lo, eps)
+
+
+def to_display(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Anything image-like -> (H, W, 3) or (H, W) float in [0, 1] for ``imshow``.
+
+    Normalised tensors (values outside [0, 1]) are de-normalised; uint8 arrays are divided by 255.
+    """
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().float().cpu()
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3):
+            if tensor.min() < 0 or tensor.max() > 1:
+                tensor = denormalize(tensor) if tensor.shape[0] == 3 else tensor
+            tensor = tensor.permute(1, 2, 0)
+        array = tensor.numpy()
+    else:
+        array = np.asarray(image)
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return np.clip(array.astype(np.float32), 0.0, 1.0)

@@ -1,0 +1,29 @@
+"""The one place that decides where tensors live."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import Config
+
+
+def get_device(config: Config | str | None = None) -> torch.device:
+    """CUDA when present and allowed, else CPU.
+
+    ``config`` may be a :class:`Config` (its ``device`` field), a string (``"auto"``, ``"cpu"``,
+    ``"cuda"``) or None (``"auto"``). Asking for CUDA on a machine without it is an error rather
+    than a silent fall-back, so a Colab user notices a CPU runtime.
+    """
+    wanted = config.device if isinstance(config, Config) else (config or "auto")
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if wanted == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "device='cuda' was asked for but no CUDA GPU is visible. On Colab choose "
+                "Runtime > Change runtime type > GPU, or use device='auto'/'cpu'."
+            )
+        return torch.device("cuda")
+    if wanted != "auto":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {wanted!r}.")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,35 @@
+"""The one call at the top of every lesson: preset, device, seeds and figure settings."""
+
+from __future__ import annotations
+
+import platform
+
+import matplotlib
+import numpy as np
+import torch
+
+from .config import Config, get_config
+from .device import get_device
+from .seeding import seed_everything
+
+REPO_URL = "https://github.com/memseg-tutorial/memseg-tutorial"
+
+
+def setup_notebook(preset: str | None = None, **overrides) -> Config:
+    """Pick the config (``MEMSEG_PRESET`` or ``quick`` by default in notebooks), seed, and report.
+
+    Lessons default to ``quick`` so that they run on a laptop CPU; pass ``preset="full"`` (or set
+    ``MEMSEG_PRESET=full``) on a GPU runtime for the paper's numbers.
+    """
+    import os
+
+    config = get_config(preset or os.environ.get("MEMSEG_PRESET") or "quick", **overrides)
+    seed_everything(config.seed)
+    matplotlib.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "image.interpolation": "nearest"})
+    device = get_device(config)
+    print(f"memseg_tutorial preset: {config.preset}  ({config.summary()})")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"device: {device}" + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else "")
+    )
+    return config

@@ -1,0 +1,66 @@
+"""The config object, presets, environment selection and the device helper."""
+
+import json
+
+import pytest
+import torch
+
+from memseg_tutorial.config import Config, get_config
+from memseg_tutorial.device import get_device
+
+
+def test_full_preset_has_the_paper_numbers():
+    config = get_config("full")
+    assert (config.image_size, config.batch_normal, config.batch_synthetic) == (256, 4, 4)
+    assert (config.memory_size, config.steps, config.lr, config.optimizer) == (30, 2700, 0.04, "sgd")
+    assert config.perlin_scale_range == (0, 6) and config.perlin_threshold == 0.5
+    assert config.transparency_range == (0.15, 1.0) and config.structure_grid == (4, 8)
+    assert (config.l1_weight, config.focal_weight, config.focal_gamma) == (0.6, 0.4, 4.0)
+    assert config.score_top_k == 100 and config.aupro_fpr_limit == 0.3
+    assert config.batch_size == 8
+
+
+def test_quick_preset_is_small_and_on_cpu():
+    config = get_config("quick")
+    assert config.preset == "quick" and config.device == "cpu"
+    assert config.image_size < 256 and config.steps < 2700 and config.memory_size < 30
+    assert get_device(config) == torch.device("cpu")
+
+
+def test_environment_variable_selects_preset(monkeypatch):
+    monkeypatch.setenv("MEMSEG_PRESET", "quick")
+    assert get_config().preset == "quick"
+    monkeypatch.setenv("MEMSEG_PRESET", "full")
+    assert get_config().preset == "full"
+    assert get_config("quick").preset == "quick"  # an argument beats the environment
+    monkeypatch.setenv("MEMSEG_PRESET", "huge")
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        get_config()
+
+
+def test_overrides_and_bad_values():
+    assert get_config("quick", steps=3).steps == 3
+    with pytest.raises(TypeError, match="Unknown config option"):
+        get_config("quick", stepz=3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        get_config("quick", image_size=100)
+    with pytest.raises(ValueError, match="optimizer"):
+        get_config("quick", optimizer="rmsprop")
+
+
+def test_round_trip_through_json():
+    config = get_config("quick", steps=7)
+    again = Config.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    with pytest.raises(ValueError, match="Unknown config keys"):
+        Config.from_dict({**config.to_dict(), "bogus": 1})
+
+
+def test_device_helper(monkeypatch):
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        get_device("cuda")
+    with pytest.raises(ValueError):
+        get_device("tpu")
