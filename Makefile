@@ -32,7 +32,7 @@ demo: install
 	MEMSEG_PRESET=$${MEMSEG_PRESET:-quick} $(PY) -m memseg_tutorial demo
 
 lint: install
-	$(VENV)/bin/ruff check memseg_tutorial tests benchmarks notebooks
+	$(VENV)/bin/ruff check memseg_tutorial tests benchmarks notebooks tools
 
 unit: install
 	MEMSEG_PRESET=quick $(PY) -m pytest tests
@@ -47,6 +47,7 @@ notebooks: install
 		echo "executing $$nb"; \
 		MEMSEG_PRESET=quick $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 "$$nb"; \
+		$(PY) tools/clean_notebooks.py "$$nb"; \
 	done
 
 lab: install

@@ -1,0 +1,366 @@
+"""Downloading the real datasets: streamed, checksummed, renamed into place, extracted safely.
+
+Everything lands under ``data_dir()`` (``$MEMSEG_DATA_DIR`` moves it; archives go to
+``data_dir()/downloads``). When a download fails, the error says which file to fetch by hand and
+where to put it: the functions verify and use a file that is already there.
+
+URLs and SHA-256 sums are the ones published by the dataset owners and used by anomalib
+(MVTec AD, DTD). Per-category MVTec archives and the MTD GitHub archive have no published
+checksum: they are checked by their content (folders and image counts) after extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from ..paths import data_dir
+
+CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class DownloadInfo:
+    """Where a dataset archive lives and how to recognise it."""
+
+    name: str
+    url: str
+    sha256: str | None  # None: no stable published checksum (see the module docstring)
+    filename: str
+    homepage: str = ""
+
+
+MVTEC_AD = DownloadInfo(
+    name="MVTec AD",
+    url="https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f283/"
+    "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz",
+    sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+    filename="mvtec_anomaly_detection.tar.xz",
+    homepage="https://www.mvtec.com/company/research/datasets/mvtec-ad",
+)
+# Per-category archives in the same share (file ids as published by MVTec); ~5 GB -> 0.1-0.5 GB.
+_MVTEC_CATEGORY_IDS = {
+    "bottle": "420937370-1629958698",
+    "cable": "420937413-1629958794",
+    "capsule": "420937454-1629958872",
+    "carpet": "420937484-1629959013",
+    "grid": "420937487-1629959044",
+    "hazelnut": "420937545-1629959162",
+    "leather": "420937607-1629959262",
+    "metal_nut": "420937637-1629959294",
+    "pill": "420938129-1629960351",
+    "screw": "420938130-1629960389",
+    "tile": "420938133-1629960456",
+    "toothbrush": "420938134-1629960477",
+    "transistor": "420938166-1629960554",
+    "wood": "420938383-1629960649",
+    "zipper": "420938385-1629960680",
+}
+MVTEC_CATEGORIES = tuple(_MVTEC_CATEGORY_IDS)
+MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+
+DTD = DownloadInfo(
+    name="DTD (Describable Textures Dataset)",
+    url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+    sha256="e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205",
+    filename="dtd-r1.0.1.tar.gz",
+    homepage="https://www.robots.ox.ac.uk/~vgg/data/dtd/",
+)
+
+# GitHub builds branch archives on the fly; their bytes (and so any checksum) are not stable.
+# The content is checked instead: the six MT_* folders and their image and mask counts.
+MTD = DownloadInfo(
+    name="Magnetic Tile Defect dataset",
+    url="https://github.com/abin24/Magnetic-tile-defect-datasets./archive/refs/heads/master.zip",
+    sha256=None,
+    filename="magnetic-tile-defect-datasets-master.zip",
+    homepage="https://github.com/abin24/Magnetic-tile-defect-datasets.",
+)
+MTD_IMAGE_COUNTS = {"MT_Free": 952, "MT_Blowhole": 115, "MT_Break": 85, "MT_Crack": 57,
+                    "MT_Fray": 32, "MT_Uneven": 103}
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message says how to get the file by hand."""
+
+
+class ChecksumError(ValueError):
+    """A file's SHA-256 differs from the published one."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would be written outside the extraction folder."""
+
+
+def mvtec_category_info(category: str) -> DownloadInfo:
+    """The archive of one MVTec AD category (no published checksum: checked by content)."""
+    if category not in _MVTEC_CATEGORY_IDS:
+        raise ValueError(f"Unknown MVTec AD category {category!r}; choose from {MVTEC_CATEGORIES}.")
+    return DownloadInfo(
+        name=f"MVTec AD {category}",
+        url="https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f283/"
+        f"download/{_MVTEC_CATEGORY_IDS[category]}/{category}.tar.xz",
+        sha256=None,
+        filename=f"{category}.tar.xz",
+        homepage=MVTEC_AD.homepage,
+    )
+
+
+def downloads_dir() -> Path:
+    """Where archives are saved: ``data_dir()/downloads``."""
+    return data_dir() / "downloads"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_SIZE), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | Path, expected: str | None) -> None:
+    """Raise :class:`ChecksumError` when ``path`` does not hash to ``expected`` (None: no check)."""
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ChecksumError(
+            f"Checksum mismatch for {path}: expected SHA-256 {expected}, got {actual}. "
+            "The file is incomplete or a different version: delete it and download it again."
+        )
+
+
+def _manual_instructions(info: DownloadInfo, target: Path) -> str:
+    lines = [
+        f"Download it by hand: open {info.url}",
+        f"  (dataset page: {info.homepage})" if info.homepage else "",
+        f"and save the file as {target}",
+        "then run the same call again: it checks the file that is already there and extracts it.",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout: float = 60.0,
+                  progress: bool = True) -> Path:
+    """Fetch ``info.url`` into ``folder/info.filename`` (default ``downloads_dir()``).
+
+    Streams to a temporary ``.part`` file with a progress bar, hashes on the way, verifies the
+    checksum, then renames into place: the final name exists only for a complete, verified file.
+    A file already at the final name is verified and reused.
+    """
+    folder = Path(folder) if folder is not None else downloads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / info.filename
+    if target.is_file():
+        verify_checksum(target, info.sha256)
+        return target
+    partial = folder / f".{info.filename}.part-{os.getpid()}"
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename, disable=not progress) as bar:
+                for block in iter(lambda: response.read(CHUNK_SIZE), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+        actual = digest.hexdigest()
+        if info.sha256 is not None and actual != info.sha256.lower():
+            raise ChecksumError(
+                f"Checksum mismatch for {info.name} from {info.url}: expected SHA-256 {info.sha256}, "
+                f"got {actual}. The download was incomplete or the file changed; nothing was kept.\n"
+                + _manual_instructions(info, target)
+            )
+        os.replace(partial, target)
+    except ChecksumError:
+        raise
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise DownloadError(
+            f"Could not download {info.name} from {info.url}: {reason}.\n" + _manual_instructions(info, target)
+        ) from error
+    except ValueError as error:  # urlopen's "unknown url type" and the like
+        raise DownloadError(
+            f"Could not download {info.name} from {info.url}: {error}.\n" + _manual_instructions(info, target)
+        ) from error
+    finally:
+        partial.unlink(missing_ok=True)  # gone after a success (renamed); removed after any failure
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Safe extraction
+# --------------------------------------------------------------------------------------------
+def _check_member_path(name: str, archive: Path) -> PurePosixPath:
+    """Reject absolute paths, drive letters and ``..`` parts: members must stay inside."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]) or ".." in path.parts:
+        raise UnsafeArchiveError(
+            f"Refusing to extract {archive}: member {name!r} would be written outside the target folder."
+        )
+    return path
+
+
+def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
+    for member in tar.getmembers():
+        path = _check_member_path(member.name, archive)
+        if member.issym() or member.islnk():
+            link = PurePosixPath(member.linkname.replace("\\", "/"))
+            resolved = link if member.islnk() else path.parent / link
+            if link.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(resolved))).parts:
+                raise UnsafeArchiveError(
+                    f"Refusing to extract {archive}: link {member.name!r} points outside the target "
+                    f"folder ({member.linkname!r})."
+                )
+        elif not (member.isfile() or member.isdir()):
+            raise UnsafeArchiveError(
+                f"Refusing to extract {archive}: member {member.name!r} is a device or pipe."
+            )
+
+
+def safe_extract(archive: str | Path, destination: str | Path) -> Path:
+    """Extract a tar (any compression) or zip archive into ``destination``, safely and atomically.
+
+    Every member is checked before anything is written. The archive is unpacked into a hidden
+    staging folder beside ``destination``; each top-level entry is then renamed into place, so an
+    interrupted extraction never leaves a half-filled dataset folder behind.
+    """
+    archive, destination = Path(archive), Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.extract-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zipped:
+                for name in zipped.namelist():
+                    _check_member_path(name, archive)
+                staging.mkdir()
+                zipped.extractall(staging)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive, "r:*") as tar:
+                _check_tar_members(tar, archive)
+                staging.mkdir()
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
+                    tar.extractall(staging, filter="data")
+                else:
+                    tar.extractall(staging)  # noqa: S202 (members checked above)
+        else:
+            raise ValueError(f"{archive} is neither a tar nor a zip archive.")
+        destination.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            final = destination / entry.name
+            if final.exists():
+                if final.is_dir() and entry.is_dir():
+                    shutil.rmtree(final)
+                else:
+                    final.unlink()
+            os.replace(entry, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination
+
+
+def download_and_extract(info: DownloadInfo, destination: str | Path, keep_archive: bool = False,
+                         progress: bool = True) -> Path:
+    """Download (or reuse) ``info``'s archive, verify it and extract it into ``destination``."""
+    archive = download_file(info, progress=progress)
+    safe_extract(archive, destination)
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+    return Path(destination)
+
+
+# --------------------------------------------------------------------------------------------
+# The datasets
+# --------------------------------------------------------------------------------------------
+def _check_mvtec_category(root: Path, category: str, info: DownloadInfo) -> None:
+    train = root / category / "train" / "good"
+    if not (train.is_dir() and any(train.iterdir()) and (root / category / "test").is_dir()):
+        raise DownloadError(
+            f"{info.name} was extracted into {root} but {root / category} does not hold train/good and "
+            "test: the archive is not what was expected.\n"
+            + _manual_instructions(info, downloads_dir() / info.filename)
+        )
+
+
+def download_mvtec(category: str | None = None, root: str | Path | None = None,
+                   keep_archive: bool = False) -> Path:
+    """MVTec AD in ``root`` (default ``data_dir()/mvtec_anomaly_detection``); returns the root.
+
+    ``category`` fetches only that category's archive (recommended: the full archive is 4.9 GB).
+    Categories already present are not downloaded again. Licence: CC BY-NC-SA 4.0.
+    """
+    root = Path(root) if root is not None else data_dir() / "mvtec_anomaly_detection"
+    categories = MVTEC_CATEGORIES if category is None else (category,)
+    if all((root / c / "train" / "good").is_dir() for c in categories):
+        return root
+    info = MVTEC_AD if category is None else mvtec_category_info(category)
+    download_and_extract(info, root, keep_archive=keep_archive)
+    for name in categories:
+        _check_mvtec_category(root, name, info)
+    return root
+
+
+def download_dtd(root: str | Path | None = None, keep_archive: bool = False) -> Path:
+    """DTD (5640 texture photos, 47 classes); returns its ``images`` folder for :class:`TextureSource`."""
+    root = Path(root) if root is not None else data_dir()
+    images = root / "dtd" / "images"
+    if not images.is_dir():
+        download_and_extract(DTD, root, keep_archive=keep_archive)
+    if not images.is_dir():
+        raise DownloadError(
+            f"DTD was extracted into {root} but {images} is missing.\n"
+            + _manual_instructions(DTD, downloads_dir() / DTD.filename)
+        )
+    return images
+
+
+def check_mtd_folder(folder: str | Path) -> None:
+    """Verify a MTD folder by content: each MT_* class with its image count and one mask per image."""
+    folder = Path(folder)
+    problems = []
+    for name, expected in MTD_IMAGE_COUNTS.items():
+        images = sorted((folder / name / "Imgs").glob("*.jpg"))
+        if len(images) != expected:
+            problems.append(f"{name}: {len(images)} images, expected {expected}")
+        missing = [p.name for p in images if not p.with_suffix(".png").is_file()]
+        if missing:
+            problems.append(f"{name}: {len(missing)} images without a .png mask (e.g. {missing[0]})")
+    if problems:
+        raise DownloadError(f"{folder} is not a complete MTD copy: " + "; ".join(problems) + ".")
+
+
+def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> Path:
+    """The Magnetic Tile Defect dataset in ``root`` (default ``data_dir()/mtd``), with a split.csv.
+
+    Checked by content (no stable archive checksum exists). When the folder has no ``split.csv``,
+    one is written with :func:`memseg_tutorial.data.mtd.write_mtd_split`.
+    """
+    from .mtd import SPLIT_FILE, write_mtd_split
+
+    root = Path(root) if root is not None else data_dir() / "mtd"
+    if not (root / "MT_Free").is_dir():
+        staging = root.parent / f".{root.name}.download"
+        shutil.rmtree(staging, ignore_errors=True)
+        download_and_extract(MTD, staging, keep_archive=keep_archive)
+        tops = [p for p in staging.iterdir() if p.is_dir()]
+        source = tops[0] if len(tops) == 1 and not (staging / "MT_Free").is_dir() else staging
+        check_mtd_folder(source)
+        if root.exists() and not any(root.iterdir()):
+            root.rmdir()
+        os.replace(source, root)
+        shutil.rmtree(staging, ignore_errors=True)
+    check_mtd_folder(root)
+    if not (root / SPLIT_FILE).is_file():
+        write_mtd_split(root)
+    return root

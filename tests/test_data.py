@@ -1,0 +1,333 @@
+"""MVTec-layout datasets, MTD and texture sources: real behaviour and every bad-input error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from memseg_tutorial.data import (
+    SAMPLE_DEFECTS,
+    MTDDataset,
+    MVTecDataset,
+    TextureSource,
+    list_categories,
+    write_mtd_split,
+)
+from memseg_tutorial.data.images import IMAGENET_MEAN, IMAGENET_STD
+from memseg_tutorial.data.mtd import MTD_CLASSES
+from memseg_tutorial.paths import shared_data_dir
+
+SIZE = 64
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def _tiny_mvtec(root: Path, image_shape=(40, 60), grey=False, mask_shape=None) -> Path:
+    """A category "toy" with 3 train normals, 1 test normal and 1 "dent" with its mask."""
+    rng = np.random.default_rng(0)
+    shape = image_shape if grey else (*image_shape, 3)
+    for i in range(3):
+        _write(root / "toy" / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, shape, dtype=np.uint8))
+    _write(root / "toy" / "test" / "good" / "000.png", rng.integers(0, 255, shape, dtype=np.uint8))
+    _write(root / "toy" / "test" / "dent" / "000.png", rng.integers(0, 255, shape, dtype=np.uint8))
+    mask = np.zeros(mask_shape or image_shape, np.uint8)
+    mask[10:30, 20:40] = 255
+    _write(root / "toy" / "ground_truth" / "dent" / "000_mask.png", mask)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# MVTecDataset on the offline sample
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("category", ["surface", "object"])
+def test_sample_lengths_labels_and_defects(sample_root, category):
+    train = MVTecDataset(sample_root, category, "train", image_size=SIZE)
+    test = MVTecDataset(sample_root, category, "test", image_size=SIZE)
+    n_defects = len(SAMPLE_DEFECTS[category])
+    assert len(train) == 40 and set(train.labels) == {0} and set(train.defects) == {"good"}
+    assert len(test) == 10 + 6 * n_defects
+    assert test.labels.count(0) == 10 and test.labels.count(1) == 6 * n_defects
+    assert set(test.defects) == {"good", *SAMPLE_DEFECTS[category]}
+    assert all(label == (defect != "good") for label, defect in zip(test.labels, test.defects, strict=True))
+    assert all(isinstance(p, Path) and p.is_file() for p in test.image_paths)
+    assert list_categories(sample_root) == ["object", "surface"]
+
+
+def test_items_have_contract_shapes_and_binary_masks(sample_root):
+    test = MVTecDataset(sample_root, "surface", "test", image_size=SIZE)
+    for index in range(len(test)):
+        item = test[index]
+        assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+        assert item["mask"].shape == (1, SIZE, SIZE) and item["mask"].dtype == torch.float32
+        assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert item["label"] == test.labels[index] and item["defect"] == test.defects[index]
+        assert item["path"] == str(test.image_paths[index])
+        if item["label"] == 0:
+            assert item["mask"].sum() == 0  # normal test images get all-zero masks
+        else:
+            assert item["mask"].sum() > 0
+
+
+def test_normalisation_matches_imagenet_and_load_rgb(sample_root):
+    plain = MVTecDataset(sample_root, "object", "train", image_size=SIZE, normalize=False)
+    normed = MVTecDataset(sample_root, "object", "train", image_size=SIZE)
+    raw = plain.load_rgb(3)
+    assert raw.dtype == np.uint8 and raw.shape == (SIZE, SIZE, 3)
+    unit = plain[3]["image"]
+    assert torch.allclose(unit, torch.from_numpy(raw).permute(2, 0, 1).float() / 255)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(normed[3]["image"], (unit - mean) / std, atol=1e-5)
+
+
+@pytest.mark.parametrize("category", ["surface", "object"])
+def test_masks_align_with_visible_defects(sample_root, category):
+    """Where the mask says defect, the image differs from what normal images look like there."""
+    train = MVTecDataset(sample_root, category, "train", image_size=SIZE, normalize=False)
+    mean_normal = np.mean([train.load_rgb(i).astype(np.float32) for i in range(len(train))], axis=0)
+    test = MVTecDataset(sample_root, category, "test", image_size=SIZE, normalize=False)
+    for index in np.flatnonzero(test.labels):
+        item = test[int(index)]
+        mask = item["mask"][0].numpy() > 0
+        deviation = np.abs(item["image"].permute(1, 2, 0).numpy() * 255 - mean_normal).mean(axis=2)
+        assert deviation[mask].mean() > 2.0 * deviation[~mask].mean(), test.image_paths[index]
+
+
+def test_grey_images_and_resized_masks(tmp_path):
+    root = _tiny_mvtec(tmp_path, image_shape=(40, 60), grey=True)
+    test = MVTecDataset(root, "toy", "test", image_size=32)
+    item = test[test.defects.index("dent")]
+    image = item["image"]
+    assert image.shape == (3, 32, 32)
+    raw = test.load_rgb(test.defects.index("dent"))
+    assert np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])
+    mask = item["mask"][0]
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    # the 20x20 square at rows 10-30, cols 20-40 of a 40x60 image, resized to 32x32
+    expected = np.zeros((40, 60), np.float32)
+    expected[10:30, 20:40] = 1
+    expected = cv2.resize(expected, (32, 32), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(mask.numpy(), expected)
+
+
+def test_non_image_files_are_skipped(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    train_dir = root / "toy" / "train" / "good"
+    (train_dir / "Thumbs.db").write_bytes(b"\x00\x01garbage")
+    (train_dir / "make_data.py").write_text("print('not an image')")
+    (train_dir / ".hidden.png").write_bytes(b"")
+    (train_dir / "notes").mkdir()
+    train = MVTecDataset(root, "toy", "train", image_size=16)
+    assert len(train) == 3
+    assert all(train[i]["image"].shape == (3, 16, 16) for i in range(len(train)))
+
+
+# --------------------------------------------------------------------------------------------
+# Errors that name the path
+# --------------------------------------------------------------------------------------------
+def test_missing_root(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        MVTecDataset(missing, "toy")
+
+
+def test_missing_category_lists_the_available_ones(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"bottle.*toy"):
+        MVTecDataset(root, "bottle")
+
+
+def test_category_without_train_good(tmp_path):
+    (tmp_path / "toy" / "test" / "good").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"train[/\\]good"):
+        MVTecDataset(tmp_path, "toy", "test")
+
+
+def test_empty_image_file_names_the_file(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    broken = root / "toy" / "train" / "good" / "003.png"
+    broken.write_bytes(b"")
+    train = MVTecDataset(root, "toy", "train", image_size=16)
+    with pytest.raises(ValueError, match="003.png"):
+        train[train.image_paths.index(broken)]
+
+
+def test_unreadable_image_file_names_the_file(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    broken = root / "toy" / "train" / "good" / "004.jpg"
+    broken.write_bytes(b"this is not a jpeg at all")
+    train = MVTecDataset(root, "toy", "train", image_size=16)
+    with pytest.raises(ValueError, match="004.jpg"):
+        train.load_rgb(train.image_paths.index(broken))
+
+
+def test_mask_size_mismatch_names_the_mask(tmp_path):
+    root = _tiny_mvtec(tmp_path, image_shape=(40, 60), mask_shape=(40, 40))
+    test = MVTecDataset(root, "toy", "test", image_size=16)
+    with pytest.raises(ValueError, match=r"000_mask.png.*must match"):
+        test[test.defects.index("dent")]
+
+
+def test_missing_mask_file(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    (root / "toy" / "ground_truth" / "dent" / "000_mask.png").unlink()
+    with pytest.raises(FileNotFoundError, match="000_mask.png"):
+        MVTecDataset(root, "toy", "test")
+
+
+def test_empty_split(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    for path in (root / "toy" / "train" / "good").iterdir():
+        path.unlink()
+    (root / "toy" / "train" / "good" / "Thumbs.db").write_bytes(b"x")  # not an image either
+    with pytest.raises(ValueError, match=r"empty.*train[/\\]good"):
+        MVTecDataset(root, "toy", "train")
+
+
+def test_unknown_split(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        MVTecDataset(_tiny_mvtec(tmp_path), "toy", "validation")
+
+
+# --------------------------------------------------------------------------------------------
+# TextureSource
+# --------------------------------------------------------------------------------------------
+def test_bundled_textures(texture_source):
+    assert len(texture_source) >= 3 and {"brick", "grass", "gravel"} <= set(texture_source.names)
+    texture = texture_source.sample(np.random.default_rng(1))
+    assert texture.shape == (64, 64, 3) and texture.dtype == np.uint8
+    again = texture_source.sample(np.random.default_rng(1))
+    assert np.array_equal(texture, again)
+    assert texture.std() > 5  # a texture, not a flat image
+    different = {texture_source.load(i).tobytes() for i in range(len(texture_source))}
+    assert len(different) == len(texture_source)
+
+
+def test_bundled_textures_print_a_note(capsys):
+    TextureSource(None, image_size=32)
+    assert "scikit-image" in capsys.readouterr().out
+
+
+def test_texture_cache_returns_copies(texture_source):
+    first = texture_source.load(0)
+    first[:] = 0
+    assert texture_source.load(0).max() > 0
+
+
+def test_texture_folder_is_searched_recursively_and_skips_junk(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("banded", "dotted"):  # DTD layout: images/<class>/*.jpg
+        for i in range(2):
+            _write(tmp_path / "images" / cls / f"{cls}_{i}.jpg", rng.integers(0, 255, (50, 80, 3), dtype=np.uint8))
+    (tmp_path / "images" / "Thumbs.db").write_bytes(b"junk")
+    (tmp_path / "images" / "banded" / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "images" / "readme.txt").write_text("labels")
+    source = TextureSource(tmp_path / "images", image_size=24)
+    assert len(source) == 4
+    assert sorted(source.names)[0].startswith("banded")
+    assert all(source.load(i).shape == (24, 24, 3) for i in range(len(source)))
+
+
+def test_texture_cache_is_bounded(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        _write(tmp_path / f"{i}.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    source = TextureSource(tmp_path, image_size=8, cache_size=2)
+    first = source.load(0)
+    for i in range(5):
+        source.load(i)
+    assert len(source._cache) == 2
+    assert np.array_equal(source.load(0), first)  # evicted, reloaded identically
+
+
+def test_empty_texture_folder(tmp_path):
+    (tmp_path / "Thumbs.db").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=str(tmp_path.name)):
+        TextureSource(tmp_path)
+
+
+def test_missing_texture_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent"):
+        TextureSource(tmp_path / "absent")
+
+
+def test_unreadable_texture_names_the_file(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    source = TextureSource(tmp_path, image_size=8)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        source.load(0)
+
+
+# --------------------------------------------------------------------------------------------
+# MTD
+# --------------------------------------------------------------------------------------------
+def _tiny_mtd(root: Path, n_free: int = 10, n_defect: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    for folder in MTD_CLASSES:
+        count = n_free if folder == "MT_Free" else n_defect
+        for i in range(count):
+            h, w = int(rng.integers(30, 50)), int(rng.integers(30, 50))
+            _write(root / folder / "Imgs" / f"exp{i}.jpg", rng.integers(0, 255, (h, w), dtype=np.uint8))
+            mask = np.zeros((h, w), np.uint8)
+            if folder != "MT_Free":
+                mask[5:15, 5:15] = 200
+                mask[20, 20] = 100  # anti-aliasing below the 127 threshold
+            _write(root / folder / "Imgs" / f"exp{i}.png", mask)
+    return root
+
+
+def test_write_mtd_split_and_read_it(tmp_path):
+    root = _tiny_mtd(tmp_path)
+    (root / "MT_Free" / "Imgs" / "Thumbs.db").write_bytes(b"junk")
+    write_mtd_split(root, seed=0)
+    train = MTDDataset(root, "train", image_size=32)
+    test = MTDDataset(root, "test", image_size=32)
+    assert len(train) == 8 and set(train.labels) == {0}
+    assert len(test) == 2 + 5 * 2 and test.labels.count(0) == 2
+    assert set(test.defects) == set(MTD_CLASSES.values())
+    item = test[test.defects.index("crack")]
+    assert item["image"].shape == (3, 32, 32)
+    raw_mask = cv2.imread(str(test.mask_paths[test.defects.index("crack")]), cv2.IMREAD_GRAYSCALE)
+    assert (raw_mask > 127).sum() == 100  # the 100-valued pixel is below the threshold
+    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    assert test[test.labels.index(0)]["mask"].sum() == 0
+    assert write_mtd_split(root, seed=0).read_text() == (root / "split.csv").read_text()
+
+
+def test_mtd_missing_root_explains(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download_mtd"):
+        MTDDataset(tmp_path / "mtd")
+
+
+def test_mtd_without_split_file(tmp_path):
+    root = _tiny_mtd(tmp_path, n_free=2, n_defect=1)
+    with pytest.raises(FileNotFoundError, match="split.csv"):
+        MTDDataset(root)
+
+
+SHARED_MTD = shared_data_dir() / "mtd" if shared_data_dir() is not None else None
+
+
+@pytest.mark.skipif(SHARED_MTD is None or not (SHARED_MTD / "split.csv").is_file(),
+                    reason="shared MTD data (../shared/data/mtd) is absent")
+def test_shared_mtd_split_counts():
+    train = MTDDataset(split="train", image_size=SIZE)
+    test = MTDDataset(split="test", image_size=SIZE)
+    assert len(train) == 761 and set(train.labels) == {0}
+    assert test.labels.count(0) == 191 and test.labels.count(1) == 392
+    assert set(test.defects) - {"good"} == {"blowhole", "break", "crack", "fray", "uneven"}
+    defect = test[test.labels.index(1)]
+    assert defect["image"].shape == (3, SIZE, SIZE)
+    assert defect["mask"].sum() > 0 and set(defect["mask"].unique().tolist()) == {0.0, 1.0}
+    grey = test.load_rgb(0)
+    assert np.array_equal(grey[..., 0], grey[..., 2])  # grey tiles expanded to RGB

@@ -1,0 +1,300 @@
+"""Downloads, offline: file:// URLs and a patched urlopen stand in for the network."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from memseg_tutorial.data import (
+    DTD,
+    MVTEC_AD,
+    ChecksumError,
+    DownloadError,
+    DownloadInfo,
+    MVTecDataset,
+    UnsafeArchiveError,
+    download_dtd,
+    download_file,
+    download_mvtec,
+    mvtec_category_info,
+    safe_extract,
+    sha256_file,
+    verify_checksum,
+)
+from memseg_tutorial.data import download as download_module
+
+
+def _info(path: Path, sha256: str | None = "auto", name: str = "toy.tar.gz") -> DownloadInfo:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if sha256 == "auto" else sha256
+    return DownloadInfo(name="toy dataset", url=path.resolve().as_uri(), sha256=digest, filename=name)
+
+
+def _png_bytes(rng: np.random.Generator, grey: bool = False) -> bytes:
+    shape = (16, 16) if grey else (16, 16, 3)
+    return cv2.imencode(".png", rng.integers(0, 255, shape, dtype=np.uint8))[1].tobytes()
+
+
+def _make_tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _toy_category(rng: np.random.Generator, category: str = "toy") -> dict[str, bytes]:
+    mask = cv2.imencode(".png", np.pad(np.full((4, 4), 255, np.uint8), 6))[1].tobytes()
+    return {
+        f"{category}/train/good/000.png": _png_bytes(rng),
+        f"{category}/train/good/001.png": _png_bytes(rng),
+        f"{category}/test/good/000.png": _png_bytes(rng),
+        f"{category}/test/dent/000.png": _png_bytes(rng),
+        f"{category}/ground_truth/dent/000_mask.png": mask,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path, monkeypatch):
+    """Every test writes under its own MEMSEG_DATA_DIR; also proves the variable relocates data."""
+    monkeypatch.setenv("MEMSEG_DATA_DIR", str(tmp_path / "data"))
+
+
+def test_known_download_infos():
+    assert MVTEC_AD.sha256 == "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
+    assert MVTEC_AD.url.startswith("https://") and MVTEC_AD.url.endswith(MVTEC_AD.filename)
+    assert DTD.url.endswith(DTD.filename) and len(DTD.sha256) == 64
+    assert mvtec_category_info("bottle").url.endswith("/bottle.tar.xz")
+    with pytest.raises(ValueError, match="bottel"):
+        mvtec_category_info("bottel")
+
+
+def test_checksum_match_and_mismatch(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"memseg")
+    assert sha256_file(path) == hashlib.sha256(b"memseg").hexdigest()
+    verify_checksum(path, hashlib.sha256(b"memseg").hexdigest().upper())  # case-insensitive
+    verify_checksum(path, None)  # no published checksum: nothing to compare
+    with pytest.raises(ChecksumError, match=r"file\.bin"):
+        verify_checksum(path, hashlib.sha256(b"other").hexdigest())
+
+
+def test_download_file_streams_verifies_and_renames(tmp_path):
+    source = _make_tar(tmp_path / "source.tar.gz", {"a.txt": b"hello"})
+    target = download_file(_info(source), tmp_path / "downloads", progress=False)
+    assert target == tmp_path / "downloads" / "toy.tar.gz"
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["toy.tar.gz"]  # no .part left behind
+
+
+def test_download_file_default_folder_follows_memseg_data_dir(tmp_path):
+    source = tmp_path / "blob.bin"
+    source.write_bytes(b"x" * 1000)
+    target = download_file(_info(source, name="blob.bin"), progress=False)
+    assert target == tmp_path / "data" / "downloads" / "blob.bin"
+
+
+def test_download_checksum_mismatch_keeps_nothing(tmp_path):
+    source = tmp_path / "blob.bin"
+    source.write_bytes(b"corrupted")
+    info = _info(source, sha256=hashlib.sha256(b"original").hexdigest(), name="blob.bin")
+    with pytest.raises(ChecksumError, match="mismatch"):
+        download_file(info, tmp_path / "downloads", progress=False)
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_missing_url_says_what_to_download_by_hand(tmp_path):
+    info = DownloadInfo("toy dataset", (tmp_path / "gone.tar.gz").as_uri(), None, "gone.tar.gz")
+    with pytest.raises(DownloadError) as caught:
+        download_file(info, tmp_path / "downloads", progress=False)
+    message = str(caught.value)
+    assert info.url in message and str(tmp_path / "downloads" / "gone.tar.gz") in message
+    assert "by hand" in message
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_network_failure_gives_manual_instructions(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", offline)
+    with pytest.raises(DownloadError, match=r"name resolution(.|\n)*dtd-r1\.0\.1\.tar\.gz"):
+        download_dtd()
+    assert not (tmp_path / "data" / "dtd").exists()
+
+
+def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
+    class Response:
+        headers = {"Content-Length": "100"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+        def read(self, size):
+            raise KeyboardInterrupt("user pressed stop")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: Response())
+    info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.gz", None, "toy.tar.gz")
+    with pytest.raises(KeyboardInterrupt):
+        download_file(info, tmp_path / "downloads", progress=False)
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_unknown_url_scheme_is_a_download_error(tmp_path):
+    info = DownloadInfo("toy dataset", "nonsense://toy", None, "toy.tar.gz")
+    with pytest.raises(DownloadError, match="by hand"):
+        download_file(info, tmp_path / "downloads", progress=False)
+
+
+def test_file_placed_by_hand_is_verified_and_used(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise AssertionError("must not touch the network when the file is already there")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", offline)
+    source = _make_tar(tmp_path / "hand.tar.gz", {"a.txt": b"hello"})
+    placed = tmp_path / "downloads" / "toy.tar.gz"
+    placed.parent.mkdir()
+    placed.write_bytes(source.read_bytes())
+    assert download_file(_info(source), tmp_path / "downloads") == placed
+    placed.write_bytes(b"truncated")
+    with pytest.raises(ChecksumError, match="toy.tar.gz"):
+        download_file(_info(source), tmp_path / "downloads")
+
+
+# --------------------------------------------------------------------------------------------
+# Safe extraction
+# --------------------------------------------------------------------------------------------
+def test_tar_and_zip_extract(tmp_path):
+    tar = _make_tar(tmp_path / "ok.tar.gz", {"top/a.txt": b"A", "top/sub/b.txt": b"B"})
+    out = safe_extract(tar, tmp_path / "out_tar")
+    assert (out / "top" / "sub" / "b.txt").read_bytes() == b"B"
+    with zipfile.ZipFile(tmp_path / "ok.zip", "w") as zipped:
+        zipped.writestr("top/a.txt", b"A")
+    out = safe_extract(tmp_path / "ok.zip", tmp_path / "out_zip")
+    assert (out / "top" / "a.txt").read_bytes() == b"A"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # staging folders removed
+
+
+@pytest.mark.parametrize("evil", ["../evil.txt", "top/../../evil.txt", "/tmp/memseg_evil_abs.txt"])
+def test_tar_escaping_members_are_rejected(tmp_path, evil):
+    tar = _make_tar(tmp_path / "evil.tar", {"top/fine.txt": b"ok", evil: b"pwned"}, mode="w")
+    destination = tmp_path / "inside" / "out"
+    with pytest.raises(UnsafeArchiveError, match="outside"):
+        safe_extract(tar, destination)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "inside" / "evil.txt").exists()
+    assert not Path("/tmp/memseg_evil_abs.txt").exists()
+    assert not destination.exists()  # nothing was written, not even the harmless member
+
+
+def test_tar_links_pointing_outside_are_rejected(tmp_path):
+    for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        path = tmp_path / f"link{kind!r}.tar"
+        with tarfile.open(path, "w") as tar:
+            link = tarfile.TarInfo("top/link")
+            link.type = kind
+            link.linkname = "../../etc/passwd"
+            tar.addfile(link)
+        with pytest.raises(UnsafeArchiveError, match="outside"):
+            safe_extract(path, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_tar_link_inside_is_allowed(tmp_path):
+    path = tmp_path / "inner.tar"
+    with tarfile.open(path, "w") as tar:
+        data = tarfile.TarInfo("top/real.txt")
+        data.size = 4
+        tar.addfile(data, io.BytesIO(b"real"))
+        link = tarfile.TarInfo("top/alias.txt")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "real.txt"
+        tar.addfile(link)
+    out = safe_extract(path, tmp_path / "out")
+    assert (out / "top" / "alias.txt").read_bytes() == b"real"
+
+
+def test_zip_escaping_member_is_rejected(tmp_path):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("top/fine.txt", b"ok")
+        zipped.writestr("../evil.txt", b"pwned")
+    with pytest.raises(UnsafeArchiveError, match="evil.txt"):
+        safe_extract(path, tmp_path / "inside" / "out")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "inside" / "evil.txt").exists()
+    assert not (tmp_path / "inside" / "out").exists()
+
+
+def test_not_an_archive(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="neither a tar nor a zip"):
+        safe_extract(path, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset downloads end to end (served from file:// URLs)
+# --------------------------------------------------------------------------------------------
+def test_download_one_mvtec_category(tmp_path, monkeypatch):
+    archive = _make_tar(tmp_path / "toy.tar.xz", _toy_category(np.random.default_rng(0)), mode="w:xz")
+    monkeypatch.setattr(download_module, "mvtec_category_info",
+                        lambda category: _info(archive, sha256=None, name=f"{category}.tar.xz"))
+    root = download_mvtec("toy")
+    assert root == tmp_path / "data" / "mvtec_anomaly_detection"
+    test = MVTecDataset(root, "toy", "test", image_size=8)
+    assert len(test) == 2 and test.labels.count(1) == 1
+    assert not (tmp_path / "data" / "downloads" / "toy.tar.xz").exists()  # archive removed
+    monkeypatch.setattr(download_module, "download_and_extract", None)  # second call: no download
+    assert download_mvtec("toy") == root
+
+
+def test_mvtec_archive_with_wrong_content_is_reported(tmp_path, monkeypatch):
+    archive = _make_tar(tmp_path / "odd.tar.gz", {"something/else.txt": b"?"})
+    monkeypatch.setattr(download_module, "mvtec_category_info",
+                        lambda category: _info(archive, sha256=None, name="odd.tar.gz"))
+    with pytest.raises(DownloadError, match="train/good"):
+        download_mvtec("toy")
+
+
+def test_download_dtd_returns_images_folder(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    archive = _make_tar(tmp_path / "dtd.tar.gz", {"dtd/images/banded/banded_0001.jpg": _png_bytes(rng),
+                                                  "dtd/labels/labels_joint_anno.txt": b""})
+    monkeypatch.setattr(download_module, "DTD", _info(archive, name="dtd-r1.0.1.tar.gz"))
+    images = download_dtd()
+    assert images == tmp_path / "data" / "dtd" / "images"
+    assert (images / "banded" / "banded_0001.jpg").is_file()
+
+
+def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    counts = {"MT_Free": 5, "MT_Blowhole": 1, "MT_Break": 1, "MT_Crack": 1, "MT_Fray": 1, "MT_Uneven": 1}
+    path = tmp_path / "mtd.zip"
+    with zipfile.ZipFile(path, "w") as zipped:
+        for folder, count in counts.items():
+            for i in range(count):
+                stem = f"Magnetic-tile-defect-datasets.-master/{folder}/Imgs/exp{i}"
+                zipped.writestr(f"{stem}.jpg", cv2.imencode(".jpg", rng.integers(0, 255, (20, 30), dtype=np.uint8))[1].tobytes())
+                zipped.writestr(f"{stem}.png", _png_bytes(rng, grey=True))
+    monkeypatch.setattr(download_module, "MTD", _info(path, sha256=None, name="mtd.zip"))
+    monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", counts)
+    root = download_module.download_mtd()
+    assert root == tmp_path / "data" / "mtd"
+    lines = (root / "split.csv").read_text().splitlines()
+    assert lines[0] == "split,label,image,mask" and len(lines) == 1 + 10
+    assert sum(line.startswith("train,good") for line in lines) == 4  # floor(0.8 * 5)
+
+    monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", {**counts, "MT_Free": 6})
+    with pytest.raises(DownloadError, match="MT_Free: 5 images, expected 6"):
+        download_module.check_mtd_folder(root)

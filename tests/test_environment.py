@@ -1,0 +1,93 @@
+"""environment.yml (conda) and pyproject.toml (pip) must name the same packages."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: read the two lists with a regular expression
+    tomllib = None
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def normalise(requirement: str) -> str:
+    """'Scikit_Image>=0.20' -> 'scikit-image' (PEP 503 names; extras, markers and versions dropped)."""
+    name = re.split(r"[\s\[<>=!~;@]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pyproject_packages(text: str) -> set[str]:
+    """``[project] dependencies`` plus the ``dev`` extra."""
+    if tomllib is not None:
+        project = tomllib.loads(text)["project"]
+        requirements = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+    else:
+        requirements = []
+        for key in ("dependencies", "dev"):
+            block = re.search(rf"^{key}\s*=\s*\[(.*?)\]", text, flags=re.MULTILINE | re.DOTALL)
+            requirements += re.findall(r"[\"']([^\"']+)[\"']", block.group(1)) if block else []
+    return {normalise(r) for r in requirements}
+
+
+def environment_pip_packages(text: str) -> set[str]:
+    """The entries of the ``- pip:`` list, without pip options such as ``-e .``."""
+    packages, in_pip, pip_indent = set(), False, 0
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].rstrip()
+        if not stripped.strip():
+            continue
+        indent = len(stripped) - len(stripped.lstrip())
+        entry = stripped.strip()
+        if entry == "- pip:":
+            in_pip, pip_indent = True, indent
+            continue
+        if in_pip and indent <= pip_indent:
+            in_pip = False
+        if in_pip and entry.startswith("- "):
+            value = entry[2:].strip().strip("'\"")
+            if not value.startswith("-"):
+                packages.add(normalise(value))
+    return packages
+
+
+def environment_python(text: str) -> str | None:
+    match = re.search(r"^\s*-\s*python\s*=+\s*([\d.]+)", text, flags=re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def test_normalise():
+    assert normalise("Scikit_Image>=0.20") == "scikit-image"
+    assert normalise("numpy>=1.23,<2") == "numpy"
+    assert normalise("memseg.tutorial[dev] ; python_version>'3'") == "memseg-tutorial"
+
+
+def test_environment_and_pyproject_name_the_same_packages():
+    conda = environment_pip_packages((ROOT / "environment.yml").read_text())
+    pip = pyproject_packages((ROOT / "pyproject.toml").read_text())
+    assert conda == pip, (
+        f"only in environment.yml: {sorted(conda - pip)}; only in pyproject.toml: {sorted(pip - conda)}"
+    )
+
+
+def test_environment_pins_python_311():
+    assert environment_python((ROOT / "environment.yml").read_text()) == "3.11"
+
+
+def test_a_package_added_on_one_side_is_detected():
+    environment = (ROOT / "environment.yml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    grown_env = environment.replace("  - pip:\n", "  - pip:\n      - pandas>=2\n")
+    assert environment_pip_packages(grown_env) - pyproject_packages(pyproject) == {"pandas"}
+    grown_toml = pyproject.replace("dependencies = [\n", 'dependencies = [\n    "Pandas_Stubs>=2",\n', 1)
+    assert pyproject_packages(grown_toml) - environment_pip_packages(environment) == {"pandas-stubs"}
+    assert environment_pip_packages(environment) == pyproject_packages(pyproject)
+
+
+@pytest.mark.parametrize("text", ["dependencies:\n  - python=3.11\n", ""])
+def test_an_environment_without_pip_section_names_nothing(text):
+    assert environment_pip_packages(text) == set()
