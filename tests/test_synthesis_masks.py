@@ -1,0 +1,85 @@
+"""Foreground masks and the final anomaly mask: binary, inside the foreground, never empty."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from memseg_tutorial.config import get_config
+from memseg_tutorial.synthesis import (
+    draw_anomaly_mask,
+    fallback_ellipse_mask,
+    foreground_mask,
+    otsu_mask,
+)
+from memseg_tutorial.synthesis.torch_synthesis import (
+    anomaly_masks_torch,
+    fallback_ellipse_masks_torch,
+)
+
+
+def disc_image(size: int = 64, bright_object: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A disc on a plain background, with a few isolated specks of object colour."""
+    rng = np.random.default_rng(0)
+    disc = np.zeros((size, size), dtype=np.uint8)
+    cv2.circle(disc, (size // 2, size // 2), size // 4, 1, thickness=-1)
+    object_value, background_value = (200, 40) if bright_object else (40, 200)
+    grey = np.where(disc > 0, object_value, background_value).astype(np.uint8)
+    grey[2, 2] = grey[5, 60] = grey[60, 3] = object_value  # specks, removed by the opening
+    grey = np.clip(grey.astype(int) + rng.integers(-5, 6, grey.shape), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2), disc.astype(np.float32)
+
+
+def test_foreground_mask_finds_the_object_and_drops_specks():
+    image, disc = disc_image()
+    raw = otsu_mask(image)
+    assert raw[2, 2] == 1  # Otsu alone keeps the speck
+    mask = foreground_mask(image, kernel=5)
+    assert mask.dtype == np.float32 and set(np.unique(mask)) == {0.0, 1.0}
+    assert mask[2, 2] == 0 and mask[5, 60] == 0 and mask[60, 3] == 0
+    assert (mask == disc).mean() > 0.98
+
+
+def test_foreground_mask_invert_for_dark_objects():
+    image, disc = disc_image(bright_object=False)
+    assert (foreground_mask(image, invert=True) == disc).mean() > 0.98
+    assert (foreground_mask(image, invert=False) == disc).mean() < 0.1
+
+
+def test_anomaly_masks_are_binary_and_inside_the_foreground():
+    _, disc = disc_image()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask, tries = draw_anomaly_mask((64, 64), rng, disc)
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+        assert mask.any() and 1 <= tries <= 11
+        assert (mask <= disc).all()
+
+
+def test_empty_masks_fall_back_to_a_non_empty_ellipse_in_the_foreground():
+    _, disc = disc_image()
+    rng = np.random.default_rng(0)
+    # Threshold 2 can never be reached: every Perlin draw is empty, so the fallback runs.
+    for _ in range(10):
+        mask, tries = draw_anomaly_mask((64, 64), rng, disc, threshold=2.0, max_tries=3)
+        assert tries == 4 and mask.any() and (mask <= disc).all()
+    assert fallback_ellipse_mask((32, 32), rng, np.zeros((32, 32), np.float32)).any()
+    tiny = np.zeros((32, 32), np.float32)
+    tiny[7, 9] = 1.0  # a one-pixel foreground still gets its pixel
+    assert fallback_ellipse_mask((32, 32), rng, tiny)[7, 9] == 1.0
+
+
+def test_torch_masks_never_empty_and_inside_the_foreground():
+    _, disc = disc_image()
+    foregrounds = torch.from_numpy(disc).expand(6, -1, -1).clone()
+    foregrounds[5] = 0.0  # an empty foreground: the ellipse alone
+    generator = torch.Generator().manual_seed(0)
+    config = get_config("quick", perlin_threshold=2.0, max_mask_tries=2)
+    masks = anomaly_masks_torch(foregrounds, generator, config)
+    assert (masks.flatten(1).amax(dim=1) == 1).all()
+    assert (masks[:5] <= foregrounds[:5]).all()
+    normal = anomaly_masks_torch(foregrounds[:5], generator, get_config("quick"))
+    assert (normal.flatten(1).amax(dim=1) == 1).all() and (normal <= foregrounds[:5]).all()
+    ellipses = fallback_ellipse_masks_torch(foregrounds[:5], generator)
+    assert set(torch.unique(ellipses).tolist()) <= {0.0, 1.0}
