@@ -440,3 +440,21 @@ def axis_pooling_figure(feature_map, title: str = "Pooling along each axis") -> 
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_predictions(predictions, titles: Sequence[str] | None = None,
+                     title: str = "Predictions: image | heat map | contour of the defect mask") -> Figure:
+    """One row per :class:`~memseg_tutorial.inference.Prediction`, drawn with ``overlay_panel``."""
+    from .inference import overlay_panel
+
+    panels = [overlay_panel(p) for p in predictions]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 2.6 * len(panels)), squeeze=False)
+    for k, (ax, panel) in enumerate(zip(axes[:, 0], panels, strict=True)):
+        ax.imshow(panel)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = titles[k] if titles is not None else (predictions[k].path or f"image {k}")
+        ax.set_title(f"{label}: score {predictions[k].score:.3f}", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,201 @@
+"""MemSeg inference speed on CPU, and the memory-bank selection against a plain loop.
+
+Run:  .venv/bin/python benchmarks/model_speed.py [--size 256] [--memory 30] [--repeats 3]
+
+Prints, measured side by side in one run:
+  1. memory-bank selection (distances + argmin + DI) vectorised vs one loop per image and sample;
+  2. images/s at batch 1 and 8 for fp32 / bf16 autocast x channels_last off / on, each with the
+     max abs difference of its anomaly maps to fp32 (a setting may only become the CPU default
+     in ``memseg_tutorial.model.memseg.CPU_INFERENCE`` if that difference is below 1e-2);
+  3. peak extra resident memory of each measurement (RSS sampled every 2 ms, minus RSS before).
+Random encoder weights (offline machine): speed does not depend on the weight values.
+On a machine shared with other jobs, compare runs with ``--threads 1`` and the default: OpenMP
+parallel regions slow down badly when their threads are descheduled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import threading
+import time
+import warnings
+
+import torch
+
+from memseg_tutorial.model import InferenceSettings, MemSeg
+from memseg_tutorial.model.memseg import CPU_INFERENCE
+
+warnings.filterwarnings("ignore", message="ResNet18 encoder with RANDOM weights")
+
+
+def current_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_measured(function):
+    """Run ``function`` while a thread samples the RSS: (its result, peak extra RSS in MiB).
+
+    (No fork: forking after OpenMP threads started can deadlock the child.)
+    """
+    start_rss = current_rss_kib()
+    peak = [start_rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], current_rss_kib())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = function()
+    finally:
+        done.set()
+        sampler.join()
+    return result, (peak[0] - start_rss) / 1024
+
+
+def best_time(function, repeats: int, budget_s: float = 30.0):
+    """(best seconds of ``repeats`` timed runs after one warm-up, the last result).
+
+    Stays within about ``budget_s`` seconds: a configuration so slow that its warm-up alone uses
+    half the budget is reported from that single run (an upper bound: it includes warm-up costs).
+    """
+    start = time.perf_counter()
+    result = function()  # warm-up (allocations, oneDNN kernel selection)
+    times = [time.perf_counter() - start]
+    if times[0] > budget_s / 2:
+        return times[0], result
+    times = []
+    spent = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+        if spent > budget_s:
+            break
+    return min(times), result
+
+
+def loop_selection(features, memory):
+    """Reference: one input and one memory sample at a time."""
+    indices, differences = [], [[] for _ in features]
+    for b in range(features[0].shape[0]):
+        distances = torch.stack(
+            [
+                sum(((m[n] - f[b]) ** 2).mean() for f, m in zip(features, memory, strict=True))
+                for n in range(memory[0].shape[0])
+            ]
+        )
+        best = int(distances.argmin())
+        indices.append(best)
+        for level, (f, m) in enumerate(zip(features, memory, strict=True)):
+            differences[level].append((m[best] - f[b]) ** 2)
+    return torch.tensor(indices), [torch.stack(d) for d in differences]
+
+
+def bench_selection(model: MemSeg, images: torch.Tensor, repeats: int) -> None:
+    """Memory-bank selection (distances + argmin + DI), vectorised vs the plain loop."""
+    with torch.no_grad():
+        features = model.encoder.memory_features(images)
+    memory = model.memory_bank.levels
+    model.memory_bank._centred = None  # time the first call too: it builds the centred cache
+    start = time.perf_counter()
+    vector_di, vector_indices = model.memory_bank.difference(features)
+    first_call = time.perf_counter() - start
+    loop_indices, loop_di = loop_selection(features, memory)
+    assert torch.equal(vector_indices, loop_indices), "vectorised and loop selection disagree"
+    max_diff = max(float((a - b).abs().max()) for a, b in zip(vector_di, loop_di, strict=True))
+
+    def time_vectorised():
+        return best_time(lambda: model.memory_bank.difference(features), repeats)[0]
+
+    def time_loop():
+        return best_time(lambda: loop_selection(features, memory), repeats)[0]
+
+    with torch.no_grad():
+        vector_s, vector_peak = run_measured(time_vectorised)
+        loop_s, loop_peak = run_measured(time_loop)
+    batch, n_memory = len(images), len(model.memory_bank)
+    print(f"memory-bank selection, batch {batch}, N={n_memory} "
+          f"(same indices: yes, max |DI diff| {max_diff:.1e}):")
+    print(f"  vectorised: {vector_s * 1e3:8.1f} ms   peak extra {vector_peak:6.0f} MiB"
+          f"   (first call, building the cached centred bank: {first_call * 1e3:.0f} ms)")
+    print(f"  loop      : {loop_s * 1e3:8.1f} ms   peak extra {loop_peak:6.0f} MiB")
+    print(f"  speed-up  : {loop_s / vector_s:.1f}x (target >= 5x)\n")
+
+
+def bench_inference(model: MemSeg, images: dict[int, torch.Tensor], repeats: int) -> None:
+    """images/s per configuration and batch, with the max abs difference of the maps to fp32."""
+    configs = {
+        "fp32": InferenceSettings(False, None),
+        "fp32 channels_last": InferenceSettings(True, None),
+        "bf16 autocast": InferenceSettings(False, torch.bfloat16),
+        "bf16 autocast channels_last": InferenceSettings(True, torch.bfloat16),
+    }
+    reference = {b: model.anomaly_map(x, InferenceSettings()) for b, x in images.items()}
+    print(f"{'configuration':30s} {'batch':>5s} {'images/s':>9s} {'max|map-fp32|':>14s} {'peak MiB':>9s}")
+    results = {}
+    for name, settings in configs.items():
+        net = model.to(memory_format=torch.channels_last) if settings.channels_last else model
+        for batch, x in images.items():
+
+            def measure(net=net, x=x, settings=settings, batch=batch):
+                seconds, maps = best_time(lambda: net.anomaly_map(x, settings), repeats)
+                return batch / seconds, maps
+
+            (throughput, maps), peak = run_measured(measure)
+            diff = float((maps - reference[batch]).abs().max())
+            results[(name, batch)] = (throughput, diff)
+            print(f"{name:30s} {batch:5d} {throughput:9.2f} {diff:14.2e} {peak:9.0f}", flush=True)
+        model.to(memory_format=torch.contiguous_format)
+
+    print()
+    for batch in images:
+        valid = {n: r for (n, b), r in results.items() if b == batch and r[1] < 1e-2}
+        best = max(valid, key=lambda n: valid[n][0])
+        base = results[("fp32", batch)][0]
+        print(f"batch {batch}: best valid = {best} ({valid[best][0]:.2f} img/s, "
+              f"{valid[best][0] / base:.2f}x fp32)")
+    print(f"current CPU default (memseg.CPU_INFERENCE): {CPU_INFERENCE}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--memory", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default). On a CPU shared with other jobs, "
+                             "1 thread avoids OpenMP threads waiting for each other.")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    isa = {name: (name in flags) for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+    print(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {isa}")
+    print(f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} (other work slows timings)")
+    print(f"image {args.size}x{args.size}, memory bank N={args.memory}, random weights\n", flush=True)
+
+    torch.manual_seed(0)
+    model = MemSeg(image_size=args.size, memory_size=args.memory, backbone_weights="none").eval()
+    model.build_memory_bank(torch.randn(args.memory, 3, args.size, args.size))
+    images = {b: torch.randn(b, 3, args.size, args.size) for b in (1, 8)}
+
+    bench_selection(model, images[8], args.repeats)
+    bench_inference(model, images, args.repeats)
+    print(f"\nprocess peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

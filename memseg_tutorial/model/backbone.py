@@ -1,0 +1,144 @@
+"""The encoder: a torchvision ResNet18 cut into the five feature levels MemSeg uses.
+
+MemSeg freezes layer1..layer3 (their features are compared with the memory bank, so they must
+not change during training) and keeps them in eval mode, so that their BatchNorm running
+statistics never drift either. The stem (conv1 + bn1 + relu) and layer4 keep training.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.hub import load_state_dict_from_url
+from torchvision.models import ResNet18_Weights, resnet18
+
+IMAGENET_WEIGHTS_URL = ResNet18_Weights.IMAGENET1K_V1.url
+FROZEN_LAYERS = ("layer1", "layer2", "layer3")
+FEATURE_CHANNELS = {"f0": 64, "f1": 64, "f2": 128, "f3": 256, "f4": 512}
+FEATURE_STRIDES = {"f0": 2, "f1": 4, "f2": 8, "f3": 16, "f4": 32}
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def imagenet_cache_path() -> Path:
+    """Where torchvision looks for (and saves) the ImageNet ResNet18 weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS_URL)
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    """A download on a machine without internet must fail quickly, not hang."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _imagenet_state_dict() -> dict:
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return load_state_dict_from_url(IMAGENET_WEIGHTS_URL, progress=False, check_hash=True)
+    except Exception as error:  # URLError, TimeoutError, hash mismatch, ...
+        raise RuntimeError(
+            f"Could not get the ImageNet weights of ResNet18 ({type(error).__name__}: {error}).\n"
+            f"This machine seems to be offline. On a machine with internet, download\n"
+            f"    {IMAGENET_WEIGHTS_URL}\n"
+            f"and either save it as {imagenet_cache_path()} (torchvision's cache, found "
+            f"automatically next time) or anywhere and pass its path:\n"
+            f"    MemSeg(backbone_weights='/path/to/resnet18-f37072fd.pth')  or  "
+            f"get_config(backbone_weights='/path/to/resnet18-f37072fd.pth').\n"
+            f"Without it, use backbone_weights='none' (random weights; results far from the paper)."
+        ) from error
+
+
+def _local_state_dict(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone_weights={str(path)!r} is neither 'imagenet', 'none' nor an existing file. "
+            f"Pass the path of a ResNet18 state dict (.pth), e.g. {IMAGENET_WEIGHTS_URL} saved locally."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return state
+
+
+def _stacklevel_outside_package() -> int:
+    """The ``warnings.warn`` stacklevel of the first caller outside ``memseg_tutorial``."""
+    package_dir = str(Path(__file__).resolve().parent.parent)
+    frame, level = sys._getframe(1), 1  # the function that will call warnings.warn
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package_dir):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def build_resnet18(weights: str | os.PathLike = "imagenet") -> nn.Module:
+    """A torchvision ResNet18 with ``weights`` = "imagenet", "none" or a path to a .pth file."""
+    network = resnet18(weights=None)
+    if isinstance(weights, str) and weights.lower() == "none":
+        warnings.warn(
+            "ResNet18 encoder with RANDOM weights (backbone_weights='none'): fine to learn the "
+            "mechanics, but the memory bank compares untrained features, so results will be far "
+            "from the paper. Use backbone_weights='imagenet' or a path to the ImageNet .pth file.",
+            stacklevel=_stacklevel_outside_package(),
+        )
+        return network
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        state = _imagenet_state_dict()
+    else:
+        state = _local_state_dict(Path(weights).expanduser())
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"The backbone weights ({weights}) do not fit torchvision's ResNet18: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}. Expected a ResNet18 state dict."
+        )
+    return network
+
+
+class ResNet18Encoder(nn.Module):
+    """ResNet18 split into f0 (stem, 64@S/2), f1..f4 (layer1..4: 64@S/4 .. 512@S/32)."""
+
+    def __init__(self, weights: str | os.PathLike = "imagenet") -> None:
+        super().__init__()
+        network = build_resnet18(weights)
+        self.stem = nn.Sequential(network.conv1, network.bn1, network.relu)  # trains
+        self.maxpool = network.maxpool
+        self.layer1, self.layer2, self.layer3 = network.layer1, network.layer2, network.layer3
+        self.layer4 = network.layer4  # trains
+        for name in FROZEN_LAYERS:
+            getattr(self, name).requires_grad_(False)
+
+    def frozen_layers(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in FROZEN_LAYERS]
+
+    def train(self, mode: bool = True) -> ResNet18Encoder:
+        """Like ``nn.Module.train`` but layer1..3 always stay in eval mode (fixed BN statistics)."""
+        super().train(mode)
+        for layer in self.frozen_layers():
+            layer.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f0 = self.stem(x)  # (B, 64, S/2, S/2)
+        f1 = self.layer1(self.maxpool(f0))  # (B, 64, S/4, S/4)
+        f2 = self.layer2(f1)  # (B, 128, S/8, S/8)
+        f3 = self.layer3(f2)  # (B, 256, S/16, S/16)
+        f4 = self.layer4(f3)  # (B, 512, S/32, S/32)
+        return {"f0": f0, "f1": f1, "f2": f2, "f3": f3, "f4": f4}
+
+    def memory_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The three levels that the memory bank stores and compares: [f1, f2, f3]."""
+        f1 = self.layer1(self.maxpool(self.stem(x)))  # (B, 64, S/4, S/4)
+        f2 = self.layer2(f1)  # (B, 128, S/8, S/8)
+        return [f1, f2, self.layer3(f2)]  # + (B, 256, S/16, S/16)

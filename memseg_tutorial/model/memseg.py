@@ -1,0 +1,186 @@
+"""MemSeg assembled: encoder -> memory bank (DI, CI) -> MSFF + spatial attention -> decoder.
+
+    x (B, 3, S, S) normalised
+      encoder:  f0 64@S/2, f1 64@S/4, f2 128@S/8, f3 256@S/16, f4 512@S/32
+      memory:   DI_l = (closest memory sample - f_l)^2, CI_l = cat(f_l, DI_l): 128, 256, 512 channels
+      MSFF:     64@S/4, 128@S/8, 256@S/16, each times its spatial attention map m_l
+      decoder:  logits (B, 2, S, S); anomaly map = softmax channel 1
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .backbone import FROZEN_LAYERS, ResNet18Encoder
+from .decoder import Decoder
+from .fusion import MSFF
+from .memory import MemoryBank
+
+SCORE_MODES = ("topk_mean", "max")
+
+
+def image_scores(maps: torch.Tensor, top_k: int = 100, mode: str = "topk_mean") -> torch.Tensor:
+    """(B, H, W) anomaly maps -> (B,) image scores: mean of the top-k pixels (paper) or the max.
+
+    The one place where an image score is computed, so training, evaluation and inference agree.
+    ``top_k`` is capped at the number of pixels.
+    """
+    maps = torch.as_tensor(maps)
+    if maps.ndim != 3:
+        raise ValueError(f"image_scores expects maps (B, H, W), got shape {tuple(maps.shape)}.")
+    flat = maps.reshape(maps.shape[0], -1).float()  # (B, H * W)
+    if mode == "max":
+        return flat.max(dim=1).values
+    if mode == "topk_mean":
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        k = min(top_k, flat.shape[1])
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ValueError(f"Unknown score mode {mode!r}: use one of {SCORE_MODES}.")
+
+
+def check_input(x: torch.Tensor) -> None:
+    """MemSeg needs (B, 3, H, W) with H and W multiples of 32 (ResNet18 halves the side 5 times)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"MemSeg expects images (B, 3, H, W), got shape {tuple(x.shape)}.")
+    height, width = x.shape[-2:]
+    if height % 32 or width % 32:
+        raise ValueError(
+            f"Input side must be a multiple of 32 (ResNet18 downsamples 32x), got {height}x{width}. "
+            f"Resize the images, e.g. to 64, 128, 256 or 512."
+        )
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How ``anomaly_map``/``predict`` run: memory layout and autocast dtype."""
+
+    channels_last: bool = False
+    autocast_dtype: torch.dtype | None = None
+
+
+# Chosen by benchmarks/model_speed.py on the course CPU (AMD EPYC, AVX2, no AVX512-BF16/AMX),
+# 256x256, N=30, 1 thread: fp32 2.1 img/s (batch 1) and 1.7 img/s (batch 8); channels_last
+# 1.4 / 1.7 (no gain); bf16 autocast 0.01 / 0.01 (~200x slower: no native bf16 kernels), bf16 +
+# channels_last 0.28 / 0.12. Every variant matched fp32 within 2e-4, but none was faster, so the
+# CPU default is plain fp32 in the default layout. A variant may only become a default here if its
+# anomaly maps match fp32 within 1e-2 (max abs diff); the benchmark prints that difference.
+CPU_INFERENCE = InferenceSettings(channels_last=False, autocast_dtype=None)
+CUDA_INFERENCE = InferenceSettings(channels_last=False, autocast_dtype=None)
+
+
+def inference_settings(device: torch.device | str) -> InferenceSettings:
+    """The one place that picks the inference precision/layout for a device."""
+    return CPU_INFERENCE if torch.device(device).type == "cpu" else CUDA_INFERENCE
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """{"trainable": ..., "frozen": ...} parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return {"trainable": trainable, "frozen": frozen}
+
+
+class MemSeg(nn.Module):
+    """The full network. Build the memory bank before the first forward pass."""
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        memory_size: int = 30,
+        backbone_weights: str | os.PathLike = "imagenet",
+    ) -> None:
+        super().__init__()
+        if image_size <= 0 or image_size % 32:
+            raise ValueError(
+                f"image_size must be a positive multiple of 32, got {image_size}. Try 64, 128 or 256."
+            )
+        self.image_size = image_size
+        self.memory_size = memory_size  # how many normal images the bank is meant to hold
+        self.encoder = ResNet18Encoder(backbone_weights)
+        self.memory_bank = MemoryBank()
+        self.msff = MSFF()
+        self.decoder = Decoder()
+
+    @classmethod
+    def from_config(cls, config) -> MemSeg:
+        return cls(
+            image_size=config.image_size,
+            memory_size=config.memory_size,
+            backbone_weights=config.backbone_weights,
+        )
+
+    @property
+    def frozen_layers(self) -> list[nn.Module]:
+        return [getattr(self.encoder, name) for name in FROZEN_LAYERS]
+
+    @torch.no_grad()
+    def build_memory_bank(self, images: torch.Tensor, batch_size: int = 8) -> None:
+        """Store layer1..3 features of normal images (N, 3, S, S); the encoder runs in eval mode."""
+        check_input(images)
+        if len(images) == 0:
+            raise ValueError("build_memory_bank needs at least one normal image, got none.")
+        was_training = self.encoder.training
+        self.encoder.eval()
+        device = next(self.parameters()).device
+        try:
+            chunks = [
+                self.encoder.memory_features(images[i : i + batch_size].to(device))
+                for i in range(0, len(images), batch_size)
+            ]
+        finally:
+            self.encoder.train(was_training)
+        self.memory_bank.store([torch.cat(level, dim=0) for level in zip(*chunks, strict=True)])
+
+    def forward_with_intermediates(self, x: torch.Tensor) -> dict:
+        """Every stage of the forward pass, for the lessons and the shape tests."""
+        check_input(x)
+        features = self.encoder(x)  # f0..f4
+        levels = [features["f1"], features["f2"], features["f3"]]
+        concatenated, differences, indices = self.memory_bank(levels)
+        fused, spatial_maps, attended = self.msff.forward_with_maps(concatenated, differences)
+        logits = self.decoder(features["f4"], attended, features["f0"])  # (B, 2, S, S)
+        return {
+            "features": features,
+            "memory_indices": indices,  # (B,)
+            "differences": differences,  # DI_1..3
+            "concatenated": concatenated,  # CI_1..3
+            "fused": fused,  # MSFF before spatial attention
+            "spatial_maps": spatial_maps,  # m1..m3
+            "attended": attended,  # MSFF after spatial attention (decoder input)
+            "logits": logits,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, S, S) -> logits (B, 2, S, S) (normal, anomalous)."""
+        return self.forward_with_intermediates(x)["logits"]
+
+    @torch.no_grad()
+    def anomaly_map(
+        self, x: torch.Tensor, settings: InferenceSettings | None = None
+    ) -> torch.Tensor:
+        """(B, S, S) probability of "anomalous" per pixel, in [0, 1] (full image, no crop)."""
+        settings = settings or inference_settings(x.device)
+        if settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(x.device.type, dtype=settings.autocast_dtype)
+            if settings.autocast_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            logits = self(x)
+        return torch.softmax(logits.float(), dim=1)[:, 1]  # (B, S, S)
+
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, top_k: int = 100, mode: str = "topk_mean"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly maps (B, S, S), image scores (B,)); scores from :func:`image_scores`."""
+        maps = self.anomaly_map(x)
+        return maps, image_scores(maps, top_k=top_k, mode=mode)

@@ -1,0 +1,92 @@
+"""Coordinate attention, MSFF, spatial attention and decoder: shapes and formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memseg_tutorial.model import (
+    MSFF,
+    CoordinateAttention,
+    Decoder,
+    UpConvBlock,
+    coordinate_attention_width,
+    spatial_attention_maps,
+)
+
+
+@pytest.mark.parametrize(("channels", "mip"), [(64, 8), (128, 8), (256, 8), (512, 16), (1024, 32)])
+def test_bottleneck_width(channels, mip):
+    assert coordinate_attention_width(channels) == mip
+    assert CoordinateAttention(channels).squeeze.out_channels == mip
+
+
+def test_coordinate_attention_equals_hand_computation():
+    torch.manual_seed(0)
+    attention = CoordinateAttention(64)
+    attention.norm.running_mean.uniform_(-0.5, 0.5)  # non-trivial BN statistics
+    attention.norm.running_var.uniform_(0.5, 2.0)
+    attention.eval()
+    x = torch.randn(2, 64, 6, 10)  # H != W catches a swapped axis
+    with torch.no_grad():
+        out = attention(x)
+        pooled_h = x.mean(dim=3, keepdim=True)  # (2, 64, 6, 1)
+        pooled_w = x.mean(dim=2, keepdim=True).permute(0, 1, 3, 2)  # (2, 64, 10, 1)
+        y = attention.squeeze(torch.cat([pooled_h, pooled_w], dim=2))
+        y = attention.norm(y)
+        y = y * F.relu6(y + 3) / 6  # h-swish
+        a_h = torch.sigmoid(attention.to_h(y[:, :, :6]))  # (2, 64, 6, 1)
+        a_w = torch.sigmoid(attention.to_w(y[:, :, 6:])).permute(0, 1, 3, 2)  # (2, 64, 1, 10)
+        expected = x * a_h * a_w
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        maps_h, maps_w = attention.attention_maps(x)
+    assert maps_h.shape == (2, 64, 6, 1) and maps_w.shape == (2, 64, 1, 10)
+    assert float(maps_h.min()) > 0 and float(maps_h.max()) < 1
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_msff_shapes(size):
+    torch.manual_seed(1)
+    s4, s8, s16 = size // 4, size // 8, size // 16
+    ci = [torch.randn(1, 128, s4, s4), torch.randn(1, 256, s8, s8), torch.randn(1, 512, s16, s16)]
+    di = [c[:, c.shape[1] // 2 :].abs() for c in ci]
+    msff = MSFF().eval()
+    with torch.no_grad():
+        fused, maps, attended = msff.forward_with_maps(ci, di)
+    assert [tuple(t.shape) for t in fused] == [(1, 64, s4, s4), (1, 128, s8, s8), (1, 256, s16, s16)]
+    assert [tuple(t.shape) for t in maps] == [(1, 1, s4, s4), (1, 1, s8, s8), (1, 1, s16, s16)]
+    for f, m, a in zip(fused, maps, attended, strict=True):
+        torch.testing.assert_close(a, f * m)
+
+
+def test_spatial_attention_formula():
+    torch.manual_seed(2)
+    di = [torch.rand(2, 64, 16, 16), torch.rand(2, 128, 8, 8), torch.rand(2, 256, 4, 4)]
+    m1, m2, m3 = spatial_attention_maps(di)
+    up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
+    torch.testing.assert_close(m3, di[2].mean(1, keepdim=True))
+    torch.testing.assert_close(m2, di[1].mean(1, keepdim=True) * up(m3))
+    torch.testing.assert_close(m1, di[0].mean(1, keepdim=True) * up(m2))
+    # A difference that only exists in DI3 at one place must show up at the same place in m1.
+    zero = [torch.full_like(d, 1.0) for d in di]
+    zero[2] = torch.zeros_like(di[2])
+    zero[2][:, :, 1, 2] = 1.0
+    peak = spatial_attention_maps(zero)[0][0, 0]
+    row, col = divmod(int(peak.argmax()), peak.shape[1])
+    assert (row // 4, col // 4) == (1, 2)
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_decoder_shapes(size):
+    torch.manual_seed(3)
+    f4 = torch.randn(1, 512, size // 32, size // 32)
+    fused = [torch.randn(1, c, size // s, size // s) for c, s in [(64, 4), (128, 8), (256, 16)]]
+    f0 = torch.randn(1, 64, size // 2, size // 2)
+    with torch.no_grad():
+        logits = Decoder().eval()(f4, fused, f0)
+    assert logits.shape == (1, 2, size, size)
+    block = UpConvBlock(8, 4)
+    assert block(torch.randn(1, 8, 5, 7)).shape == (1, 4, 10, 14)

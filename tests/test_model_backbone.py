@@ -1,0 +1,106 @@
+"""Encoder: feature shapes, frozen layers, BN statistics, weight loading and its errors."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from memseg_tutorial.losses import MemSegLoss
+from memseg_tutorial.model import MemSeg, ResNet18Encoder, backbone
+from memseg_tutorial.model.backbone import FEATURE_CHANNELS, FEATURE_STRIDES
+
+pytestmark = pytest.mark.filterwarnings("ignore:ResNet18 encoder with RANDOM weights")
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_encoder_feature_shapes(size):
+    encoder = ResNet18Encoder("none").eval()
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, size, size))
+    for name, tensor in features.items():
+        side = size // FEATURE_STRIDES[name]
+        assert tuple(tensor.shape) == (1, FEATURE_CHANNELS[name], side, side), name
+
+
+def test_random_weights_warn():
+    with pytest.warns(UserWarning, match="far from the paper"):
+        ResNet18Encoder("none")
+
+
+def test_only_stem_and_layer4_train():
+    encoder = ResNet18Encoder("none")
+    for name in ("layer1", "layer2", "layer3"):
+        assert all(not p.requires_grad for p in getattr(encoder, name).parameters()), name
+    for name in ("stem", "layer4"):
+        assert all(p.requires_grad for p in getattr(encoder, name).parameters()), name
+
+
+def _running_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_training_step_leaves_frozen_layers_untouched():
+    torch.manual_seed(0)
+    model = MemSeg(image_size=64, memory_size=2, backbone_weights="none")
+    model.build_memory_bank(torch.randn(2, 3, 64, 64))
+    frozen_before = {name: _running_stats(layer) for name, layer in zip("123", model.frozen_layers, strict=True)}
+    weights_before = [p.clone() for layer in model.frozen_layers for p in layer.parameters()]
+    stem_before = _running_stats(model.encoder.stem)
+
+    model.train()
+    assert model.training and model.encoder.stem.training and model.encoder.layer4.training
+    assert not any(layer.training for layer in model.frozen_layers)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    mask = (torch.rand(2, 1, 64, 64) > 0.8).float()
+    loss, _ = MemSegLoss()(model(torch.randn(2, 3, 64, 64)), mask)
+    loss.backward()
+    optimizer.step()
+
+    for layer in model.frozen_layers:
+        assert all(p.grad is None for p in layer.parameters())
+    assert model.encoder.stem[0].weight.grad is not None  # gradient reaches the stem through them
+    weights_after = [p for layer in model.frozen_layers for p in layer.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, weights_after, strict=True))
+    for name, layer in zip("123", model.frozen_layers, strict=True):
+        for key, value in _running_stats(layer).items():
+            assert torch.equal(value, frozen_before[name][key]), f"layer{name}.{key} drifted"
+    # The stem's BN is trainable and in train mode: its statistics must have moved (test is live).
+    stem_after = _running_stats(model.encoder.stem)
+    assert not torch.equal(stem_after["1.running_mean"], stem_before["1.running_mean"])
+
+
+def test_imagenet_offline_fails_with_instructions(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(backbone, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError) as info:
+        ResNet18Encoder("imagenet")
+    message = str(info.value)
+    assert backbone.IMAGENET_WEIGHTS_URL in message
+    assert str(backbone.imagenet_cache_path()) in message
+    assert "backbone_weights=" in message and "'none'" in message
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    source = backbone.build_resnet18("none")
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    encoder = ResNet18Encoder(path)
+    assert torch.equal(encoder.stem[0].weight, source.conv1.weight)
+    assert torch.equal(encoder.layer3[1].bn2.running_var, source.layer3[1].bn2.running_var)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        ResNet18Encoder(missing)
+
+
+def test_wrong_weights_file_is_rejected(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(3)}, path)
+    with pytest.raises((ValueError, RuntimeError)):
+        ResNet18Encoder(path)

@@ -1,0 +1,131 @@
+"""The assembled MemSeg: shapes at every stage, state dict round trip, maps, scores, errors."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from memseg_tutorial.config import get_config
+from memseg_tutorial.model import MemSeg, count_parameters, image_scores
+
+pytestmark = pytest.mark.filterwarnings("ignore:ResNet18 encoder with RANDOM weights")
+
+
+def make_model(size: int, memory: int = 3, seed: int = 0) -> MemSeg:
+    torch.manual_seed(seed)
+    model = MemSeg(image_size=size, memory_size=memory, backbone_weights="none").eval()
+    model.build_memory_bank(torch.randn(memory, 3, size, size))
+    return model
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_shapes_at_every_stage(size):
+    model = make_model(size, memory=2)
+    with torch.no_grad():
+        out = model.forward_with_intermediates(torch.randn(2, 3, size, size))
+    s = size
+    expected_features = {
+        "f0": (2, 64, s // 2, s // 2),
+        "f1": (2, 64, s // 4, s // 4),
+        "f2": (2, 128, s // 8, s // 8),
+        "f3": (2, 256, s // 16, s // 16),
+        "f4": (2, 512, s // 32, s // 32),
+    }
+    assert {k: tuple(v.shape) for k, v in out["features"].items()} == expected_features
+    sides = [s // 4, s // 8, s // 16]
+    shapes = lambda ts: [tuple(t.shape) for t in ts]  # noqa: E731
+    assert shapes(out["differences"]) == [(2, c, h, h) for c, h in zip((64, 128, 256), sides, strict=True)]
+    assert shapes(out["concatenated"]) == [(2, c, h, h) for c, h in zip((128, 256, 512), sides, strict=True)]
+    assert shapes(out["fused"]) == [(2, c, h, h) for c, h in zip((64, 128, 256), sides, strict=True)]
+    assert shapes(out["spatial_maps"]) == [(2, 1, h, h) for h in sides]
+    assert shapes(out["attended"]) == shapes(out["fused"])
+    assert tuple(out["memory_indices"].shape) == (2,)
+    assert tuple(out["logits"].shape) == (2, 2, s, s)
+
+
+def test_state_dict_round_trip_restores_bank_and_outputs():
+    model = make_model(64, memory=3, seed=1)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+
+    torch.manual_seed(99)  # different random init: everything must come from the state dict
+    fresh = MemSeg(image_size=64, memory_size=3, backbone_weights="none").eval()
+    assert fresh.memory_bank.is_empty
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert len(fresh.memory_bank) == 3
+    for a, b in zip(fresh.memory_bank.levels, model.memory_bank.levels, strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), before, rtol=0, atol=1e-6)
+
+
+def test_anomaly_map_in_unit_interval_and_predict_scores():
+    model = make_model(64)
+    x = torch.randn(3, 3, 64, 64) * 3
+    maps = model.anomaly_map(x)
+    assert maps.shape == (3, 64, 64)
+    assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+    torch.testing.assert_close(maps, torch.softmax(model(x), dim=1)[:, 1].detach())
+    pred_maps, scores = model.predict(x, top_k=10)
+    torch.testing.assert_close(pred_maps, maps)
+    torch.testing.assert_close(scores, image_scores(maps, top_k=10))
+    _, max_scores = model.predict(x, mode="max")
+    torch.testing.assert_close(max_scores, maps.flatten(1).max(1).values)
+
+
+def test_image_scores_top_k_mean_and_max():
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 0, :3] = torch.tensor([1.0, 0.5, 0.25])
+    maps[1, 3, 3] = 0.8
+    torch.testing.assert_close(image_scores(maps, top_k=2), torch.tensor([0.75, 0.4]))
+    torch.testing.assert_close(image_scores(maps, mode="max"), torch.tensor([1.0, 0.8]))
+    # top_k larger than the number of pixels is capped: plain mean.
+    torch.testing.assert_close(image_scores(maps, top_k=1000), maps.flatten(1).mean(1))
+    with pytest.raises(ValueError, match="topk_mean"):
+        image_scores(maps, mode="median")
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 100, 100), (1, 3, 64, 80), (1, 3, 48, 48)])
+def test_sizes_not_multiple_of_32_rejected(shape):
+    model = make_model(64)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        model(torch.randn(shape))
+
+
+def test_bad_image_size_and_channels_rejected():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        MemSeg(image_size=100, backbone_weights="none")
+    model = make_model(64)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_forward_with_empty_bank_raises():
+    model = MemSeg(image_size=64, backbone_weights="none")
+    with pytest.raises(RuntimeError, match="build_memory_bank"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_bank_built_in_eval_mode_keeps_training_state():
+    model = MemSeg(image_size=64, backbone_weights="none").train()
+    stem_stats = model.encoder.stem[1].running_mean.clone()
+    model.build_memory_bank(torch.randn(4, 3, 64, 64))
+    assert model.training and model.encoder.stem.training
+    assert torch.equal(model.encoder.stem[1].running_mean, stem_stats)
+    assert model.memory_bank.level3.shape == (4, 256, 4, 4)
+
+
+def test_from_config_and_parameter_counts():
+    config = get_config("quick")
+    model = MemSeg.from_config(config)
+    assert model.image_size == config.image_size and model.memory_size == config.memory_size
+    counts = count_parameters(model)
+    frozen = sum(p.numel() for n in ("layer1", "layer2", "layer3") for p in getattr(model.encoder, n).parameters())
+    assert counts["frozen"] == frozen
+    assert counts["trainable"] + counts["frozen"] == sum(p.numel() for p in model.parameters())
