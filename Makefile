@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 # torch is pinned only here: these wheels install from local disk on the course machines.
 # On Colab or your own machine any torch >= 2.1 works (see pyproject.toml).
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads slowed torch ~10x.
+export OMP_WAIT_POLICY ?= PASSIVE
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: help install demo test lint unit nbtest notebooks lab clean

@@ -55,6 +55,10 @@ class Config:
     focal_gamma: float = 4.0
     amp: bool = True  # mixed precision on CUDA
     checkpoint_every: int = 500
+    train_encoder: bool = False  # also train layer1..3 (only sensible with random weights)
+    memory_refresh_every: int = 0  # rebuild the memory bank every k steps (0 = once, paper)
+    gpu_synthesis: bool = True  # on CUDA, simulate anomalies on the GPU (synthesize_batch_torch)
+    cpu_bf16: bool = False  # bf16 autocast on the CPU (only fast on CPUs with native bf16)
 
     # --- evaluation (SPEC section 4) -----------------------------------------------------------
     score_top_k: int = 100  # image score = mean of the top-k pixels of the anomaly map

@@ -1,0 +1,135 @@
+"""Checkpoints that survive a crash: written to a temporary file, then renamed in one step.
+
+A checkpoint holds everything a run needs to continue exactly where it stopped: the model
+(memory bank included, it is a buffer), the optimiser and schedule states, the step, the config,
+the seed and the loss history. ``os.replace`` is atomic on one file system, so a reader sees
+either the old complete file or the new complete file, never half of one, even if the process
+is killed (or Ctrl-C is pressed) in the middle of ``torch.save``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+
+CHECKPOINT_FORMAT = "memseg-tutorial-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp alone give 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.chmod(temporary, default_mode())
+        os.replace(temporary, path)
+    except BaseException:  # also KeyboardInterrupt: never leave a half-written file behind
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (metrics.json, scores.csv) the same all-or-nothing way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, default_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_checkpoint(
+    model: torch.nn.Module,
+    config: Config,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    history: list[dict] | None = None,
+    run_info: dict | None = None,
+) -> dict:
+    """The dictionary that :func:`save_checkpoint` writes (plain tensors and Python values)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": int(step),
+        "seed": int(config.seed),
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": list(history or []),
+        "run": dict(run_info or {}),  # data root, category, kind, texture folder
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, **parts) -> Path:
+    """Build (see :func:`make_checkpoint` for the keywords) and write atomically."""
+    return atomic_save(make_checkpoint(**parts), path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, with errors that say what to do."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Checkpoint not found: {path}. Train first (python -m memseg_tutorial train ...) "
+            f"or pass the checkpoint.pt of a run folder under runs/."
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot read checkpoint {path}: {type(error).__name__}: {error}. "
+            f"The file may be truncated or not a checkpoint of this project."
+        ) from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a memseg-tutorial checkpoint (no '{CHECKPOINT_FORMAT}' marker)."
+        )
+    return checkpoint
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Config, dict]:
+    """(model in eval mode with its memory bank, its config, the raw checkpoint) from a file."""
+    import warnings
+
+    from .model import MemSeg
+
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    config = Config.from_dict(checkpoint["config"])
+    with warnings.catch_warnings():  # the weights come from the checkpoint, not from ImageNet
+        warnings.simplefilter("ignore")
+        model = MemSeg(image_size=config.image_size, memory_size=config.memory_size,
+                       backbone_weights="none")
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    return model, config, checkpoint

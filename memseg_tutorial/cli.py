@@ -1,0 +1,499 @@
+"""The command line: ``python -m memseg_tutorial <command>`` (or ``memseg <command>``).
+
+Every command fails with ONE line on stderr that starts with ``error:`` and a non-zero exit code
+(1 for bad input or a failed step, 2 for a malformed command line, 130 for Ctrl-C), and leaves no
+half-written output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  python -m memseg_tutorial demo                      # train + evaluate on the offline sample (quick)
+  python -m memseg_tutorial download sample           # write the offline sample dataset (seconds)
+  python -m memseg_tutorial download mvtec --category bottle
+  python -m memseg_tutorial train --category surface --preset quick --name surface_quick
+  python -m memseg_tutorial train --resume runs/surface_quick/checkpoint.pt
+  python -m memseg_tutorial evaluate runs/surface_quick/checkpoint.pt
+  python -m memseg_tutorial predict runs/surface_quick/checkpoint.pt my_images/ --out predictions/
+
+Without --data the offline sample dataset is used (categories: surface, object). The preset is
+--preset, else $MEMSEG_PRESET, else "full" for train (paper settings, for a GPU) and "quick" for
+demo. Runs are written to runs/<name>/ ($MEMSEG_RUNS_DIR overrides the folder).
+"""
+
+
+DEMO_HOLDOUT = 6  # normal training images kept out of training to set the thresholds
+
+
+class CommandError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+class Interrupted(CommandError):
+    """Ctrl-C: reported in one line, exit code 130."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a malformed command line in one line (not usage + message)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def _config(args, default_preset: str, **overrides):
+    from .config import active_preset, get_config
+
+    preset = args.preset or (os.environ.get("MEMSEG_PRESET") and active_preset()) or default_preset
+    values = {key: value for key, value in overrides.items() if value is not None}
+    return get_config(preset, **values)
+
+
+def _dataset_root(args) -> tuple[Path, bool]:
+    """(dataset root, is the offline sample)."""
+    if args.data is not None:
+        root = Path(args.data).expanduser()
+        if not root.is_dir():
+            raise CommandError(f"Dataset folder not found: {root} (expected MVTec AD layout).")
+        return root, False
+    from .data import ensure_sample_dataset
+
+    return ensure_sample_dataset(), True
+
+
+def _kind(args, is_sample: bool) -> str:
+    if getattr(args, "kind", None):
+        return args.kind
+    from .data import SAMPLE_CATEGORIES
+
+    if is_sample:
+        if args.category not in SAMPLE_CATEGORIES:
+            raise CommandError(
+                f"Unknown category {args.category!r} for the offline sample dataset; "
+                f"choose one of {', '.join(SAMPLE_CATEGORIES)}."
+            )
+        return SAMPLE_CATEGORIES[args.category]
+    from .data.download import MVTEC_TEXTURES
+
+    return "texture" if args.category in MVTEC_TEXTURES else "object"
+
+
+def _texture_source(folder, image_size: int):
+    from .data import TextureSource
+
+    return TextureSource(Path(folder).expanduser() if folder else None, image_size=image_size)
+
+
+def _check_run_name(name: str) -> str:
+    if not name or Path(name).name != name or name.startswith("."):
+        raise CommandError(f"Run name {name!r} must be a plain folder name (no '/', not hidden).")
+    return name
+
+
+def _write_json(data: dict, path: Path) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps(data, indent=2, default=float) + "\n", path)
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import default_mode
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=90, bbox_inches="tight")
+        os.chmod(temporary, default_mode())
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+        plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_download(args) -> int:
+    from .data import download
+
+    if args.dataset == "sample":
+        from .data import generate_sample_dataset
+
+        root = generate_sample_dataset(args.root)
+    elif args.dataset == "mvtec":
+        root = download.download_mvtec(args.category, args.root)
+    elif args.dataset == "dtd":
+        root = download.download_dtd(args.root)
+    else:
+        root = download.download_mtd(args.root)
+    print(f"{args.dataset}: ready in {root}")
+    return 0
+
+
+def _train(args, config, run_dir: Path, resume: Path | None = None, progress: bool = True):
+    """Train (or resume) into ``run_dir``; returns the trainer."""
+    from .data import MVTecDataset
+    from .training import Trainer
+
+    root, is_sample = _dataset_root(args)
+    kind = _kind(args, is_sample)
+    train = MVTecDataset(root, args.category, "train", image_size=config.image_size)
+    textures = _texture_source(args.textures, config.image_size)
+    run_info = {"data_root": str(root), "category": args.category,
+                "textures": str(args.textures) if args.textures else None}
+    if resume is not None:
+        trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=progress)
+        print(f"resuming {resume} at step {trainer.step} of {trainer.config.steps}")
+    else:
+        trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir, progress=progress,
+                          run_info=run_info)
+    print(f"training: {trainer.config.summary()} | {len(train)} normal images of "
+          f"{args.category!r} ({kind}) | device {trainer.device}", flush=True)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted at step {trainer.step}; checkpoint saved in {run_dir}; continue with "
+            f"--resume {run_dir / 'checkpoint.pt'}"
+        ) from None
+    return trainer
+
+
+def cmd_train(args) -> int:
+    from .paths import runs_dir
+    from .plots import plot_loss_curve
+
+    if args.resume is not None:
+        from .checkpoint import load_checkpoint
+        from .config import Config
+
+        resume = Path(args.resume).expanduser()
+        checkpoint = load_checkpoint(resume)  # clear error when missing
+        config = Config.from_dict(checkpoint["config"])
+        run = checkpoint.get("run", {})
+        if args.data is None and run.get("data_root") and Path(run["data_root"]).is_dir():
+            args.data = run["data_root"]  # the run's own data (the sample root is such a folder)
+        args.category = run.get("category", args.category)
+        args.textures = args.textures or run.get("textures")
+        run_dir = resume.parent if resume.is_file() else resume
+    else:
+        resume = None
+        config = _config(args, "full", image_size=args.image_size, steps=args.steps,
+                         backbone_weights=args.weights, device=args.device, category=args.category)
+        run_dir = runs_dir() / _check_run_name(args.name or f"{args.category}_{config.preset}")
+    trainer = _train(args, config, run_dir, resume)
+    _write_json({"history": trainer.history}, run_dir / "history.json")
+    _save_figure(plot_loss_curve(trainer.history), run_dir / "loss_curve.png")
+    print(f"done: {trainer.step} steps; checkpoint {trainer.checkpoint_path}")
+    return 0
+
+
+def _evaluate_run(model, config, data_root: Path, category: str):
+    from .data import MVTecDataset
+    from .evaluation import evaluate
+
+    test = MVTecDataset(data_root, category, "test", image_size=config.image_size)
+    return evaluate(model, test, config, device=next(model.parameters()).device)
+
+
+def _metrics_record(result, config, extra: dict | None = None) -> dict:
+    return {
+        **result.metrics,
+        "per_defect": result.per_defect,
+        "eval_images_per_s": result.images_per_second,
+        "test_images": len(result.labels),
+        "config": config.to_dict(),
+        **(extra or {}),
+    }
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_model
+    from .device import get_device
+
+    model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
+    run = checkpoint.get("run", {})
+    category = args.category or run.get("category") or config.category
+    if args.data is not None:
+        root, is_sample = _dataset_root(args)
+    elif run.get("data_root") and Path(run["data_root"]).is_dir():
+        root, is_sample = Path(run["data_root"]), False
+    else:
+        args.data = None
+        root, is_sample = _dataset_root(args)
+    if is_sample:
+        args.category = category
+        _kind(args, True)  # unknown sample category -> clear error
+    result = _evaluate_run(model, config, root, category)
+    print(result.table())
+    out = Path(args.out) if args.out else Path(args.checkpoint).expanduser().parent / "metrics.json"
+    _write_json(_metrics_record(result, config, {"step": checkpoint["step"]}), out)
+    print(f"metrics written to {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import Predictor, resolve_images
+
+    paths = resolve_images(args.inputs)  # errors before the model is loaded
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    if args.normals is not None:
+        thresholds = predictor.calibrate(args.normals, args.image_percentile, args.pixel_percentile)
+        print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} "
+              f"({thresholds.source})")
+    else:
+        print(f"thresholds: {predictor.thresholds.source} (use --normals to calibrate)")
+    start = time.perf_counter()
+    predictions = predictor.predict(paths)
+    seconds = time.perf_counter() - start
+    out = Path(args.out).expanduser()
+    predictor.save_overlays(predictions, out)
+    for prediction in predictions:
+        flag = "ANOMALOUS" if prediction.is_anomalous else "normal"
+        print(f"{prediction.score:.4f}  {flag:<9}  {prediction.path}")
+    print(f"{len(predictions)} images in {seconds:.1f} s; overlays and scores.csv in {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Offline sample -> train (quick) -> evaluate -> runs/<name>/ with metrics and figures."""
+    from .checkpoint import default_mode
+    from .data import SAMPLE_CATEGORIES, MVTecDataset, ensure_sample_dataset
+    from .evaluation import evaluate
+    from .inference import Predictor
+    from .paths import runs_dir
+    from .plots import plot_loss_curve, plot_test_overlays
+    from .training import Trainer, split_holdout
+
+    if args.category not in SAMPLE_CATEGORIES:
+        raise CommandError(
+            f"Unknown category {args.category!r} for the demo; choose one of "
+            f"{', '.join(SAMPLE_CATEGORIES)}."
+        )
+    start = time.perf_counter()
+    config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category)
+    name = _check_run_name(args.name)
+    root = ensure_sample_dataset()
+    normals = MVTecDataset(root, args.category, "train", image_size=config.image_size)
+    train, holdout = split_holdout(normals, DEMO_HOLDOUT, config.seed)
+    test = MVTecDataset(root, args.category, "test", image_size=config.image_size)
+    textures = _texture_source(None, config.image_size)
+    final_dir = runs_dir() / name
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final_dir.parent))
+    try:
+        trainer = Trainer(config, train, textures, kind=SAMPLE_CATEGORIES[args.category],
+                          run_dir=staging, progress=not args.no_progress,
+                          run_info={"data_root": str(root), "category": args.category})
+        print(f"demo: {config.summary()} | {len(train)} normal training images of "
+              f"{args.category!r} (+{len(holdout)} held out for the threshold) | "
+              f"{len(test)} test images", flush=True)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; the demo run was not written") from None
+        train_seconds = trainer.seconds
+        result = evaluate(trainer.model, test, config, device=trainer.device)
+        predictor = Predictor(trainer.model, config, trainer.device)
+        thresholds = predictor.calibrate(holdout.image_paths)
+        trainer.run_info["thresholds"] = dataclasses.asdict(thresholds)
+        trainer.save()  # the thresholds travel with the checkpoint (used by predict)
+        flagged = result.scores > thresholds.image
+        record = _metrics_record(result, config, {
+            "steps": trainer.step,
+            "train_seconds": train_seconds,
+            "train_images_per_s": trainer.images_per_second,
+            "loss_first": trainer.history[0]["loss"],
+            "loss_last": trainer.history[-1]["loss"],
+            "thresholds": dataclasses.asdict(thresholds),
+            "test_false_alarm_rate": float(flagged[result.labels == 0].mean()),
+            "test_detection_rate": float(flagged[result.labels == 1].mean()),
+        })
+        _write_json(record, staging / "metrics.json")
+        _write_json({"history": trainer.history}, staging / "history.json")
+        _save_figure(plot_loss_curve(trainer.history), staging / "loss_curve.png")
+        _save_figure(plot_test_overlays(result), staging / "overlays.png")
+        os.chmod(staging, default_mode(directory=True))
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(result.table())
+    print(
+        f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min "
+        f"(training {train_seconds:.0f} s, {trainer.images_per_second:.1f} images/s): "
+        f"image AUROC {result.metrics['image_auroc']:.3f}, pixel AUROC "
+        f"{result.metrics['pixel_auroc']:.3f}, AUPRO@0.3 {result.metrics['aupro']:.3f}\n"
+        f"threshold from {DEMO_HOLDOUT} held-out normals: {record['test_detection_rate']:.0%} of "
+        f"test defects flagged, {record['test_false_alarm_rate']:.0%} false alarms on test normals\n"
+        f"written: {final_dir}/ (checkpoint.pt, metrics.json, loss_curve.png, overlays.png)"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=("quick", "full"), default=None,
+                        help="quick (CPU, 128 px, minutes) or full (paper, GPU); default: $MEMSEG_PRESET")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to run (default: the preset's)")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, metavar="ROOT",
+                        help="dataset root in MVTec AD layout (default: the offline sample dataset)")
+    parser.add_argument("--category", default="surface",
+                        help="category folder inside the root (sample: surface or object; default surface)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="python -m memseg_tutorial",
+        description="MemSeg, the tutorial's model: download data, train, evaluate, predict, or run "
+                    "the whole thing on the offline sample data with 'demo'.",
+        epilog=EPILOG,
+        formatter_class=formatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    download = commands.add_parser(
+        "download", help="get a dataset (sample, mvtec, dtd, mtd)", formatter_class=formatter,
+        description="Download (with checksums) or generate a dataset into data/ ($MEMSEG_DATA_DIR).",
+        epilog="examples:\n  python -m memseg_tutorial download sample\n"
+               "  python -m memseg_tutorial download mvtec --category bottle\n"
+               "  python -m memseg_tutorial download dtd",
+    )
+    download.add_argument("dataset", choices=("sample", "mvtec", "dtd", "mtd"),
+                          help="sample = offline generated data; mvtec = MVTec AD; dtd = textures; "
+                               "mtd = Magnetic Tile Defects")
+    download.add_argument("--category", default=None, help="MVTec AD category only (e.g. bottle)")
+    download.add_argument("--root", default=None, help="target folder (default under data/)")
+    download.set_defaults(handler=cmd_download)
+
+    train = commands.add_parser(
+        "train", help="train a model into runs/<name>/", formatter_class=formatter,
+        description="Train MemSeg on the normal images of one category; anomalies are simulated. "
+                    "Ctrl-C saves a checkpoint; --resume continues it exactly.",
+        epilog="examples:\n  python -m memseg_tutorial train --preset quick\n"
+               "  python -m memseg_tutorial train --data data/mvtec_anomaly_detection --category "
+               "bottle --textures data/dtd/images\n"
+               "  python -m memseg_tutorial train --resume runs/surface_quick/checkpoint.pt",
+    )
+    _add_common(train)
+    _add_data(train)
+    train.add_argument("--textures", default=None, metavar="DIR",
+                       help="folder of texture images for texture anomalies (default: scikit-image's)")
+    train.add_argument("--kind", choices=("texture", "object"), default=None,
+                       help="texture (anomalies anywhere) or object (only on the foreground)")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
+    train.add_argument("--image-size", type=int, default=None, help="input side, multiple of 32")
+    train.add_argument("--weights", default=None, metavar="W",
+                       help="encoder weights: imagenet, none or a .pth path (default: preset)")
+    train.add_argument("--name", default=None, help="run folder name (default <category>_<preset>)")
+    train.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                       help="continue a checkpoint (its settings are used)")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="image AUROC, pixel AUROC and AUPRO of a checkpoint", formatter_class=formatter,
+        description="Evaluate a checkpoint on the test split of its dataset (or --data/--category).",
+        epilog="example:\n  python -m memseg_tutorial evaluate runs/demo/checkpoint.pt",
+    )
+    evaluate.add_argument("checkpoint", help="checkpoint.pt (or its run folder)")
+    evaluate.add_argument("--data", default=None, metavar="ROOT", help="dataset root (default: the run's)")
+    evaluate.add_argument("--category", default=None, help="category (default: the run's)")
+    evaluate.add_argument("--out", default=None, help="metrics JSON (default: metrics.json beside the checkpoint)")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="anomaly maps, scores and overlays for your own images",
+        formatter_class=formatter,
+        description="Score images of any size (resized for the model, maps resized back). "
+                    "Thresholds come from held-out NORMAL images (--normals), never from defects.",
+        epilog="examples:\n  python -m memseg_tutorial predict runs/demo/checkpoint.pt photo.png\n"
+               "  python -m memseg_tutorial predict runs/demo/checkpoint.pt images/ --normals "
+               "good_images/ --out predictions/",
+    )
+    predict.add_argument("checkpoint", help="checkpoint.pt (or its run folder)")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    predict.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    predict.add_argument("--normals", default=None, metavar="DIR",
+                         help="held-out normal images to set the thresholds")
+    predict.add_argument("--image-percentile", type=float, default=99.0,
+                         help="image threshold = this percentile of the normal scores (default 99)")
+    predict.add_argument("--pixel-percentile", type=float, default=99.9,
+                         help="pixel threshold = this percentile of the normal pixels (default 99.9)")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    predict.set_defaults(handler=cmd_predict)
+
+    demo = commands.add_parser(
+        "demo", help="train + evaluate on the offline sample data (minutes on a CPU)",
+        formatter_class=formatter,
+        description="The whole pipeline offline: sample data -> training (quick preset) -> test "
+                    "metrics -> runs/<name>/ with checkpoint.pt, metrics.json, loss_curve.png and "
+                    "overlays.png.",
+        epilog="examples:\n  python -m memseg_tutorial demo\n"
+               "  python -m memseg_tutorial demo --category object --steps 30 --name demo_object",
+    )
+    _add_common(demo)
+    demo.add_argument("--category", default="surface", help="surface (texture) or object")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
+    demo.add_argument("--name", default="demo", help="run folder under runs/ (default demo)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 success, 1 error, 2 bad command line, 130 Ctrl-C)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 130
+    except (CommandError, FileNotFoundError, ValueError, RuntimeError, OSError, TypeError) as error:
+        if os.environ.get("MEMSEG_DEBUG"):
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1

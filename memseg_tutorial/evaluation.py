@@ -1,0 +1,349 @@
+"""How good is a model? Image AUROC, pixel AUROC and AUPRO, overall and per defect type.
+
+Three questions, three numbers (SPEC section 4):
+
+- image AUROC: does the image score (mean of the top-k pixels of the anomaly map) rank every
+  defective image above every normal one? Threshold-free, 0.5 = chance, 1.0 = perfect.
+- pixel AUROC: the same question asked of every pixel. Large defects dominate it, because they
+  own most of the anomalous pixels.
+- AUPRO@0.3: the per-region overlap (PRO), averaged over connected defect regions so that a
+  tiny crack counts as much as a large stain, plotted against the false-positive rate and
+  integrated up to FPR 0.3, then divided by 0.3 (so 1.0 = perfect, and a random map scores about
+  0.15, not 0.5).
+
+The test split is used for these numbers only: no threshold, checkpoint or setting is ever chosen
+on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from .config import Config
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def _require_both_classes(labels: np.ndarray, what: str) -> None:
+    positives = int(labels.sum())
+    if positives == 0 or positives == labels.size:
+        found = "only anomalous" if positives else "only normal"
+        raise ValueError(
+            f"{what} needs both normal and anomalous {('pixels' if 'pixel' in what else 'samples')}, "
+            f"but found {found} ones ({labels.size} in total). Evaluate on a split that holds "
+            f"normal images and defective images with non-empty masks."
+        )
+
+
+def binarize_masks(masks, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Ground truth -> bool (N, H, W): nearest-neighbour resize to ``size`` (H, W), then > 0.5.
+
+    Nearest neighbour never invents grey edge values, and the 0.5 threshold makes 0/1 and 0/255
+    masks (once scaled) behave alike.
+    """
+    masks = _as_numpy(masks).astype(np.float32)
+    if masks.ndim == 4 and masks.shape[1] == 1:  # (N, 1, H, W) tensors from a DataLoader
+        masks = masks[:, 0]
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W) or (N, 1, H, W), got shape {masks.shape}.")
+    if masks.max(initial=0.0) > 1.0:  # 0/255 masks
+        masks = masks / 255.0
+    if size is not None and masks.shape[1:] != tuple(size):
+        height, width = size
+        masks = np.stack(
+            [cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
+        )
+    return masks > 0.5
+
+
+def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    maps = _as_numpy(maps).astype(np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"anomaly maps must be (N, H, W), got shape {maps.shape}.")
+    masks = binarize_masks(masks, size=maps.shape[1:])
+    if masks.shape[0] != maps.shape[0]:
+        raise ValueError(f"Got {maps.shape[0]} anomaly maps but {masks.shape[0]} masks.")
+    return maps, masks
+
+
+# ---------------------------------------------------------------------------------------------
+# The three metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve of image scores (label 1 = defective)."""
+    labels = _as_numpy(labels).astype(int).ravel()
+    scores = _as_numpy(scores).astype(np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"Got {labels.size} labels but {scores.size} scores.")
+    _require_both_classes(labels, "Image AUROC")
+    return float(roc_auc_score(labels, scores))
+
+
+def pixel_auroc(masks, maps) -> float:
+    """ROC AUC over every pixel of every image: maps (N, H, W) against masks (N, H, W)."""
+    maps, masks = _maps_and_masks(maps, masks)
+    targets = masks.ravel()
+    _require_both_classes(targets, "Pixel AUROC")
+    return float(roc_auc_score(targets, maps.ravel()))
+
+
+@dataclass
+class ProCurve:
+    """PRO against FPR for every distinct threshold, from the highest threshold down."""
+
+    fpr: np.ndarray
+    pro: np.ndarray
+    thresholds: np.ndarray
+    num_regions: int
+
+
+def pro_curve(masks, maps, fpr_limit: float | None = None) -> ProCurve:
+    """The exact PRO-vs-FPR curve, one point per distinct score (no threshold grid to pick).
+
+    Each pixel carries a weight: a normal pixel adds 1 / (normal pixels) to the FPR when the
+    threshold falls below its score; a pixel of region r adds 1 / (regions * |r|) to the PRO,
+    because PRO is the mean over regions of the covered fraction. Sorting all pixels by score
+    and summing these weights gives both curves at every threshold at once. With ``fpr_limit``
+    the curve stops at the first point past it (all that AUPRO needs, and much less memory).
+    """
+    maps, masks = _maps_and_masks(maps, masks)
+    region_ids = np.zeros(maps.shape, dtype=np.int64)  # 0 = normal pixel, k = k-th defect region
+    num_regions = 0
+    for i, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+        region_ids[i] = np.where(labelled > 0, labelled + num_regions, 0)
+        num_regions += count
+    num_normal = int((~masks).sum())
+    if num_normal == 0 or num_regions == 0:
+        raise ValueError(
+            "AUPRO needs normal pixels and at least one defect region, but found "
+            f"{num_normal} normal pixels and {num_regions} regions. Evaluate on a split that "
+            "holds defective images with non-empty masks."
+        )
+    region_sizes = np.bincount(region_ids.ravel(), minlength=num_regions + 1).astype(np.float64)
+    region_weight = np.zeros(num_regions + 1)
+    region_weight[1:] = 1.0 / (num_regions * region_sizes[1:])  # a region counts 1/regions in all
+
+    scores = maps.ravel()
+    order = np.argsort(-scores, kind="stable")
+    scores = scores[order]
+    ids = region_ids.ravel()[order]
+    normal_seen = np.cumsum(ids == 0)  # integer counts: exact, whatever the number of pixels
+    if fpr_limit is not None:
+        past = np.searchsorted(normal_seen, fpr_limit * num_normal, side="right")
+        while past < scores.size - 1 and scores[past + 1] == scores[past]:
+            past += 1  # finish the run of ties that crosses the limit
+        scores, ids, normal_seen = scores[: past + 1], ids[: past + 1], normal_seen[: past + 1]
+    fpr = normal_seen / num_normal
+    pro = np.cumsum(region_weight[ids])
+    # Pixels with equal scores switch together: keep the last index of each run of ties.
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    fpr = np.r_[0.0, fpr[last_of_tie]]
+    pro = np.r_[0.0, pro[last_of_tie]]
+    thresholds = np.r_[np.inf, scores[last_of_tie]]
+    return ProCurve(np.minimum(fpr, 1.0), np.minimum(pro, 1.0), thresholds, num_regions)
+
+
+def area_up_to(x: np.ndarray, y: np.ndarray, x_limit: float) -> float:
+    """Trapezoid area under y(x) from x[0] to exactly ``x_limit`` (linear interpolation there)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = x <= x_limit
+    xs, ys = x[keep], y[keep]
+    if xs.size and xs[-1] < x_limit and keep.sum() < x.size:
+        j = int(np.argmax(~keep))  # first point past the limit
+        x0, x1, y0, y1 = x[j - 1], x[j], y[j - 1], y[j]
+        y_limit = y0 + (y1 - y0) * (x_limit - x0) / (x1 - x0) if x1 > x0 else y1
+        xs, ys = np.r_[xs, x_limit], np.r_[ys, y_limit]
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2.0))
+
+
+def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+    """Area under the PRO curve up to ``fpr_limit``, divided by it (1.0 = perfect)."""
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit}.")
+    curve = pro_curve(masks, maps, fpr_limit)
+    return area_up_to(curve.fpr, curve.pro, fpr_limit) / fpr_limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluating a model on a dataset
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationResult:
+    """Everything the evaluation computed, kept so a lesson can plot it without re-running."""
+
+    maps: np.ndarray  # (N, S, S) float32 anomaly maps at the input resolution
+    scores: np.ndarray  # (N,) image scores
+    labels: np.ndarray  # (N,) 0 normal / 1 defective
+    masks: np.ndarray  # (N, S, S) bool ground truth
+    defects: list[str]
+    paths: list[str]
+    metrics: dict = field(default_factory=dict)  # overall: image_auroc, pixel_auroc, aupro
+    per_defect: dict = field(default_factory=dict)  # defect -> the same three numbers
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+    def table(self) -> str:
+        """A plain-text table: one row per defect type, then all defects together."""
+        return format_results_table(self.per_defect, self.metrics)
+
+
+def compute_metrics(
+    labels, scores, masks, maps, fpr_limit: float = 0.3
+) -> dict[str, float]:
+    """The three numbers of the SPEC for one set of images."""
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks, maps),
+        "aupro": aupro(masks, maps, fpr_limit),
+    }
+
+
+def per_defect_metrics(
+    labels, scores, masks, maps, defects: Sequence[str], fpr_limit: float = 0.3
+) -> dict[str, dict[str, float]]:
+    """Each defect type against ALL normal test images (the normals are shared by every row)."""
+    labels = _as_numpy(labels).astype(int)
+    scores = _as_numpy(scores)
+    maps = _as_numpy(maps)
+    masks = _as_numpy(masks)
+    defects = list(defects)
+    normal = labels == 0
+    table = {}
+    for defect in sorted({d for d, y in zip(defects, labels, strict=True) if y == 1}):
+        chosen = normal | np.array([d == defect for d in defects])
+        table[defect] = compute_metrics(
+            labels[chosen], scores[chosen], masks[chosen], maps[chosen], fpr_limit
+        )
+        table[defect]["count"] = int((~normal & chosen).sum())
+    return table
+
+
+def format_results_table(per_defect: dict, overall: dict | None = None) -> str:
+    header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{'AUPRO@0.3':>11}"
+    lines = [header, "-" * len(header)]
+    rows = list(per_defect.items())
+    if overall:
+        rows.append(("all", overall))
+    for name, m in rows:
+        count = m.get("count", "")
+        lines.append(
+            f"{name:<14}{count!s:>7}{m['image_auroc']:>13.3f}{m['pixel_auroc']:>13.3f}{m['aupro']:>11.3f}"
+        )
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset,
+    config: Config,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    progress: bool = False,
+    return_masks: bool = False,
+):
+    """Anomaly maps (N, S, S) and image scores (N,) for every item of a dataset, in order.
+
+    With ``return_masks`` the ground-truth masks (N, S, S) come back too, read in the same pass.
+    """
+    from .model import image_scores
+
+    device = torch.device(device)
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=config.num_workers
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="evaluate", unit="batch", leave=False)
+    maps, scores, masks = [], [], []
+    for batch in loader:
+        images = batch["image"].to(device)
+        batch_maps = model.anomaly_map(images).float()  # (B, S, S)
+        maps.append(batch_maps.cpu().numpy())
+        top_k = min(config.score_top_k, batch_maps.shape[-1] * batch_maps.shape[-2])
+        scores.append(image_scores(batch_maps, top_k=top_k, mode=config.score_mode).cpu().numpy())
+        if return_masks:
+            masks.append(batch["mask"][:, 0].numpy())  # (B, S, S)
+    maps, scores = np.concatenate(maps), np.concatenate(scores)
+    if return_masks:
+        return maps, scores, np.concatenate(masks)
+    return maps, scores
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    config: Config,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Run the model on a test dataset (MVTecDataset/MTDDataset contract) and score it.
+
+    The anomaly map covers the whole input (no centre crop), so border defects count.
+    ``images_per_second`` times the model and data loading, not the metrics.
+    """
+    if len(dataset) == 0:
+        raise ValueError("The evaluation dataset is empty.")
+    start = time.perf_counter()
+    maps, scores, masks = predict_dataset(
+        model, dataset, config, device, batch_size, progress, return_masks=True
+    )
+    seconds = time.perf_counter() - start
+    labels = np.asarray(dataset.labels, dtype=int)
+    defects = list(dataset.defects)
+    masks = binarize_masks(masks, size=maps.shape[1:])
+    metrics = compute_metrics(labels, scores, masks, maps, config.aupro_fpr_limit)
+    table = per_defect_metrics(labels, scores, masks, maps, defects, config.aupro_fpr_limit)
+    return EvaluationResult(
+        maps=maps,
+        scores=scores,
+        labels=labels,
+        masks=masks,
+        defects=defects,
+        paths=[str(p) for p in dataset.image_paths],
+        metrics=metrics,
+        per_defect=table,
+        seconds=seconds,
+        images_per_second=len(dataset) / max(seconds, 1e-9),
+    )
+
+
+def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the ROC curve, for plotting."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(_as_numpy(labels).astype(int).ravel(), _as_numpy(scores).ravel())
+    return fpr, tpr
+

@@ -1,0 +1,253 @@
+"""Using a trained model: images of any size in, anomaly maps, scores and overlays out.
+
+The model sees every image resized to its training size (S x S); the anomaly map comes back
+resized to the image's own size, so it can be laid over the original. Decisions need
+thresholds, and thresholds are chosen on HELD-OUT NORMAL images (a high percentile of their
+scores and pixels), never on test defects: in production you rarely have defects to tune on,
+and tuning on the test set would make the reported numbers optimistic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .config import Config
+from .data.images import list_images, read_image_rgb, resize_image, to_tensor
+
+# Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class Thresholds:
+    """Image-level (on the image score) and pixel-level (on the map) decision thresholds."""
+
+    image: float = DEFAULT_THRESHOLD
+    pixel: float = DEFAULT_THRESHOLD
+    source: str = "default (0.5, not calibrated)"
+
+
+@dataclass
+class Prediction:
+    """The result for one image, at the image's own size."""
+
+    path: str | None
+    image: np.ndarray  # uint8 (H, W, 3), as read
+    anomaly_map: np.ndarray  # float32 (H, W) in [0, 1]
+    score: float  # image score (from the S x S map, as in the evaluation)
+    is_anomalous: bool  # score > thresholds.image
+    defect_mask: np.ndarray  # bool (H, W): anomaly_map > thresholds.pixel
+
+
+def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """A folder, one image file, or a list of image files -> list of image paths (clear errors)."""
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item).expanduser()
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise ValueError(
+                    f"Image folder {item} is empty: no .png/.jpg/.bmp/.tif files in it "
+                    f"(sub-folders are not searched)."
+                )
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"No such image file or folder: {item}")
+    if not paths:
+        raise ValueError("No input images were given.")
+    return paths
+
+
+class Predictor:
+    """A trained model ready to score images of any size.
+
+    >>> predictor = Predictor.from_checkpoint("runs/demo/checkpoint.pt")
+    >>> predictor.calibrate("data/.../train/good")        # thresholds from held-out normals
+    >>> predictions = predictor.predict("my_images/")     # list[Prediction]
+    >>> predictor.save_overlays(predictions, "runs/demo/predictions")
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Config,
+        device: torch.device | str = "cpu",
+        thresholds: Thresholds | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.thresholds = thresholds or Thresholds()
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: torch.device | str | None = None
+    ) -> Predictor:
+        from .checkpoint import load_model
+        from .device import get_device
+
+        device = torch.device(device) if device is not None else get_device("auto")
+        model, config, checkpoint = load_model(path, device)
+        saved = checkpoint.get("run", {}).get("thresholds")
+        thresholds = Thresholds(**saved) if saved else None
+        return cls(model, config, device, thresholds)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @torch.no_grad()
+    def maps_and_scores(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """uint8 (H_i, W_i, 3) images -> maps at each image's size, and image scores (N,)."""
+        from .model import image_scores
+
+        maps, scores = [], []
+        size = self.image_size
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack([to_tensor(resize_image(im, size)) for im in chunk])  # (b, 3, S, S)
+            small = self.model.anomaly_map(batch.to(self.device)).float()  # (b, S, S)
+            top_k = min(self.config.score_top_k, size * size)
+            scores.append(image_scores(small, top_k, self.config.score_mode).cpu().numpy())
+            for image, small_map in zip(chunk, small.cpu().numpy(), strict=True):
+                height, width = image.shape[:2]
+                full = cv2.resize(small_map, (width, height), interpolation=cv2.INTER_LINEAR)
+                maps.append(np.clip(full, 0.0, 1.0).astype(np.float32))  # (H, W)
+        return maps, np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def predict(
+        self, inputs: str | os.PathLike | Iterable[str | os.PathLike] | Sequence[np.ndarray]
+    ) -> list[Prediction]:
+        """Predict a folder, image files, or uint8 RGB arrays (any size)."""
+        if isinstance(inputs, np.ndarray) or (
+            isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], np.ndarray)
+        ):
+            arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+            paths: list[Path | None] = [None] * len(arrays)
+        else:
+            paths = resolve_images(inputs)
+            arrays = [read_image_rgb(p) for p in paths]
+        maps, scores = self.maps_and_scores(arrays)
+        return [
+            Prediction(
+                path=str(path) if path is not None else None,
+                image=image,
+                anomaly_map=anomaly_map,
+                score=float(score),
+                is_anomalous=bool(score > self.thresholds.image),
+                defect_mask=anomaly_map > self.thresholds.pixel,
+            )
+            for path, image, anomaly_map, score in zip(paths, arrays, maps, scores, strict=True)
+        ]
+
+    def calibrate(
+        self,
+        normal_inputs,
+        image_percentile: float = 99.0,
+        pixel_percentile: float = 99.9,
+    ) -> Thresholds:
+        """Thresholds from held-out NORMAL images: a high percentile of their scores and pixels.
+
+        ``image_percentile=99`` means about 1 % of normal images will be flagged (false alarms);
+        the pixel threshold likewise bounds the false-positive pixels of the contour.
+        """
+        predictions = self.predict(normal_inputs)
+        scores = np.array([p.score for p in predictions])
+        pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
+        self.thresholds = Thresholds(
+            image=float(np.percentile(scores, image_percentile)),
+            pixel=float(np.percentile(pixels, pixel_percentile)),
+            source=(
+                f"percentiles {image_percentile:g} (images) and {pixel_percentile:g} (pixels) "
+                f"of {len(predictions)} held-out normal images"
+            ),
+        )
+        return self.thresholds
+
+    def speed(self, repeats: int = 3, batch_size: int | None = None) -> float:
+        """Images per second of ``anomaly_map`` on random inputs at the model size."""
+        batch_size = batch_size or self.batch_size
+        x = torch.randn(batch_size, 3, self.image_size, self.image_size, device=self.device)
+        self.model.anomaly_map(x)  # warm-up
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            self.model.anomaly_map(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return repeats * batch_size / (time.perf_counter() - start)
+
+    def save_overlays(
+        self, predictions: Sequence[Prediction], out_dir: str | os.PathLike
+    ) -> list[Path]:
+        """One PNG per image (image | heat map | contour) and scores.csv, written all-or-nothing.
+
+        Files are first written to a temporary folder inside ``out_dir`` and moved into place at
+        the end, so an error halfway leaves no half-finished set of outputs behind.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
+        try:
+            names, rows = [], ["file,score,anomalous,image_threshold,pixel_threshold"]
+            used: set[str] = set()
+            for index, prediction in enumerate(predictions):
+                stem = Path(prediction.path).stem if prediction.path else f"image_{index:04d}"
+                name = f"{stem}_overlay.png"
+                if name in used:
+                    name = f"{stem}_{index:04d}_overlay.png"
+                used.add(name)
+                panel = overlay_panel(prediction)
+                if not cv2.imwrite(str(staging / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+                    raise OSError(f"Could not write {out_dir / name}.")
+                names.append(name)
+                rows.append(
+                    f"{prediction.path or name},{prediction.score:.6f},{int(prediction.is_anomalous)},"
+                    f"{self.thresholds.image:.6f},{self.thresholds.pixel:.6f}"
+                )
+            (staging / "scores.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+            names.append("scores.csv")
+            for name in names:
+                os.replace(staging / name, out_dir / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return [out_dir / name for name in names]
+
+
+def overlay_panel(prediction: Prediction, alpha: float = 0.5) -> np.ndarray:
+    """uint8 (H, 3W, 3): the image, the heat map over it, and the image with the defect contour."""
+    image = prediction.image
+    heat = cv2.applyColorMap(
+        (np.clip(prediction.anomaly_map, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET
+    )
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    blended = cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
+    contoured = image.copy()
+    contours, _ = cv2.findContours(
+        prediction.defect_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    thickness = max(1, round(max(image.shape[:2]) / 200))
+    cv2.drawContours(contoured, contours, -1, (255, 0, 0), thickness)
+    label = f"score {prediction.score:.3f}" + (" ANOMALOUS" if prediction.is_anomalous else "")
+    scale = max(0.35, max(image.shape[:2]) / 700)
+    cv2.putText(contoured, label, (4, int(30 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 0), max(1, thickness // 2), cv2.LINE_AA)
+    return np.concatenate([image, blended, contoured], axis=1)

@@ -1,0 +1,477 @@
+"""The training loop of lesson 08: memory bank once, then batches of normal + simulated anomalies.
+
+One step k:
+  1. batch k = samples k*B .. k*B+B-1 of the training stream (B = batch_normal + batch_synthetic);
+     every sample is a pure function of (seed, index), so a resumed run sees the same batch k;
+  2. logits = model(images)                       # (B, 2, S, S)
+  3. loss = 0.6 * L1 + 0.4 * focal                # MemSegLoss with the config weights
+  4. backward, optimiser step, schedule step.
+
+On CUDA the anomalies are simulated on the GPU (``synthesize_batch_torch``), because on Colab
+two CPU cores cannot feed a GPU with imgaug; on the CPU the same samples come from the
+``TrainingSampleDataset`` through a DataLoader. The two paths draw different (equally valid)
+anomalies; each is reproducible on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .device import get_device
+from .seeding import make_rng
+
+MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
+GPU_BATCH_KEY = 2_000_003  # make_rng(seed, GPU_BATCH_KEY, step) drives the GPU synthesis of step k
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    """SGD with momentum (paper, lr 0.04) or AdamW (re-implementation, lr 3e-3), weight decay 5e-4."""
+    params = trainable_parameters(model)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, config: Config, total_steps: int | None = None) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based).
+
+    cosine: linear warm-up over the first ``warmup_fraction`` of the steps (from 1/warmup up to
+    1), then half a cosine down to 0 at the last step. constant: always 1.
+    """
+    if config.schedule == "constant":
+        return 1.0
+    total = total_steps or config.steps
+    warmup = int(round(config.warmup_fraction * total))
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: Config
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+
+
+def learning_rates(config: Config) -> np.ndarray:
+    """The learning rate of every step, for the schedule plot of lesson 08."""
+    return np.array([config.lr * lr_factor(step, config) for step in range(config.steps)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory bank
+# ---------------------------------------------------------------------------------------------
+
+
+def memory_indices(num_images: int, config: Config) -> list[int]:
+    """Which normal training images fill the memory bank: ``memory_size`` drawn with the seed."""
+    if num_images < 1:
+        raise ValueError("The training set has no normal images to build the memory bank from.")
+    count = min(config.memory_size, num_images)
+    if count < config.memory_size:
+        warnings.warn(
+            f"memory_size={config.memory_size} but only {num_images} training images: "
+            f"the bank holds {count}.",
+            stacklevel=2,
+        )
+    chosen = make_rng(config.seed, MEMORY_KEY).choice(num_images, size=count, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+def memory_images(dataset, config: Config) -> torch.Tensor:
+    """Normalised normal training images (N, 3, S, S) for ``model.build_memory_bank``."""
+    return torch.stack([dataset[i]["image"] for i in memory_indices(len(dataset), config)])
+
+
+class DatasetSubset(torch.utils.data.Dataset):
+    """Some images of a dataset, with the same interface (``load_rgb``, ``image_paths``, ...)."""
+
+    def __init__(self, dataset, indices) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[self.indices[index]]
+
+    def load_rgb(self, index: int) -> np.ndarray:
+        return self.dataset.load_rgb(self.indices[index])
+
+    @property
+    def image_paths(self) -> list:
+        return [self.dataset.image_paths[i] for i in self.indices]
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.dataset.labels[i] for i in self.indices]
+
+    @property
+    def defects(self) -> list[str]:
+        return [self.dataset.defects[i] for i in self.indices]
+
+
+HOLDOUT_KEY = 4_000_037
+
+
+def split_holdout(dataset, count: int, seed: int = 42) -> tuple[DatasetSubset, DatasetSubset]:
+    """(training part, held-out part of ``count`` images) of the normal training images.
+
+    The held-out normals never train the model; they set the decision thresholds (a percentile
+    of their scores), so that no threshold is ever tuned on the test set.
+    """
+    if not 0 < count < len(dataset):
+        raise ValueError(f"Cannot hold out {count} of {len(dataset)} images; need 0 < count < total.")
+    order = make_rng(seed, HOLDOUT_KEY).permutation(len(dataset))
+    return DatasetSubset(dataset, sorted(order[count:])), DatasetSubset(dataset, sorted(order[:count]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, config: Config):
+    """fp16 autocast on CUDA (with a GradScaler); bf16 on the CPU only when asked for."""
+    if device.type == "cuda" and config.amp:
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and config.cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Trainer:
+    """Owns the model, the training stream, the optimiser, the schedule and the loss history.
+
+    >>> trainer = Trainer(config, train_dataset, TextureSource(), kind="texture", run_dir="runs/x")
+    >>> history = trainer.fit()             # config.steps steps, checkpoint in run_dir
+    >>> trainer = Trainer.resume("runs/x/checkpoint.pt", train_dataset, TextureSource())
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        train_dataset,
+        texture_source,
+        kind: str = "texture",
+        run_dir: str | os.PathLike | None = None,
+        device: torch.device | str | None = None,
+        invert_foreground: bool = False,
+        progress: bool = True,
+        run_info: dict | None = None,
+    ) -> None:
+        from .losses import MemSegLoss
+        from .model import MemSeg
+        from .synthesis import AnomalySynthesizer, TrainingSampleDataset
+
+        self.config = config.validate()
+        self.device = torch.device(device) if device is not None else get_device(config)
+        self.train_dataset = train_dataset
+        self.texture_source = texture_source
+        self.kind = kind
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.run_info = {"kind": kind, "invert_foreground": invert_foreground, **(run_info or {})}
+
+        torch.manual_seed(config.seed)  # the same initial weights for the same seed
+        with warnings.catch_warnings():
+            if config.backbone_weights == "none":
+                warnings.simplefilter("ignore")  # random encoder on purpose: said once below
+            self.model = MemSeg.from_config(config)
+        if config.train_encoder:
+            self.model.encoder.requires_grad_(True)  # no pretrained features worth freezing
+        self.model.to(self.device)
+        self.criterion = MemSegLoss.from_config(config)
+        self.synthesizer = AnomalySynthesizer(config, texture_source, kind, invert_foreground)
+        self.samples = TrainingSampleDataset(
+            train_dataset,
+            self.synthesizer,
+            length=config.steps * config.batch_size,
+            seed=config.seed,
+            batch_normal=config.batch_normal,
+            batch_synthetic=config.batch_synthetic,
+        )
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        use_scaler = self.device.type == "cuda" and config.amp
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.step = 0
+        self.history: list[dict] = []
+        self._memory_images: torch.Tensor | None = None
+        self._gpu_stream = None
+
+    # -- memory bank ------------------------------------------------------------------------
+
+    def build_memory_bank(self) -> None:
+        """Features of ``memory_size`` normal training images (never synthetic ones)."""
+        if self._memory_images is None:
+            self._memory_images = memory_images(self.train_dataset, self.config)
+        self.model.build_memory_bank(self._memory_images.to(self.device))
+
+    # -- batches ------------------------------------------------------------------------------
+
+    @property
+    def uses_gpu_synthesis(self) -> bool:
+        return self.device.type == "cuda" and self.config.gpu_synthesis
+
+    def batch(self, step: int) -> dict:
+        """Batch ``step`` of the stream (same batch for the same step, whatever happened before)."""
+        if self.uses_gpu_synthesis:
+            return self._gpu_batch(step)
+        size = self.config.batch_size
+        items = [self.samples[i] for i in range(step * size, (step + 1) * size)]
+        return torch.utils.data.default_collate(items)
+
+    def _batches(self, start: int, stop: int):
+        """Batches start..stop-1: a DataLoader on the CPU path (workers keep the order)."""
+        if self.uses_gpu_synthesis:
+            for step in range(start, stop):
+                yield self._gpu_batch(step)
+            return
+        size = self.config.batch_size
+        loader = DataLoader(
+            self.samples,
+            batch_size=size,
+            sampler=range(start * size, stop * size),
+            num_workers=self.config.num_workers,
+            persistent_workers=False,
+        )
+        yield from loader
+
+    def _gpu_batch(self, step: int) -> dict:
+        if self._gpu_stream is None:
+            self._gpu_stream = GpuSampleStream(self)
+        return self._gpu_stream.batch(step)
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """Forward, loss, backward, optimiser and schedule step; returns the logged numbers."""
+        self.model.train()
+        images = batch["image"].to(self.device, non_blocking=True)  # (B, 3, S, S)
+        masks = batch["mask"].to(self.device, non_blocking=True)  # (B, 1, S, S)
+        lr = self.optimizer.param_groups[0]["lr"]
+        with _autocast(self.device, self.config):
+            logits = self.model(images)  # (B, 2, S, S)
+        total, parts = self.criterion(logits.float(), masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        record = {
+            "step": self.step,
+            "loss": float(total.detach()),
+            "l1": float(parts["l1"]),
+            "focal": float(parts["focal"]),
+            "lr": float(lr),
+        }
+        self.history.append(record)
+        every = self.config.memory_refresh_every
+        if every > 0 and self.step % every == 0 and self.step < self.config.steps:
+            self.build_memory_bank()  # the encoder moved: compare with today's features
+        return record
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(
+        self,
+        steps: int | None = None,
+        callback: Callable[[Trainer, dict], None] | None = None,
+    ) -> list[dict]:
+        """Train until ``config.steps`` (or for ``steps`` more steps); returns the loss history.
+
+        Saves ``run_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. Ctrl-C
+        saves a checkpoint first, then re-raises KeyboardInterrupt (resume with
+        :meth:`Trainer.resume`).
+        """
+        if self.model.memory_bank.is_empty:
+            self.build_memory_bank()
+        stop = self.config.steps if steps is None else min(self.config.steps, self.step + steps)
+        if self.step >= stop:
+            return self.history
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        start_time, start_step = time.perf_counter(), self.step
+        try:
+            for batch in self._batches(self.step, stop):
+                record = self.train_step(batch)
+                if bar is not None:
+                    elapsed = time.perf_counter() - start_time
+                    rate = (self.step - start_step) * self.config.batch_size / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.1f}")
+                    bar.update(1)
+                if callback is not None:
+                    callback(self, record)
+                if (
+                    self.run_dir is not None
+                    and self.config.checkpoint_every > 0
+                    and self.step % self.config.checkpoint_every == 0
+                    and self.step < stop
+                ):
+                    self.save()
+        except KeyboardInterrupt:
+            if self.run_dir is not None:
+                path = self.save()
+                print(f"\nInterrupted at step {self.step}; checkpoint saved to {path}.")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        self.seconds = time.perf_counter() - start_time
+        self.images_per_second = (
+            (self.step - start_step) * self.config.batch_size / max(self.seconds, 1e-9)
+        )
+        if self.run_dir is not None:
+            self.save()
+        return self.history
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.run_dir is None:
+            raise ValueError("This trainer has no run_dir; pass one or give save() a path.")
+        return self.run_dir / CHECKPOINT_NAME
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the checkpoint atomically (temp file + rename)."""
+        return save_checkpoint(
+            Path(path) if path is not None else self.checkpoint_path,
+            model=self.model,
+            config=self.config,
+            step=self.step,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            history=self.history,
+            run_info=self.run_info,
+        )
+
+    def load_state(self, checkpoint: dict) -> None:
+        """Restore model, optimiser, schedule, step and history from a checkpoint dict."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.model.to(self.device)
+        if checkpoint.get("optimizer") is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scheduler") is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step = int(checkpoint["step"])
+        self.history = list(checkpoint.get("history", []))
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        train_dataset,
+        texture_source,
+        run_dir: str | os.PathLike | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+    ) -> Trainer:
+        """A trainer that continues a checkpoint exactly: same weights, same next batch."""
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        config = Config.from_dict(checkpoint["config"])
+        run = checkpoint.get("run", {})
+        trainer = cls(
+            config,
+            train_dataset,
+            texture_source,
+            kind=run.get("kind", "texture"),
+            run_dir=run_dir if run_dir is not None else Path(path).parent,
+            device=device,
+            invert_foreground=run.get("invert_foreground", False),
+            progress=progress,
+            run_info=run,
+        )
+        trainer.load_state(checkpoint)
+        return trainer
+
+
+class GpuSampleStream:
+    """The training stream on the GPU: normal images and textures live on the device as tensors,
+    and ``synthesize_batch_torch`` simulates the anomalies of a batch in one go.
+
+    Batch k draws its image indices from ``make_rng(seed, GPU_BATCH_KEY, k)`` and seeds a
+    ``torch.Generator`` from it, so batch k is reproducible and a resumed run continues exactly.
+    """
+
+    def __init__(self, trainer: Trainer, max_textures: int = 64) -> None:
+        from .synthesis import foreground_mask
+
+        self.trainer = trainer
+        config, device = trainer.config, trainer.device
+        dataset = trainer.train_dataset
+        images = np.stack([dataset.load_rgb(i) for i in range(len(dataset))])  # (N, S, S, 3)
+        self.images = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()  # uint8
+        if trainer.kind == "object":
+            invert = trainer.run_info.get("invert_foreground", False)
+            fg = np.stack([foreground_mask(im, config.foreground_kernel, invert) for im in images])
+            self.foregrounds = torch.from_numpy(fg).to(device)[:, None]  # (N, 1, S, S)
+        else:
+            self.foregrounds = None
+        rng = make_rng(config.seed, GPU_BATCH_KEY)
+        count = min(max_textures, len(trainer.texture_source))
+        textures = np.stack([trainer.texture_source.sample(rng) for _ in range(count)])
+        self.textures = (
+            torch.from_numpy(textures).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        )  # (T, 3, S, S)
+
+    def batch(self, step: int) -> dict:
+        from .data.images import normalize_tensor
+        from .synthesis import synthesize_batch_torch
+
+        config, device = self.trainer.config, self.trainer.device
+        rng = make_rng(config.seed, GPU_BATCH_KEY, step)
+        chosen = torch.from_numpy(rng.integers(len(self.images), size=config.batch_size)).to(device)
+        images = self.images.index_select(0, chosen).float().div_(255.0)  # (B, 3, S, S)
+        n = config.batch_normal
+        generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+        foregrounds = None if self.foregrounds is None else self.foregrounds.index_select(0, chosen[n:])
+        synthetic, synthetic_masks = synthesize_batch_torch(
+            images[n:], self.textures, foregrounds, generator, config
+        )
+        masks = torch.zeros(len(images), 1, *images.shape[-2:], device=device)
+        images = torch.cat([images[:n], synthetic])
+        masks[n:] = synthetic_masks
+        return {
+            "image": normalize_tensor(images),
+            "mask": masks,
+            "label": torch.tensor([0] * n + [1] * (len(images) - n), device=device),
+        }

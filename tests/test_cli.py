@@ -1,0 +1,131 @@
+"""The command line: help that explains, and one-line errors with a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from memseg_tutorial import cli, get_config
+from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.training import Trainer
+
+COMMANDS = ("download", "train", "evaluate", "predict", "demo")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(sample_root, texture_source, tmp_path_factory):
+    config = get_config("quick", image_size=64, memory_size=2, steps=1, score_top_k=10, device="cpu")
+    train = MVTecDataset(sample_root, "surface", "train", image_size=64)
+    trainer = Trainer(config, train, texture_source, run_dir=tmp_path_factory.mktemp("run"),
+                      progress=False, run_info={"data_root": str(sample_root), "category": "surface"})
+    trainer.build_memory_bank()
+    return trainer.save()
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def test_main_help_has_examples(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    assert "examples:" in out and all(command in out for command in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0
+    assert out.startswith("usage: python -m memseg_tutorial " + command)
+    assert "example" in out
+
+
+def test_module_runs_as_a_program():
+    result = subprocess.run([sys.executable, "-m", "memseg_tutorial", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_malformed_command_line(capsys):
+    code, _, err = run(["fly"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, "invalid choice")
+    code, _, err = run(["train", "--steps", "many"], capsys)
+    assert_one_line_error(code, err, "--steps")
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    code, _, err = run(["evaluate", str(tmp_path / "nope.pt")], capsys)
+    assert_one_line_error(code, err, "checkpoint not found", "nope.pt")
+    code, _, err = run(["train", "--resume", str(tmp_path / "nope.pt")], capsys)
+    assert_one_line_error(code, err, "checkpoint not found")
+
+
+def test_empty_image_folder(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(["predict", str(checkpoint), str(tmp_path / "empty"),
+                        "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, "empty", str(tmp_path / "empty"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_category(sample_root, tmp_path, capsys):
+    code, _, err = run(["train", "--preset", "quick", "--data", str(sample_root),
+                        "--category", "teapot", "--name", "x"], capsys)
+    assert_one_line_error(code, err, "teapot", "surface")
+    code, _, err = run(["demo", "--category", "teapot"], capsys)
+    assert_one_line_error(code, err, "teapot")
+
+
+def test_size_not_divisible_by_32(sample_root, capsys):
+    code, _, err = run(["train", "--preset", "quick", "--data", str(sample_root),
+                        "--image-size", "100"], capsys)
+    assert_one_line_error(code, err, "multiple of 32", "100")
+
+
+def test_missing_dataset_folder(tmp_path, capsys):
+    code, _, err = run(["train", "--preset", "quick", "--data", str(tmp_path / "nowhere")], capsys)
+    assert_one_line_error(code, err, "not found", "nowhere")
+
+
+def test_bad_run_name(sample_root, capsys):
+    code, _, err = run(["train", "--preset", "quick", "--data", str(sample_root),
+                        "--name", "../escape"], capsys)
+    assert_one_line_error(code, err, "run name")
+
+
+def test_predict_writes_overlays(checkpoint, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    code, out, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out"),
+                          "--normals", str(images)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "scores.csv"]
+    assert "thresholds: image" in out
+
+
+def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys):
+    out_file = tmp_path / "metrics.json"
+    code, out, err = run(["evaluate", str(checkpoint), "--data", str(sample_root),
+                          "--out", str(out_file)], capsys)
+    assert code == 0, err
+    metrics = json.loads(out_file.read_text())
+    assert {"image_auroc", "pixel_auroc", "aupro", "per_defect"} <= set(metrics)
+    assert 0.0 <= metrics["aupro"] <= 1.0
+    assert "AUPRO@0.3" in out

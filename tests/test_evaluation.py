@@ -1,0 +1,161 @@
+"""Metrics on hand-made maps with answers computed by hand, and against slow reference versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from memseg_tutorial.evaluation import (
+    area_up_to,
+    aupro,
+    binarize_masks,
+    compute_metrics,
+    format_results_table,
+    image_auroc,
+    per_defect_metrics,
+    pixel_auroc,
+    pro_curve,
+)
+
+
+def test_image_auroc_counts_correctly_ordered_pairs():
+    # pairs (defect, normal): 0.35>0.1 yes, 0.35>0.4 no, 0.8>0.1 yes, 0.8>0.4 yes -> 3/4
+    assert image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert image_auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts half
+
+
+def test_pixel_auroc_perfect_and_reversed():
+    masks = np.zeros((2, 4, 4))
+    masks[1, 1:3, 1:3] = 1
+    assert pixel_auroc(masks, masks * 0.9 + 0.05) == pytest.approx(1.0)
+    assert pixel_auroc(masks, 1.0 - masks) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: image_auroc([0, 0, 0], [0.1, 0.2, 0.3]),
+        lambda: image_auroc([1, 1], [0.1, 0.2]),
+        lambda: pixel_auroc(np.zeros((2, 4, 4)), np.random.rand(2, 4, 4)),
+        lambda: aupro(np.zeros((2, 4, 4)), np.random.rand(2, 4, 4)),
+        lambda: aupro(np.ones((1, 4, 4)), np.random.rand(1, 4, 4)),
+    ],
+)
+def test_metrics_need_both_classes(call):
+    with pytest.raises(ValueError, match="normal"):
+        call()
+
+
+def _hand_case():
+    mask = np.array([[1, 0, 0, 0],
+                     [0, 0, 1, 1],
+                     [0, 0, 0, 0]], dtype=float)
+    anomaly_map = np.array([[0.9, 0.1, 0.1, 0.1],
+                            [0.1, 0.1, 0.8, 0.3],
+                            [0.5, 0.1, 0.1, 0.1]])
+    return mask[None], anomaly_map[None]
+
+
+def test_pro_curve_hand_computed():
+    # Regions: R1 = {(0,0)}, R2 = {(1,2), (1,3)}; 9 normal pixels.
+    # t=0.9: R1 covered -> PRO (1+0)/2 = .5 ; t=0.8: half of R2 -> .75 ; t=0.5: one normal
+    # pixel -> FPR 1/9 ; t=0.3: R2 complete -> PRO 1 ; t=0.1: every pixel -> FPR 1.
+    curve = pro_curve(*_hand_case())
+    assert curve.num_regions == 2
+    np.testing.assert_allclose(curve.fpr, [0, 0, 0, 1 / 9, 1 / 9, 1])
+    np.testing.assert_allclose(curve.pro, [0, 0.5, 0.75, 0.75, 1.0, 1.0])
+
+
+def test_aupro_hand_computed():
+    # Area to FPR 0.3: 0.75 * 1/9 + 1.0 * (0.3 - 1/9) = 0.272222..., divided by 0.3.
+    expected = (0.75 / 9 + (0.3 - 1 / 9)) / 0.3
+    assert aupro(*_hand_case(), fpr_limit=0.3) == pytest.approx(expected)
+
+
+def test_area_interpolates_at_the_limit():
+    # (0,0) -> (0.2,0.5) -> (0.5,1.0): at 0.3 the PRO is 0.5 + 0.5 * 0.1/0.3 = 0.6667.
+    area = area_up_to(np.array([0.0, 0.2, 0.5]), np.array([0.0, 0.5, 1.0]), 0.3)
+    assert area == pytest.approx(0.05 + (0.5 + 2 / 3) / 2 * 0.1)
+    assert area_up_to(np.array([0.0, 1.0]), np.array([1.0, 1.0]), 0.3) == pytest.approx(0.3)
+
+
+def test_regions_are_eight_connected():
+    mask = np.zeros((1, 5, 5))
+    mask[0, 0, 0] = mask[0, 1, 1] = mask[0, 2, 2] = 1  # one diagonal region of 3 pixels
+    mask[0, 0, 4] = 1  # a second region
+    anomaly_map = np.zeros((1, 5, 5))
+    anomaly_map[0, 0, 4] = 1.0  # only the second region is found
+    curve = pro_curve(mask, anomaly_map)
+    assert curve.num_regions == 2  # 4-connectivity would give 4
+    assert curve.pro[1] == pytest.approx(0.5)  # (0 + 1) / 2 regions
+
+
+def _reference_pro_curve(masks, maps):
+    """Slow and obvious: one threshold at a time, regions labelled per image."""
+    masks = masks > 0.5
+    regions = []
+    for mask, anomaly_map in zip(masks, maps, strict=True):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(anomaly_map, labelled == k) for k in range(1, count + 1)]
+    normal_scores = maps[~masks]
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        fprs.append(float((normal_scores >= t).mean()))
+        pros.append(float(np.mean([(m[r] >= t).mean() for m, r in regions])))
+    return np.array(fprs), np.array(pros)
+
+
+def test_pro_curve_matches_slow_reference():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 12, 12))
+    masks[0, 2:5, 2:6] = 1
+    masks[0, 8:10, 8:11] = 1
+    masks[2, 5:9, 1:3] = 1
+    maps = (np.round(rng.random((3, 12, 12)) * 20) / 20 + masks * 0.3).astype(np.float32)  # ties
+    curve = pro_curve(masks, maps)
+    ref_fpr, ref_pro = _reference_pro_curve(masks, maps)
+    np.testing.assert_allclose(curve.fpr, ref_fpr, atol=1e-12)
+    np.testing.assert_allclose(curve.pro, ref_pro, atol=1e-12)
+    # truncating the curve at the limit changes nothing in the area
+    assert aupro(masks, maps, 0.3) == pytest.approx(area_up_to(ref_fpr, ref_pro, 0.3) / 0.3)
+
+
+def test_aupro_perfect_and_random():
+    rng = np.random.default_rng(1)
+    masks = np.zeros((4, 32, 32))
+    masks[1, 4:10, 4:10] = 1
+    masks[2, 20:30, 3:8] = 1
+    assert aupro(masks, masks.copy()) == pytest.approx(1.0)
+    # A random map covers a fraction t of each region at FPR t: area to 0.3 = 0.3^2 / 2 -> 0.15
+    random_score = aupro(masks, rng.random(masks.shape))
+    assert 0.10 < random_score < 0.20
+
+
+def test_masks_resized_with_nearest_and_binarised():
+    mask = np.array([[[0, 255], [255, 0]]], dtype=np.uint8)
+    big = binarize_masks(mask, size=(4, 4))
+    assert big.dtype == bool and big.shape == (1, 4, 4)
+    np.testing.assert_array_equal(big[0, :2, 2:], True)
+    np.testing.assert_array_equal(big[0, :2, :2], False)
+    # maps of another size than the masks are compared after that resize
+    maps = np.zeros((1, 4, 4))
+    maps[0, :2, 2:] = maps[0, 2:, :2] = 1.0
+    assert pixel_auroc(mask, maps) == pytest.approx(1.0)
+
+
+def test_per_defect_rows_use_all_normals():
+    labels = np.array([0, 0, 1, 1, 1])
+    defects = ["good", "good", "a", "a", "b"]
+    scores = np.array([0.1, 0.5, 0.9, 0.3, 0.7])
+    masks = np.zeros((5, 8, 8))
+    masks[2:, 2:4, 2:4] = 1
+    maps = masks * 0.8 + 0.1
+    table = per_defect_metrics(labels, scores, masks, maps, defects)
+    assert set(table) == {"a", "b"}
+    assert table["a"]["count"] == 2 and table["b"]["count"] == 1
+    assert table["a"]["image_auroc"] == pytest.approx(0.75)  # 0.9 beats both, 0.3 beats one
+    assert table["b"]["image_auroc"] == pytest.approx(1.0)
+    overall = compute_metrics(labels, scores, masks, maps)
+    text = format_results_table(table, overall)
+    assert "all" in text and "AUPRO@0.3" in text

@@ -1,0 +1,123 @@
+"""Inference on images of any size, thresholds from normals, overlays written all-or-nothing."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from memseg_tutorial import get_config
+from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.data.images import read_image_rgb, resize_image, to_tensor
+from memseg_tutorial.inference import Predictor, resolve_images
+from memseg_tutorial.model import image_scores
+from memseg_tutorial.training import Trainer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(sample_root, texture_source, tmp_path_factory):
+    """An untrained model with its memory bank (step 0): enough to test the plumbing."""
+    config = get_config("quick", image_size=64, memory_size=2, steps=1, score_top_k=10, device="cpu")
+    train = MVTecDataset(sample_root, "surface", "train", image_size=64)
+    trainer = Trainer(config, train, texture_source, run_dir=tmp_path_factory.mktemp("run"),
+                      progress=False)
+    trainer.build_memory_bank()
+    return trainer.save()
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    """Two images of sizes the model was not trained at."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, shape in (("wide.png", (50, 90, 3)), ("tall.jpg", (120, 70, 3))):
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, shape, dtype=np.uint8))
+    return folder
+
+
+def test_maps_come_back_at_each_image_size(checkpoint, odd_images):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    predictions = predictor.predict(odd_images)
+    assert [p.anomaly_map.shape for p in predictions] == [(120, 70), (50, 90)]  # sorted names
+    for p in predictions:
+        assert p.anomaly_map.dtype == np.float32
+        assert 0.0 <= p.anomaly_map.min() and p.anomaly_map.max() <= 1.0
+        assert p.defect_mask.shape == p.anomaly_map.shape
+        # the score is the one of the model-size map (as in the evaluation)
+        image = read_image_rgb(p.path)
+        x = to_tensor(resize_image(image, 64))[None]
+        expected = image_scores(predictor.model.anomaly_map(x), 10)[0]
+        assert p.score == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_arrays_and_paths_give_the_same_result(checkpoint, odd_images):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    paths = resolve_images(odd_images)
+    from_paths = predictor.predict([str(p) for p in paths])
+    from_arrays = predictor.predict([read_image_rgb(p) for p in paths])
+    for a, b in zip(from_paths, from_arrays, strict=True):
+        assert a.score == pytest.approx(b.score)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map)
+
+
+def test_thresholds_are_percentiles_of_normals(checkpoint, sample_root):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    normals = resolve_images(sample_root / "surface" / "test" / "good")[:4]
+    thresholds = predictor.calibrate(normals, image_percentile=90, pixel_percentile=99)
+    predictions = predictor.predict(normals)
+    scores = np.array([p.score for p in predictions])
+    pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
+    assert thresholds.image == pytest.approx(np.percentile(scores, 90))
+    assert thresholds.pixel == pytest.approx(np.percentile(pixels, 99))
+    assert sum(p.is_anomalous for p in predictions) <= 1  # only above the 90th percentile
+    predictor.calibrate(normals, image_percentile=100)
+    assert not any(p.is_anomalous for p in predictor.predict(normals))
+
+
+def test_overlays_and_scores_written(checkpoint, odd_images, tmp_path):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    predictions = predictor.predict(odd_images)
+    written = predictor.save_overlays(predictions, tmp_path / "out")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(p.name for p in written) == ["scores.csv", "tall_overlay.png",
+                                                         "wide_overlay.png"]
+    panel = cv2.imread(str(tmp_path / "out" / "wide_overlay.png"))
+    assert panel.shape == (50, 3 * 90, 3)  # image | heat map | contour
+    rows = (tmp_path / "out" / "scores.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("file,score")
+
+
+def test_failed_overlay_write_leaves_nothing(checkpoint, odd_images, tmp_path, monkeypatch):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    predictions = predictor.predict(odd_images)
+    calls = []
+
+    def failing_imwrite(path, image):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return cv2.imencode(".png", image)[1].tofile(path) or True
+
+    monkeypatch.setattr(cv2, "imwrite", failing_imwrite)
+    with pytest.raises(OSError, match="disk full"):
+        predictor.save_overlays(predictions, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bad_inputs_say_what_is_wrong(checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="empty"):
+        resolve_images(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        resolve_images(tmp_path / "missing.png")
+    with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
+        Predictor.from_checkpoint(tmp_path / "nothing.pt", "cpu")
+    with pytest.raises(ValueError, match="not a memseg-tutorial checkpoint"):
+        torch.save({"weights": 1}, tmp_path / "other.pt")
+        Predictor.from_checkpoint(tmp_path / "other.pt", "cpu")
+
+
+def test_speed_is_positive(checkpoint):
+    assert Predictor.from_checkpoint(checkpoint, "cpu").speed(repeats=1, batch_size=2) > 0

@@ -1,0 +1,73 @@
+"""The lessons as files: complete series, clean metadata, stored outputs from a top-to-bottom run.
+
+nbval (``make test``) executes them; these checks catch what execution does not: a notebook stored
+without outputs or with an error, dirty metadata, a missing badge, setup cell or exercise check.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+LESSONS = [
+    "00_setup_and_data",
+    "01_perlin_noise_masks",
+    "02_foreground_masks",
+    "03_texture_and_structure_anomalies",
+    "04_memory_bank",
+    "05_coordinate_attention",
+    "06_msff_and_spatial_attention",
+    "07_decoder_and_losses",
+    "08_training",
+    "09_evaluation_and_inference",
+]
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_the_series_is_complete_and_listed_in_the_readme():
+    assert [p.stem for p in NOTEBOOKS] == LESSONS
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for lesson in LESSONS:
+        assert f"notebooks/{lesson}.ipynb" in readme, f"README does not link {lesson}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_structure(path: Path):
+    notebook = _load(path)
+    assert set(notebook["metadata"]) <= {"kernelspec", "language_info"}, "run tools/clean_notebooks.py"
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+    cells = notebook["cells"]
+    first = cells[0]
+    assert first["cell_type"] == "markdown"
+    assert f"blob/main/notebooks/{path.name}" in _source(first), "Colab badge must point at this file"
+    code = [c for c in cells if c["cell_type"] == "code"]
+    setup = _source(code[0])
+    assert "setup_notebook(" in setup and "google.colab" in setup
+    assert "torch" not in re.findall(r'"pip", "install"[^\]]*\]', setup, flags=re.S)[0]
+    sources = [_source(c) for c in code]
+    assert any("# Solution" in s for s in sources), "each lesson ships an exercise solution"
+    assert any("Correct!" in s for s in sources), "each lesson has a check cell"
+    for cell in cells:
+        assert not set(cell.get("metadata", {})) & {"execution", "ExecuteTime"}, "execution timestamps"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_come_from_one_clean_run(path: Path):
+    code = [c for c in _load(path)["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), "re-execute top to bottom (make notebooks)"
+    for cell in code:
+        assert all(o["output_type"] != "error" for o in cell["outputs"]), "stored error output"
+        if "NBVAL_CHECK_OUTPUT" in _source(cell):
+            assert cell["outputs"], "a checked cell must store the output nbval compares"
+    assert path.stat().st_size < 3_000_000, "keep stored figures small"

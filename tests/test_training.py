@@ -1,0 +1,181 @@
+"""The trainer on the offline sample data at 64 px: it learns, resumes exactly, and never
+leaves a broken checkpoint behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from memseg_tutorial import get_config
+from memseg_tutorial.checkpoint import load_checkpoint, load_model
+from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.training import (
+    GpuSampleStream,
+    Trainer,
+    lr_factor,
+    memory_indices,
+    split_holdout,
+)
+
+
+def tiny_config(**overrides):
+    values = dict(image_size=64, memory_size=4, steps=4, batch_normal=2, batch_synthetic=2,
+                  checkpoint_every=0, score_top_k=10, device="cpu")
+    return get_config("quick", **{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def train_set(sample_root):
+    return MVTecDataset(sample_root, "surface", "train", image_size=64)
+
+
+def make_trainer(config, train_set, texture_source, run_dir=None):
+    return Trainer(config, train_set, texture_source, kind="texture", run_dir=run_dir,
+                   progress=False)
+
+
+@torch.no_grad()
+def fixed_batch_loss(trainer, batch) -> float:
+    trainer.model.eval()
+    logits = trainer.model(batch["image"])
+    return float(trainer.criterion(logits, batch["mask"])[0])
+
+
+def test_a_few_steps_lower_the_loss(train_set, texture_source):
+    config = tiny_config(steps=8, lr=3e-3, schedule="constant")
+    trainer = make_trainer(config, train_set, texture_source)
+    trainer.build_memory_bank()
+    batches = [trainer.batch(k) for k in range(2)]  # two fixed batches, seen during training too
+    before = np.mean([fixed_batch_loss(trainer, b) for b in batches])
+    history = trainer.fit()
+    after = np.mean([fixed_batch_loss(trainer, b) for b in batches])
+    assert len(history) == 8 and history[-1]["step"] == 8
+    assert after < 0.7 * before, (before, after)
+    assert np.mean([r["loss"] for r in history[-3:]]) < np.mean([r["loss"] for r in history[:3]])
+    assert {"loss", "l1", "focal", "lr", "step"} <= set(history[0])
+
+
+def test_batches_hold_normal_then_synthetic(train_set, texture_source):
+    trainer = make_trainer(tiny_config(), train_set, texture_source)
+    batch = trainer.batch(3)
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
+    assert batch["label"].tolist() == [0, 0, 1, 1]
+    assert batch["mask"][:2].sum() == 0 and (batch["mask"][2:].flatten(1).sum(1) > 0).all()
+    again = trainer.batch(3)
+    assert torch.equal(batch["image"], again["image"])  # a batch is a function of its index
+
+
+def test_resume_continues_exactly(train_set, texture_source, tmp_path):
+    config = tiny_config(steps=4)
+    straight = make_trainer(config, train_set, texture_source)
+    straight.fit()
+
+    first = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
+    first.fit(steps=2)
+    path = first.save()
+    resumed = Trainer.resume(path, train_set, texture_source, progress=False)
+    assert resumed.step == 2
+    assert torch.equal(resumed.batch(resumed.step)["image"], straight.batch(2)["image"])
+    resumed.fit()
+    assert resumed.step == 4
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path):
+    trainer = make_trainer(tiny_config(steps=2), train_set, texture_source, run_dir=tmp_path)
+    trainer.fit()
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["step"] == 2 and checkpoint["seed"] == trainer.config.seed
+    assert len(checkpoint["history"]) == 2
+    assert checkpoint["optimizer"] is not None and checkpoint["scheduler"] is not None
+    model, config, _ = load_model(tmp_path)
+    assert config == trainer.config
+    assert len(model.memory_bank) == 4
+    x = trainer.batch(0)["image"]
+    trainer.model.eval()
+    assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(
+    train_set, texture_source, tmp_path, monkeypatch
+):
+    trainer = make_trainer(tiny_config(steps=2), train_set, texture_source, run_dir=tmp_path)
+    trainer.fit(steps=1)  # writes checkpoint.pt at step 1
+    path = tmp_path / "checkpoint.pt"
+    good_bytes = path.read_bytes()
+    trainer.train_step(trainer.batch(1))  # step 2, not saved yet
+    real_save = torch.save
+
+    def broken_save(obj, target, *args, **kwargs):
+        Path(target).write_bytes(b"half a checkpoint")  # some bytes reach the disk, then...
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == good_bytes
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp files
+
+
+def test_ctrl_c_saves_a_checkpoint(train_set, texture_source, tmp_path):
+    trainer = make_trainer(tiny_config(steps=4), train_set, texture_source, run_dir=tmp_path)
+
+    def press_ctrl_c(trainer, record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(callback=press_ctrl_c)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_learning_rate_schedule():
+    config = tiny_config(steps=100, warmup_fraction=0.1, schedule="cosine")
+    assert lr_factor(0, config) == pytest.approx(0.1)
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(10, config) == pytest.approx(1.0)
+    assert lr_factor(55, config) == pytest.approx(0.5)
+    assert lr_factor(100, config) == pytest.approx(0.0, abs=1e-12)
+    factors = [lr_factor(s, config) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+    assert lr_factor(42, tiny_config(schedule="constant")) == 1.0
+
+
+def test_memory_images_are_distinct_and_seeded():
+    config = tiny_config(memory_size=8)
+    chosen = memory_indices(40, config)
+    assert len(set(chosen)) == 8 and all(0 <= i < 40 for i in chosen)
+    assert chosen == memory_indices(40, config)
+    assert chosen != memory_indices(40, tiny_config(memory_size=8, seed=1))
+    with pytest.warns(UserWarning, match="only 3"):
+        assert memory_indices(3, config) == [0, 1, 2]
+
+
+def test_gpu_sample_stream_runs_on_any_device(sample_root, texture_source):
+    """The GPU path (synthesize_batch_torch) checked on the CPU: layout and reproducibility."""
+    objects = MVTecDataset(sample_root, "object", "train", image_size=64)
+    trainer = Trainer(tiny_config(), objects, texture_source, kind="object", progress=False)
+    stream = GpuSampleStream(trainer, max_textures=3)
+    batch = stream.batch(1)
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
+    assert batch["label"].tolist() == [0, 0, 1, 1]
+    assert batch["mask"][:2].sum() == 0 and (batch["mask"][2:].flatten(1).sum(1) > 0).all()
+    assert torch.equal(stream.batch(1)["image"], batch["image"])
+    assert not torch.equal(stream.batch(2)["image"], batch["image"])
+
+
+def test_holdout_split_is_disjoint(train_set):
+    kept, held = split_holdout(train_set, 6, seed=0)
+    assert len(kept) + len(held) == len(train_set) and len(held) == 6
+    assert not set(map(str, kept.image_paths)) & set(map(str, held.image_paths))
+    assert torch.equal(held[0]["image"], train_set[held.indices[0]]["image"])
+    with pytest.raises(ValueError, match="hold out"):
+        split_holdout(train_set, len(train_set), seed=0)
