@@ -292,17 +292,27 @@ def memory_match_figure(
 
     Each DI map gets its own colour range (its values differ by orders of magnitude per level).
     """
-    n = 3 + len(differences)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6))
-    panels = [(image, "input"), (memory_image, "closest memory sample"), (mask, "ground truth")]
-    for ax, (picture, label) in zip(axes[:3], panels, strict=True):
+    pictures = [(image, "input"), (memory_image, "closest memory sample"), (mask, "ground truth")]
+    levels = []
+    for level, di in enumerate(differences, start=1):
+        shown = _channel_mean(di)
+        levels.append((shown, f"DI{level} mean ({shown.shape[0]}x{shown.shape[1]})"))
+    return _pictures_and_maps_row(pictures, levels, title, panel_width=2.2, title_size=8)
+
+
+def _pictures_and_maps_row(
+    pictures: Sequence, maps: Sequence, title: str, panel_width: float, title_size: int
+) -> Figure:
+    """One row: (image, label) panels in their own colours, then (map, label) panels with colour bars."""
+    n = len(pictures) + len(maps)
+    fig, axes = plt.subplots(1, n, figsize=(panel_width * n, panel_width + 0.4))
+    for ax, (picture, label) in zip(axes, pictures, strict=False):
         shown = to_display(picture)
         ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0)
-        ax.set_title(label, fontsize=8)
-    for level, (ax, di) in enumerate(zip(axes[3:], differences, strict=True), start=1):
-        shown = _channel_mean(di)
-        im = ax.imshow(shown, cmap="inferno")
-        ax.set_title(f"DI{level} mean ({shown.shape[0]}x{shown.shape[1]})", fontsize=8)
+        ax.set_title(label, fontsize=title_size)
+    for ax, (values, label) in zip(axes[len(pictures):], maps, strict=True):
+        im = ax.imshow(values, cmap="inferno")
+        ax.set_title(label, fontsize=title_size)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     for ax in axes:
         ax.set_xticks([])
@@ -365,23 +375,12 @@ def coordinate_attention_figure(feature, a_h, a_w, output, channel: int = 0,
 def spatial_attention_figure(image, mask, maps: Sequence,
                              title: str = "Spatial attention maps from the DI alone") -> Figure:
     """Input, ground truth, then m1, m2, m3 (each with its own colour range)."""
-    fig, axes = plt.subplots(1, 2 + len(maps), figsize=(2.4 * (2 + len(maps)), 2.7))
-    shown = to_display(image)
-    axes[0].imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0)
-    axes[0].set_title("input", fontsize=9)
-    axes[1].imshow(to_display(mask), cmap="gray", vmin=0.0, vmax=1.0)
-    axes[1].set_title("ground truth", fontsize=9)
-    for level, (ax, m) in enumerate(zip(axes[2:], maps, strict=True), start=1):
+    pictures = [(image, "input"), (mask, "ground truth")]
+    levels = []
+    for level, m in enumerate(maps, start=1):
         values = _channel_mean(m)
-        im = ax.imshow(values, cmap="inferno")
-        ax.set_title(f"m{level} ({values.shape[0]}x{values.shape[1]})", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        levels.append((values, f"m{level} ({values.shape[0]}x{values.shape[1]})"))
+    return _pictures_and_maps_row(pictures, levels, title, panel_width=2.4, title_size=9)
 
 
 def focal_vs_l1_figure(gammas: Sequence[float] = (0.0, 1.0, 2.0, 4.0),
