@@ -35,6 +35,7 @@ class Config:
     transparency_range: tuple[float, float] = (0.15, 1.0)  # delta ~ U(min, max)
     foreground_kernel: int = 5  # opening/closing kernel side for the foreground mask
     max_mask_tries: int = 10  # redraws of an empty anomaly mask before the fallback
+    grey_sources: bool = True  # grey image -> grey anomaly source (else colour alone marks it)
 
     # --- model (SPEC section 2) --------------------------------------------------------------
     backbone_weights: str = "imagenet"  # "imagenet", "none" (random) or a path to a .pth file
@@ -56,6 +57,8 @@ class Config:
     amp: bool = True  # mixed precision on CUDA
     checkpoint_every: int = 500
     train_encoder: bool = False  # also train layer1..3 (only sensible with random weights)
+    train_stem: bool = True  # SPEC: the stem trains; False keeps a random stem fixed (bank stays exact)
+    calibrate_batchnorm: bool = True  # random weights: BN statistics of stem..layer3 from normal images
     memory_refresh_every: int = 0  # rebuild the memory bank every k steps (0 = once, paper)
     gpu_synthesis: bool = True  # on CUDA, simulate anomalies on the GPU (synthesize_batch_torch)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (only fast on CPUs with native bf16)

@@ -206,6 +206,8 @@ class Trainer:
             self.model = MemSeg.from_config(config)
         if config.train_encoder:
             self.model.encoder.requires_grad_(True)  # no pretrained features worth freezing
+        if not config.train_stem:
+            self.model.encoder.freeze_stem()
         self.model.to(self.device)
         self.criterion = MemSegLoss.from_config(config)
         self.synthesizer = AnomalySynthesizer(config, texture_source, kind, invert_foreground)
@@ -229,9 +231,16 @@ class Trainer:
     # -- memory bank ------------------------------------------------------------------------
 
     def build_memory_bank(self) -> None:
-        """Features of ``memory_size`` normal training images (never synthetic ones)."""
+        """Features of ``memory_size`` normal training images (never synthetic ones).
+
+        The first time, a random encoder's BatchNorm statistics are set from the same images
+        (``config.calibrate_batchnorm``; see ``ResNet18Encoder.calibrate_batchnorm``).
+        """
         if self._memory_images is None:
             self._memory_images = memory_images(self.train_dataset, self.config)
+        calibrate = self.config.backbone_weights == "none" and self.config.calibrate_batchnorm
+        if calibrate and self.model.memory_bank.is_empty:  # once, before training (not on resume)
+            self.model.encoder.calibrate_batchnorm(self._memory_images)
         self.model.build_memory_bank(self._memory_images.to(self.device))
 
     # -- batches ------------------------------------------------------------------------------

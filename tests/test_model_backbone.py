@@ -71,6 +71,30 @@ def test_training_step_leaves_frozen_layers_untouched():
     assert not torch.equal(stem_after["1.running_mean"], stem_before["1.running_mean"])
 
 
+def test_calibrate_batchnorm_normalises_random_layers_and_touches_nothing_else():
+    torch.manual_seed(0)
+    encoder = ResNet18Encoder("none")
+    encoder.train()
+    images = torch.randn(12, 3, 64, 64) * 0.5 + 0.2
+    weights = {k: v.clone() for k, v in encoder.state_dict().items() if "running" not in k and "num_batches" not in k}
+    encoder.calibrate_batchnorm(images, batch_size=12)  # one batch: statistics are exact
+    bn = encoder.layer1[0].bn1
+    with torch.no_grad():
+        conv_out = encoder.layer1[0].conv1(encoder.maxpool(encoder.stem(images)))
+    torch.testing.assert_close(bn.running_mean, conv_out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, conv_out.var(dim=(0, 2, 3)), rtol=1e-3, atol=1e-5)
+    for name, value in encoder.state_dict().items():
+        if name in weights:
+            assert torch.equal(value, weights[name]), name  # weights untouched
+    assert encoder.stem.training and not encoder.layer1.training  # modes restored
+    assert bn.momentum == 0.1  # momentum restored
+    assert encoder.layer4[0].bn1.running_mean.abs().sum() == 0  # layer4 trains: left alone
+    encoder.eval()
+    with torch.no_grad():
+        f3 = encoder(images)["f3"]
+    assert f3.std(dim=(0, 2, 3)).max() < 10 * f3.std(dim=(0, 2, 3)).median()
+
+
 def test_imagenet_offline_fails_with_instructions(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

@@ -14,7 +14,10 @@ from memseg_tutorial.synthesis import (
     AnomalySynthesizer,
     TrainingSampleDataset,
     foreground_mask,
+    grey_like_images,
+    is_grey,
     synthesize_batch_torch,
+    to_grey,
 )
 
 SIZE = 64
@@ -89,6 +92,45 @@ def test_texture_and_structure_sources_are_equally_likely(config):
     sources = [synthesizer.anomaly_source(image, make_rng(0, i))[1] for i in range(400)]
     share = sources.count("texture") / len(sources)
     assert 0.43 < share < 0.57  # 0.5 +- 3.5 standard deviations of a 400-draw share
+
+
+def test_grey_images_get_grey_sources_colour_images_keep_colour(config):
+    grey_image = np.repeat(FakeObjects().load_rgb(0)[..., :1], 3, axis=2)
+    colour_image = FakeObjects().load_rgb(0)
+    kinds = set()
+    for i in range(12):  # both source kinds: colour textures and per-channel gamma would tint
+        sample = AnomalySynthesizer(config, FakeTextures(), kind="texture").synth(grey_image, make_rng(3, i))
+        assert is_grey(sample.image), sample.source
+        kinds.add(sample.source)
+    assert kinds == {"texture", "structure"}
+    coloured = [AnomalySynthesizer(config, FakeTextures()).synth(colour_image, make_rng(3, i)).image for i in range(6)]
+    assert not all(is_grey(image) for image in coloured)
+    off = get_config("quick", image_size=SIZE, grey_sources=False)
+    tinted = [AnomalySynthesizer(off, FakeTextures()).synth(grey_image, make_rng(3, i)).image for i in range(6)]
+    assert not all(is_grey(image) for image in tinted)  # the switch really switches
+
+
+def test_to_grey_is_opencv_luma():
+    image = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    expected = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(int)
+    grey = to_grey(image)
+    assert is_grey(grey) and not is_grey(image)
+    assert np.abs(grey[..., 0].astype(int) - expected).max() <= 1
+
+
+def test_torch_path_makes_sources_grey_only_for_grey_images():
+    images = torch.rand(4, 3, 32, 32)
+    images[:2] = images[:2, :1].expand(-1, 3, -1, -1)  # rows 0 and 1 are grey
+    sources = torch.rand(4, 3, 32, 32)
+    out = grey_like_images(images, sources)
+    assert torch.equal(out[2:], sources[2:])
+    assert torch.equal(out[:2, 0], out[:2, 1]) and torch.equal(out[:2, 1], out[:2, 2])
+    expected = 0.299 * sources[:2, 0] + 0.587 * sources[:2, 1] + 0.114 * sources[:2, 2]
+    torch.testing.assert_close(out[:2, 0], expected)
+    grey_batch = images[:2]
+    blended, _ = synthesize_batch_torch(grey_batch, torch.rand(3, 3, 20, 20), None,
+                                        torch.Generator().manual_seed(1), get_config("quick", image_size=32))
+    assert torch.equal(blended[:, 0], blended[:, 1]) and torch.equal(blended[:, 1], blended[:, 2])
 
 
 def test_synth_rejects_bad_inputs(config):

@@ -45,14 +45,16 @@ def fixed_batch_loss(trainer, batch) -> float:
 
 
 def test_a_few_steps_lower_the_loss(train_set, texture_source):
-    config = tiny_config(steps=8, lr=3e-3, schedule="constant")
+    # 20 steps: the eval-mode check needs BatchNorm running statistics (momentum 0.1) that have
+    # forgotten their initial values (0.9**20 = 0.12); after 8 steps they have not.
+    config = tiny_config(steps=20, lr=3e-3, schedule="constant")
     trainer = make_trainer(config, train_set, texture_source)
     trainer.build_memory_bank()
     batches = [trainer.batch(k) for k in range(2)]  # two fixed batches, seen during training too
     before = np.mean([fixed_batch_loss(trainer, b) for b in batches])
     history = trainer.fit()
     after = np.mean([fixed_batch_loss(trainer, b) for b in batches])
-    assert len(history) == 8 and history[-1]["step"] == 8
+    assert len(history) == 20 and history[-1]["step"] == 20
     assert after < 0.7 * before, (before, after)
     assert np.mean([r["loss"] for r in history[-3:]]) < np.mean([r["loss"] for r in history[:3]])
     assert {"loss", "l1", "focal", "lr", "step"} <= set(history[0])
@@ -85,6 +87,40 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
                             resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+def test_resume_with_bank_refresh_and_fixed_stem_continues_exactly(train_set, texture_source, tmp_path):
+    config = tiny_config(steps=4, memory_refresh_every=1, train_stem=False)
+    straight = make_trainer(config, train_set, texture_source)
+    straight.fit()
+    first = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
+    first.fit(steps=2)
+    resumed = Trainer.resume(first.save(), train_set, texture_source, progress=False)
+    resumed.fit()  # the bank is rebuilt, but BatchNorm is not calibrated again
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_set, texture_source):
+    trainer = make_trainer(tiny_config(train_stem=False), train_set, texture_source)
+    stem = {k: v.clone() for k, v in trainer.model.encoder.stem.state_dict().items()}
+    trainer.build_memory_bank()
+    bn = trainer.model.encoder.layer2[0].bn1
+    assert bn.running_mean.abs().sum() > 0 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    calibrated = {k: v.clone() for k, v in trainer.model.encoder.stem.state_dict().items()}
+    trainer.fit()
+    for name, value in trainer.model.encoder.stem.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            assert torch.equal(value, calibrated[name]), name  # set once, before training
+        else:
+            assert torch.equal(value, stem[name]), name  # random weights never move
+    assert not any(p.requires_grad for p in trainer.model.encoder.stem.parameters())
+    trainer.model.train()
+    assert not trainer.model.encoder.stem.training  # BN statistics of a fixed stem stay fixed
+    uncalibrated = make_trainer(tiny_config(calibrate_batchnorm=False), train_set, texture_source)
+    uncalibrated.build_memory_bank()
+    assert uncalibrated.model.encoder.layer2[0].bn1.running_mean.abs().sum() == 0
 
 
 def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path):

@@ -118,16 +118,52 @@ class ResNet18Encoder(nn.Module):
         self.layer4 = network.layer4  # trains
         for name in FROZEN_LAYERS:
             getattr(self, name).requires_grad_(False)
+        self.stem_frozen = False
 
     def frozen_layers(self) -> list[nn.Module]:
         return [getattr(self, name) for name in FROZEN_LAYERS]
+
+    def freeze_stem(self) -> None:
+        """Keep the stem fixed too (weights and BN statistics), e.g. a random stem whose
+        features the memory bank stores: a moving stem would make the stored bank stale."""
+        self.stem_frozen = True
+        self.stem.requires_grad_(False)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> ResNet18Encoder:
         """Like ``nn.Module.train`` but layer1..3 always stay in eval mode (fixed BN statistics)."""
         super().train(mode)
         for layer in self.frozen_layers():
             layer.eval()
+        if getattr(self, "stem_frozen", False):
+            self.stem.eval()
         return self
+
+    @torch.no_grad()
+    def calibrate_batchnorm(self, images: torch.Tensor, batch_size: int = 16) -> None:
+        """Estimate the BatchNorm statistics of the stem and layer1..3 from normal images.
+
+        A randomly initialised ResNet stores mean 0 and variance 1, so its frozen layers would
+        not normalise anything: a few channels with large activations then dominate the memory
+        distance and the DI maps. One pass over normal images (a cumulative average, no
+        gradient, weights untouched) makes every channel zero-mean and unit-variance on normal
+        data. Pointless for pretrained weights, whose statistics are already meaningful.
+        """
+        norms = [m for part in (self.stem, *self.frozen_layers()) for m in part.modules()
+                 if isinstance(m, nn.BatchNorm2d)]
+        saved = [(m.momentum, m.training) for m in norms]
+        device = next(self.parameters()).device
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average over the batches below
+                m.train()
+            for chunk in images.split(batch_size):
+                self.memory_features(chunk.to(device))
+        finally:
+            for m, (momentum, training) in zip(norms, saved, strict=True):
+                m.momentum = momentum
+                m.train(training)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f0 = self.stem(x)  # (B, 64, S/2, S/2)

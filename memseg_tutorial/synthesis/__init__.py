@@ -32,11 +32,14 @@ from .sources import (
     apply_random_augmenters,
     build_structure_augmenters,
     grid_shuffle,
+    is_grey,
     structure_source,
     texture_source,
+    to_grey,
 )
 from .torch_augment import TORCH_AUGMENTERS, apply_random_augmenters_torch
 from .torch_synthesis import (
+    grey_like_images,
     grid_shuffle_torch,
     perlin_noise_torch,
     random_perlin_masks_torch,
@@ -62,6 +65,8 @@ __all__ = [
     "fallback_ellipse_mask",
     "foreground_mask",
     "grid_shuffle",
+    "is_grey",
+    "grey_like_images",
     "grid_shuffle_torch",
     "open_mask",
     "otsu_mask",
@@ -76,4 +81,5 @@ __all__ = [
     "structure_source",
     "synthesize_batch_torch",
     "texture_source",
+    "to_grey",
 ]

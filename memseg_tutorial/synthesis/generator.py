@@ -9,7 +9,14 @@ import numpy as np
 from ..config import Config
 from .blend import blend_anomaly, draw_transparency
 from .foreground import draw_anomaly_mask, foreground_mask
-from .sources import TextureSampler, build_structure_augmenters, structure_source, texture_source
+from .sources import (
+    TextureSampler,
+    build_structure_augmenters,
+    is_grey,
+    structure_source,
+    texture_source,
+    to_grey,
+)
 
 KINDS = ("texture", "object")
 
@@ -71,14 +78,23 @@ class AnomalySynthesizer:
         return mask
 
     def anomaly_source(self, image_uint8: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-        """In and its kind: texture with probability ``config.texture_probability``, else structure."""
+        """In and its kind: texture with probability ``config.texture_probability``, else structure.
+
+        With ``config.grey_sources`` a grey image gets a grey source (colour augmenters and
+        colour textures would otherwise make every simulated defect of a grey dataset coloured).
+        """
         cfg = self.config
         if rng.random() < cfg.texture_probability:
-            return texture_source(self.texture_source, rng, image_uint8.shape[:2]), "texture"
-        source = structure_source(
-            image_uint8, rng, self.augmenters, cfg.structure_augmenters, cfg.structure_grid
-        )
-        return source, "structure"
+            source = texture_source(self.texture_source, rng, image_uint8.shape[:2])
+            kind = "texture"
+        else:
+            source = structure_source(
+                image_uint8, rng, self.augmenters, cfg.structure_augmenters, cfg.structure_grid
+            )
+            kind = "structure"
+        if cfg.grey_sources and is_grey(image_uint8):
+            source = to_grey(source)
+        return source, kind
 
     def synth(
         self, image_uint8: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None

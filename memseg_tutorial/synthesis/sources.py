@@ -43,6 +43,24 @@ class TextureSampler(Protocol):
     def sample(self, rng: np.random.Generator) -> np.ndarray: ...
 
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as in cv2.COLOR_RGB2GRAY
+
+
+def is_grey(image: np.ndarray) -> bool:
+    """True for an RGB image whose three channels are equal (a grey photo expanded to RGB)."""
+    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> the same shape with luma in all three channels.
+
+    Used on anomaly sources for grey datasets (MTD, MVTec's grid/screw/zipper): a coloured
+    patch in a grey image is anomalous by colour alone, a shortcut no real defect offers.
+    """
+    luma = np.tensordot(image.astype(np.float32), np.asarray(LUMA_WEIGHTS, np.float32), axes=([2], [0]))
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
 def build_structure_augmenters() -> list[iaa.Augmenter]:
     """The 10 imgaug augmenters with the SPEC parameters (same order as the names above)."""
     return [

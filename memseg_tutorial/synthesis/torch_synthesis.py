@@ -16,6 +16,7 @@ from einops import rearrange
 
 from ..config import Config
 from .perlin import fade  # plain arithmetic: works on tensors as on arrays
+from .sources import LUMA_WEIGHTS
 from .torch_augment import apply_random_augmenters_torch, rand, randint, rotate_batch, uniform
 
 
@@ -184,6 +185,16 @@ def blend_anomaly_torch(
     return images + delta.view(-1, 1, 1, 1) * masks * (sources - images)
 
 
+def grey_like_images(images: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """Sources made grey (luma in 3 channels) for the images whose channels are all equal."""
+    grey_images = (images.amax(dim=1) == images.amin(dim=1)).flatten(1).all(dim=1)  # (B,)
+    if not bool(grey_images.any()):
+        return sources
+    weights = torch.tensor(LUMA_WEIGHTS, device=sources.device, dtype=sources.dtype).view(1, 3, 1, 1)
+    luma = (sources * weights).sum(dim=1, keepdim=True).expand_as(sources)
+    return torch.where(grey_images.view(-1, 1, 1, 1), luma, sources)
+
+
 def synthesize_batch_torch(
     images: torch.Tensor,
     textures: torch.Tensor,
@@ -225,6 +236,8 @@ def synthesize_batch_torch(
         )
         sources[structure_rows] = grid_shuffle_torch(augmented, config.structure_grid, generator)
 
+    if config.grey_sources:
+        sources = grey_like_images(images, sources)
     delta = uniform(generator, (batch,), *config.transparency_range, device)
     blended = blend_anomaly_torch(images, sources.clamp(0.0, 1.0), masks, delta)
     return blended.clamp(0.0, 1.0), masks

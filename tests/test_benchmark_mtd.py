@@ -1,0 +1,62 @@
+"""The validation split of benchmarks/mtd.py: held-out normals only, seeded, grey defects on grey tiles."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memseg_tutorial import get_config
+from memseg_tutorial.seeding import make_rng
+from memseg_tutorial.synthesis import is_grey
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "mtd.py"
+
+
+@pytest.fixture(scope="module")
+def mtd_script():
+    spec = importlib.util.spec_from_file_location("mtd_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class GreyTiles:
+    """Stand-in for MTDDataset: len() and load_rgb(i) of grey, slightly noisy tiles."""
+
+    def __init__(self, count: int = 12, size: int = 64) -> None:
+        rng = np.random.default_rng(7)
+        self.tiles = [np.repeat(rng.integers(60, 120, (size, size, 1), dtype=np.uint8), 3, axis=2)
+                      for _ in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def load_rgb(self, index: int) -> np.ndarray:
+        return self.tiles[index].copy()
+
+
+def test_drawn_defect_is_grey_visible_and_seeded(mtd_script):
+    tile = GreyTiles().load_rgb(0)
+    for i in range(8):
+        image, mask = mtd_script.drawn_defect(tile, make_rng(1, i))
+        assert image.dtype == np.uint8 and image.shape == tile.shape and is_grey(image)
+        assert mask.dtype == np.float32 and mask.sum() >= 64 * 64 // 200
+        assert np.abs(image.astype(int) - tile)[mask > 0].mean() > 0  # something was drawn
+        again, mask_again = mtd_script.drawn_defect(tile, make_rng(1, i))
+        assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
+
+
+def test_validation_split_holds_out_normals_only(mtd_script):
+    tiles = GreyTiles(count=12)
+    config = get_config("quick", image_size=64)
+    kept, validation = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
+    assert len(kept) == 6 and len(set(kept)) == 6  # 12 tiles - 6 held out
+    assert validation["images"].shape == (6, 3, 64, 64)
+    assert validation["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+    masks = validation["masks"]
+    assert (masks[:3] == 0).all() and (masks[3:].reshape(3, -1).sum(axis=1) > 0).all()
+    kept_again, again = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
+    assert kept_again == kept and np.array_equal(again["masks"], masks)
