@@ -40,13 +40,22 @@ class GreyTiles:
 
 def test_drawn_defect_is_grey_visible_and_seeded(mtd_script):
     tile = GreyTiles().load_rgb(0)
-    for i in range(8):
-        image, mask = mtd_script.drawn_defect(tile, make_rng(1, i))
-        assert image.dtype == np.uint8 and image.shape == tile.shape and is_grey(image)
-        assert mask.dtype == np.float32 and mask.sum() >= 64 * 64 // 200
-        assert np.abs(image.astype(int) - tile)[mask > 0].mean() > 0  # something was drawn
-        again, mask_again = mtd_script.drawn_defect(tile, make_rng(1, i))
-        assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
+    for families in mtd_script.VALIDATION_ANOMALIES.values():
+        for i in range(8):
+            image, mask = mtd_script.drawn_defect(tile, make_rng(1, i), families)
+            assert image.dtype == np.uint8 and image.shape == tile.shape and is_grey(image)
+            assert mask.dtype == np.float32 and mask.sum() >= 64 * 64 // 200
+            assert np.abs(image.astype(int) - tile)[mask > 0].mean() > 0  # something was drawn
+            again, mask_again = mtd_script.drawn_defect(tile, make_rng(1, i), families)
+            assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
+
+
+def test_config_overrides_parse_python_literals(mtd_script):
+    assert mtd_script.config_overrides(["texture_probability=0.2", "transparency_range=(0.15, 0.6)"]) == {
+        "texture_probability": 0.2, "transparency_range": (0.15, 0.6)}
+    for bad in ("texture_probability", "no_such_field=1", "lr=three"):
+        with pytest.raises(SystemExit, match="--set"):
+            mtd_script.config_overrides([bad])
 
 
 def test_validation_split_holds_out_normals_only(mtd_script):
@@ -60,3 +69,14 @@ def test_validation_split_holds_out_normals_only(mtd_script):
     assert (masks[:3] == 0).all() and (masks[3:].reshape(3, -1).sum(axis=1) > 0).all()
     kept_again, again = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
     assert kept_again == kept and np.array_equal(again["masks"], masks)
+
+
+def test_band_covers_a_wide_strip_from_one_edge(mtd_script):
+    tile = GreyTiles(size=64).load_rgb(0).astype(np.float32)
+    everywhere = np.ones(tile.shape[:2], bool)
+    for i in range(10):
+        drawn, mask = mtd_script.draw_band(tile, everywhere, tile, make_rng(2, i))
+        assert 0.1 <= mask.mean() <= 0.56  # 15-50 % of the rows, give or take the wavy edge
+        assert mask[0].all() or mask[-1].all()  # anchored at the top or the bottom edge
+        assert not mask[0].all() or not mask[-1].all()  # ... never both: a band, not the tile
+        assert np.abs(drawn - tile)[mask].mean() > 1.0 and np.array_equal(drawn[~mask], tile[~mask])
