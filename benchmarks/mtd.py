@@ -41,6 +41,7 @@ from memseg_tutorial import get_config  # noqa: E402
 from memseg_tutorial.checkpoint import atomic_write_text  # noqa: E402
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
+from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
 from memseg_tutorial.evaluation import compute_metrics, evaluate, format_results_table  # noqa: E402
 from memseg_tutorial.paths import runs_dir, shared_data_dir  # noqa: E402
 from memseg_tutorial.seeding import make_rng  # noqa: E402
@@ -122,6 +123,9 @@ def draw_band(image, foreground, background, rng):
     return out, mask
 
 
+DRAWERS = {**DEFECT_DRAWERS, "band": draw_band}  # every validation family, by name
+
+
 def drawn_defect(image: np.ndarray, rng: np.random.Generator,
                  families: tuple[str, ...] = VALIDATION_DEFECTS) -> tuple[np.ndarray, np.ndarray]:
     """One defect of ``families``, drawn by the sample-data painters or :func:`draw_band`.
@@ -129,10 +133,7 @@ def drawn_defect(image: np.ndarray, rng: np.random.Generator,
     A validation anomaly of another family than the training anomalies, so a setting cannot win
     by fitting the simulation; grey tiles get grey defects, as real ones are.
     """
-    from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS
     from memseg_tutorial.synthesis import is_grey, to_grey
-
-    drawers = {**DEFECT_DRAWERS, "band": draw_band}
 
     foreground = np.ones(image.shape[:2], bool)
     name = families[int(rng.integers(len(families)))]
@@ -140,7 +141,7 @@ def drawn_defect(image: np.ndarray, rng: np.random.Generator,
     # area (at most 0.5 % of the tile), from 96 px up it is the sample data's own minimum.
     min_pixels = min(MIN_DEFECT_PIXELS, image.shape[0] * image.shape[1] // 200)
     for _ in range(50):
-        drawn, mask = drawers[name](image.astype(np.float32), foreground, image, rng)
+        drawn, mask = DRAWERS[name](image.astype(np.float32), foreground, image, rng)
         if mask.sum() >= min_pixels:
             break
     else:
@@ -212,16 +213,11 @@ def score_validation(model, validation: dict, config) -> dict:
 
 
 def config_overrides(items: list[str]) -> dict:
-    """``["key=value", ...]`` -> {key: Python literal}, for Config fields only; one-line errors."""
-    from dataclasses import fields
-
-    from memseg_tutorial.config import Config
-
-    known = {f.name for f in fields(Config)}
+    """``["key=value", ...]`` -> {key: Python literal}; ``get_config`` then checks the keys and values."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in known:
+        if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY a Config field, e.g. lr=0.01.")
         try:
             overrides[key] = ast.literal_eval(value)
@@ -274,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-encoder", action="store_true",
                         help="also train layer1..3 (memory bank refreshed every --memory-refresh steps)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--validate", action="store_true", help="tune: score held-out train normals vs synthetic anomalies; no test image is read")
+    parser.add_argument("--validate", action="store_true", help="tune: score held-out train normals vs the same with drawn defects; no test image is read")
     parser.add_argument("--validation-anomalies", choices=(*VALIDATION_ANOMALIES, "synthetic"),
                         default="drawn+band",
                         help="validation defects: small drawn ones and wide bands (default), only the "
@@ -296,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                 "train_encoder": args.train_encoder, "grey_sources": args.grey_sources == "on"}
     settings.update(config_overrides(args.set))
     preset = settings.pop("preset")
-    config = get_config(preset, **settings)
+    try:
+        config = get_config(preset, **settings)
+    except (TypeError, ValueError) as error:  # an unknown or invalid --set, in one line
+        raise SystemExit(f"--set: {error}") from None
     full_train = MTDDataset(args.root, "train", image_size=config.image_size)
     textures = TEXTURES(config)
     validation = None
