@@ -128,8 +128,7 @@ def load_model(
     config = Config.from_dict(checkpoint["config"])
     with warnings.catch_warnings():  # the weights come from the checkpoint, not from ImageNet
         warnings.simplefilter("ignore")
-        model = MemSeg(image_size=config.image_size, memory_size=config.memory_size,
-                       backbone_weights="none")
+        model = MemSeg.from_config(config, backbone_weights="none")
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     return model, config, checkpoint

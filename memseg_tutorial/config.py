@@ -40,6 +40,7 @@ class Config:
     # --- model (SPEC section 2) --------------------------------------------------------------
     backbone_weights: str = "imagenet"  # "imagenet", "none" (random) or a path to a .pth file
     memory_size: int = 30  # normal training images stored in the memory bank
+    per_image_standardization: bool = False  # random weights: each image to mean 0, std 1 first
 
     # --- training (SPEC section 3) ------------------------------------------------------------
     batch_normal: int = 4
@@ -67,6 +68,7 @@ class Config:
     score_top_k: int = 100  # image score = mean of the top-k pixels of the anomaly map
     score_mode: str = "topk_mean"  # "topk_mean" (paper) or "max"
     aupro_fpr_limit: float = 0.3
+    map_smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in pixels (0: none, paper)
 
     # --- runtime ---------------------------------------------------------------------------------
     device: str = "auto"  # "auto" (CUDA if present), "cpu" or "cuda"
@@ -103,6 +105,8 @@ class Config:
             raise ValueError(f"score_mode must be 'topk_mean' or 'max', got {self.score_mode!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+        if self.map_smoothing_sigma < 0:
+            raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}.")
         if self.memory_size < 1 or self.steps < 1 or self.batch_normal < 1:
             raise ValueError("memory_size, steps and batch_normal must be at least 1.")
         return self

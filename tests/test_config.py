@@ -46,6 +46,8 @@ def test_overrides_and_bad_values():
         get_config("quick", image_size=100)
     with pytest.raises(ValueError, match="optimizer"):
         get_config("quick", optimizer="rmsprop")
+    with pytest.raises(ValueError, match="map_smoothing_sigma"):
+        get_config("quick", map_smoothing_sigma=-1.0)
 
 
 def test_round_trip_through_json():

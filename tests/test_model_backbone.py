@@ -9,7 +9,7 @@ import torch
 
 from memseg_tutorial.losses import MemSegLoss
 from memseg_tutorial.model import MemSeg, ResNet18Encoder, backbone
-from memseg_tutorial.model.backbone import FEATURE_CHANNELS, FEATURE_STRIDES
+from memseg_tutorial.model.backbone import FEATURE_CHANNELS, FEATURE_STRIDES, standardize_per_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:ResNet18 encoder with RANDOM weights")
 
@@ -22,6 +22,31 @@ def test_encoder_feature_shapes(size):
     for name, tensor in features.items():
         side = size // FEATURE_STRIDES[name]
         assert tuple(tensor.shape) == (1, FEATURE_CHANNELS[name], side, side), name
+
+
+def test_standardize_per_image_gives_mean_0_std_1():
+    x = torch.rand(3, 3, 16, 16) * torch.tensor([1.0, 5.0, 0.2]).view(3, 1, 1, 1) + 2.0
+    z = standardize_per_image(x)
+    torch.testing.assert_close(z.mean(dim=(1, 2, 3)), torch.zeros(3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(z.std(dim=(1, 2, 3)), torch.ones(3), rtol=0, atol=1e-5)
+    flat = standardize_per_image(torch.full((1, 3, 8, 8), 0.7))
+    torch.testing.assert_close(flat, torch.zeros(1, 3, 8, 8), rtol=0, atol=1e-3)
+
+
+def test_standardized_encoder_ignores_exposure_and_contrast():
+    """The option's point: two shots of one tile that differ in exposure/contrast give the same
+    features (all levels, forward and memory path); without it they do not."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    brighter = 1.8 * x + 0.5
+    for standardize in (True, False):
+        encoder = ResNet18Encoder("none", standardize=standardize).eval()
+        with torch.no_grad():
+            a, b = encoder(x), encoder(brighter)
+            memory_a, memory_b = encoder.memory_features(x), encoder.memory_features(brighter)
+        same = [torch.allclose(a[k], b[k], atol=1e-4) for k in a]
+        same += [torch.allclose(u, v, atol=1e-4) for u, v in zip(memory_a, memory_b, strict=True)]
+        assert all(same) if standardize else not any(same)
 
 
 def test_random_weights_warn():

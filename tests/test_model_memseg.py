@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memseg_tutorial.config import get_config
-from memseg_tutorial.model import MemSeg, count_parameters, image_scores
+from memseg_tutorial.model import MemSeg, count_parameters, image_scores, smooth_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore:ResNet18 encoder with RANDOM weights")
 
@@ -79,6 +79,32 @@ def test_anomaly_map_in_unit_interval_and_predict_scores():
     torch.testing.assert_close(max_scores, maps.flatten(1).max(1).values)
 
 
+def test_smooth_maps_matches_scipy_and_keeps_constants():
+    from scipy.ndimage import gaussian_filter
+
+    maps = torch.rand(2, 40, 48)
+    assert smooth_maps(maps, 0) is maps
+    for sigma in (0.8, 2.0, 4.0):
+        expected = [gaussian_filter(m.numpy().astype("float64"), sigma, mode="mirror", truncate=3.0) for m in maps]
+        torch.testing.assert_close(smooth_maps(maps, sigma), torch.tensor(expected, dtype=torch.float32),
+                                   rtol=0, atol=1e-5)
+    constant = torch.full((1, 32, 32), 0.3)
+    torch.testing.assert_close(smooth_maps(constant, 3.0), constant)
+    assert float(smooth_maps(maps, 2.0).std()) < 0.5 * float(maps.std())  # noise is averaged out
+    with pytest.raises(ValueError, match="sigma"):
+        smooth_maps(maps, -1.0)
+
+
+def test_anomaly_map_is_smoothed_when_configured():
+    model = make_model(64)
+    smoothed = MemSeg(image_size=64, memory_size=3, backbone_weights="none", map_smoothing_sigma=2.0).eval()
+    smoothed.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    raw = model.anomaly_map(x)
+    torch.testing.assert_close(smoothed.anomaly_map(x), smooth_maps(raw, 2.0))
+    assert not torch.allclose(smoothed.anomaly_map(x), raw)
+
+
 def test_image_scores_top_k_mean_and_max():
     maps = torch.zeros(2, 4, 4)
     maps[0, 0, :3] = torch.tensor([1.0, 0.5, 0.25])
@@ -125,6 +151,9 @@ def test_from_config_and_parameter_counts():
     config = get_config("quick")
     model = MemSeg.from_config(config)
     assert model.image_size == config.image_size and model.memory_size == config.memory_size
+    assert not model.encoder.standardize and model.map_smoothing_sigma == 0  # the paper's defaults
+    options = MemSeg.from_config(get_config("quick", per_image_standardization=True, map_smoothing_sigma=1.5))
+    assert options.encoder.standardize and options.map_smoothing_sigma == 1.5
     counts = count_parameters(model)
     frozen = sum(p.numel() for n in ("layer1", "layer2", "layer3") for p in getattr(model.encoder, n).parameters())
     assert counts["frozen"] == frozen

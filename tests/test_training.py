@@ -138,6 +138,17 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
 
 
+def test_checkpoint_keeps_standardization_and_map_smoothing(train_set, texture_source, tmp_path):
+    config = tiny_config(steps=1, per_image_standardization=True, map_smoothing_sigma=1.5)
+    trainer = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
+    trainer.fit()
+    model, loaded, _ = load_model(tmp_path)
+    assert loaded == config and model.encoder.standardize and model.map_smoothing_sigma == 1.5
+    x = trainer.batch(0)["image"]
+    trainer.model.eval()
+    torch.testing.assert_close(model.anomaly_map(x), trainer.model.anomaly_map(x))
+
+
 def test_interrupted_write_keeps_the_previous_checkpoint(
     train_set, texture_source, tmp_path, monkeypatch
 ):

@@ -10,6 +10,7 @@ from .backbone import (
     ResNet18Encoder,
     build_resnet18,
     imagenet_cache_path,
+    standardize_per_image,
 )
 from .decoder import Decoder, UpConvBlock
 from .fusion import MSFF, MSFFBlock, spatial_attention_maps
@@ -28,6 +29,7 @@ from .memseg import (
     count_parameters,
     image_scores,
     inference_settings,
+    smooth_maps,
 )
 
 __all__ = [
@@ -56,5 +58,7 @@ __all__ = [
     "centre_memory",
     "centred_distances",
     "level_distances",
+    "smooth_maps",
     "spatial_attention_maps",
+    "standardize_per_image",
 ]

@@ -106,11 +106,30 @@ def build_resnet18(weights: str | os.PathLike = "imagenet") -> nn.Module:
     return network
 
 
-class ResNet18Encoder(nn.Module):
-    """ResNet18 split into f0 (stem, 64@S/2), f1..f4 (layer1..4: 64@S/4 .. 512@S/32)."""
+def standardize_per_image(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Each image (B, C, H, W) shifted and scaled to mean 0 and standard deviation 1.
 
-    def __init__(self, weights: str | os.PathLike = "imagenet") -> None:
+    ImageNet normalisation subtracts one fixed mean, so two tiles that differ only in exposure
+    still give different features everywhere. With pretrained weights that spread is expected;
+    with random weights it swamps the memory comparison, and per-image standardisation removes
+    it: what is left is how a region differs from the rest of its own image. ``eps`` keeps a
+    flat image flat (its rounding noise is not blown up to unit variance).
+    """
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / std.clamp_min(eps)
+
+
+class ResNet18Encoder(nn.Module):
+    """ResNet18 split into f0 (stem, 64@S/2), f1..f4 (layer1..4: 64@S/4 .. 512@S/32).
+
+    ``standardize``: pass each image through :func:`standardize_per_image` first (an option for
+    random weights; off by default, as in the paper).
+    """
+
+    def __init__(self, weights: str | os.PathLike = "imagenet", standardize: bool = False) -> None:
         super().__init__()
+        self.standardize = standardize
         network = build_resnet18(weights)
         self.stem = nn.Sequential(network.conv1, network.bn1, network.relu)  # trains
         self.maxpool = network.maxpool
@@ -165,8 +184,12 @@ class ResNet18Encoder(nn.Module):
                 m.momentum = momentum
                 m.train(training)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's input: ``x`` as given, or standardised per image."""
+        return standardize_per_image(x) if self.standardize else x
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f0 = self.stem(x)  # (B, 64, S/2, S/2)
+        f0 = self.stem(self.prepare(x))  # (B, 64, S/2, S/2)
         f1 = self.layer1(self.maxpool(f0))  # (B, 64, S/4, S/4)
         f2 = self.layer2(f1)  # (B, 128, S/8, S/8)
         f3 = self.layer3(f2)  # (B, 256, S/16, S/16)
@@ -175,6 +198,6 @@ class ResNet18Encoder(nn.Module):
 
     def memory_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The three levels that the memory bank stores and compares: [f1, f2, f3]."""
-        f1 = self.layer1(self.maxpool(self.stem(x)))  # (B, 64, S/4, S/4)
+        f1 = self.layer1(self.maxpool(self.stem(self.prepare(x))))  # (B, 64, S/4, S/4)
         f2 = self.layer2(f1)  # (B, 128, S/8, S/8)
         return [f1, f2, self.layer3(f2)]  # + (B, 256, S/16, S/16)
