@@ -34,6 +34,10 @@ demo. Runs are written to runs/<name>/ ($MEMSEG_RUNS_DIR overrides the folder).
 
 
 DEMO_HOLDOUT = 6  # normal training images kept out of training to set the thresholds
+# The quick preset's 60 steps are enough for the lessons but leave the demo at the mercy of the seed
+# (seed 42: pixel AUROC 0.89, "hole" 0.38; seeds 1 and 7: 0.997). At 150 steps seed 42 gives 0.995,
+# and the demo still takes under 2 minutes on 2 cores.
+DEMO_STEPS = 150
 
 
 class CommandError(Exception):
@@ -278,6 +282,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def demo_config(args):
+    """The quick preset with :data:`DEMO_STEPS`, unless ``--steps`` or another preset is given."""
+    config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category)
+    if args.steps is None and config.preset == "quick":
+        config = dataclasses.replace(config, steps=DEMO_STEPS).validate()
+    return config
+
+
 def cmd_demo(args) -> int:
     """Offline sample -> train (quick) -> evaluate -> runs/<name>/ with metrics and figures."""
     from .checkpoint import default_mode
@@ -294,7 +306,7 @@ def cmd_demo(args) -> int:
             f"{', '.join(SAMPLE_CATEGORIES)}."
         )
     start = time.perf_counter()
-    config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category)
+    config = demo_config(args)
     name = _check_run_name(args.name)
     root = ensure_sample_dataset()
     normals = MVTecDataset(root, args.category, "train", image_size=config.image_size)
@@ -467,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(demo)
     demo.add_argument("--category", default="surface", help="surface (texture) or object")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
+    demo.add_argument("--steps", type=int, default=None, help=f"training steps (default {DEMO_STEPS} in the quick preset)")
     demo.add_argument("--name", default="demo", help="run folder under runs/ (default demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(handler=cmd_demo)

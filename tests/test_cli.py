@@ -129,3 +129,11 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys):
     assert {"image_auroc", "pixel_auroc", "aupro", "per_defect"} <= set(metrics)
     assert 0.0 <= metrics["aupro"] <= 1.0
     assert "AUPRO@0.3" in out
+
+
+def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):
+    monkeypatch.delenv("MEMSEG_PRESET", raising=False)
+    parse = cli.build_parser().parse_args
+    assert cli.demo_config(parse(["demo"])).steps == cli.DEMO_STEPS
+    assert cli.demo_config(parse(["demo", "--steps", "7"])).steps == 7
+    assert cli.demo_config(parse(["demo", "--preset", "full"])).steps == get_config("full").steps
