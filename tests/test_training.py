@@ -123,8 +123,10 @@ def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_se
     assert uncalibrated.model.encoder.layer2[0].bn1.running_mean.abs().sum() == 0
 
 
-def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path):
-    trainer = make_trainer(tiny_config(steps=2), train_set, texture_source, run_dir=tmp_path)
+@pytest.mark.parametrize("options", [{}, {"per_image_standardization": True, "map_smoothing_sigma": 1.5}],
+                         ids=["paper", "standardized_smoothed"])
+def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path, options):
+    trainer = make_trainer(tiny_config(steps=2, **options), train_set, texture_source, run_dir=tmp_path)
     trainer.fit()
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["step"] == 2 and checkpoint["seed"] == trainer.config.seed
@@ -132,21 +134,12 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert checkpoint["optimizer"] is not None and checkpoint["scheduler"] is not None
     model, config, _ = load_model(tmp_path)
     assert config == trainer.config
+    assert model.encoder.standardize == config.per_image_standardization
+    assert model.map_smoothing_sigma == config.map_smoothing_sigma
     assert len(model.memory_bank) == 4
     x = trainer.batch(0)["image"]
     trainer.model.eval()
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
-
-
-def test_checkpoint_keeps_standardization_and_map_smoothing(train_set, texture_source, tmp_path):
-    config = tiny_config(steps=1, per_image_standardization=True, map_smoothing_sigma=1.5)
-    trainer = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
-    trainer.fit()
-    model, loaded, _ = load_model(tmp_path)
-    assert loaded == config and model.encoder.standardize and model.map_smoothing_sigma == 1.5
-    x = trainer.batch(0)["image"]
-    trainer.model.eval()
-    torch.testing.assert_close(model.anomaly_map(x), trainer.model.anomaly_map(x))
 
 
 def test_interrupted_write_keeps_the_previous_checkpoint(
