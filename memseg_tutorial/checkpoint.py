@@ -92,11 +92,15 @@ def save_checkpoint(path: str | os.PathLike, **parts) -> Path:
     return atomic_save(make_checkpoint(**parts), path)
 
 
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint a user means: ``path`` itself, or ``checkpoint.pt`` inside a run folder."""
+    path = Path(path).expanduser()
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, with errors that say what to do."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"Checkpoint not found: {path}. Train first (python -m memseg_tutorial train ...) "

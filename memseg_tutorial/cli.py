@@ -191,10 +191,10 @@ def cmd_train(args) -> int:
     from .plots import plot_loss_curve
 
     if args.resume is not None:
-        from .checkpoint import load_checkpoint
+        from .checkpoint import checkpoint_file, load_checkpoint
         from .config import Config
 
-        resume = Path(args.resume).expanduser()
+        resume = checkpoint_file(args.resume)
         checkpoint = load_checkpoint(resume)  # clear error when missing
         config = Config.from_dict(checkpoint["config"])
         run = checkpoint.get("run", {})
@@ -202,7 +202,7 @@ def cmd_train(args) -> int:
             args.data = run["data_root"]  # the run's own data (the sample root is such a folder)
         args.category = run.get("category", args.category)
         args.textures = args.textures or run.get("textures")
-        run_dir = resume.parent if resume.is_file() else resume
+        run_dir = resume.parent
     else:
         resume = None
         config = _config(args, "full", image_size=args.image_size, steps=args.steps,
@@ -235,7 +235,7 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import checkpoint_file, load_model
     from .device import get_device
 
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
@@ -253,7 +253,7 @@ def cmd_evaluate(args) -> int:
         _kind(args, True)  # unknown sample category -> clear error
     result = _evaluate_run(model, config, root, category)
     print(result.table())
-    out = Path(args.out) if args.out else Path(args.checkpoint).expanduser().parent / "metrics.json"
+    out = Path(args.out) if args.out else checkpoint_file(args.checkpoint).parent / "metrics.json"
     _write_json(_metrics_record(result, config, {"step": checkpoint["step"]}), out)
     print(f"metrics written to {out}")
     return 0

@@ -56,6 +56,7 @@ class Config:
     focal_weight: float = 0.4
     focal_gamma: float = 4.0
     amp: bool = True  # mixed precision on CUDA
+    amp_dtype: str = "float16"  # CUDA autocast: "float16" (any GPU; measured fastest) or "bfloat16"
     checkpoint_every: int = 500
     train_encoder: bool = False  # also train layer1..3 (only sensible with random weights)
     train_stem: bool = True  # SPEC: the stem trains; False keeps a random stem fixed (bank stays exact)
@@ -103,6 +104,8 @@ class Config:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}.")
         if self.score_mode not in ("topk_mean", "max"):
             raise ValueError(f"score_mode must be 'topk_mean' or 'max', got {self.score_mode!r}.")
+        if self.amp_dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {self.amp_dtype!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         if self.map_smoothing_sigma < 0:

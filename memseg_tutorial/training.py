@@ -157,10 +157,21 @@ def split_holdout(dataset, count: int, seed: int = 42) -> tuple[DatasetSubset, D
 # ---------------------------------------------------------------------------------------------
 
 
+def cuda_autocast_dtype(config: Config) -> torch.dtype | None:
+    """The CUDA mixed-precision dtype, or None for float32.
+
+    float16 runs on every CUDA GPU (Colab's T4 has no bfloat16) and was the fastest on an H200
+    (benchmarks/training_speed.py); it needs a GradScaler, and the model keeps the half that
+    reads the memory differences in float32 (``after_memory_precision``). bfloat16 has float32's
+    range and needs neither.
+    """
+    return getattr(torch, config.amp_dtype) if config.amp else None
+
+
 def _autocast(device: torch.device, config: Config):
-    """fp16 autocast on CUDA (with a GradScaler); bf16 on the CPU only when asked for."""
-    if device.type == "cuda" and config.amp:
-        return torch.autocast("cuda", dtype=torch.float16)
+    """Mixed precision on CUDA (``cuda_autocast_dtype``); bf16 on the CPU only when asked for."""
+    if device.type == "cuda" and (dtype := cuda_autocast_dtype(config)) is not None:
+        return torch.autocast("cuda", dtype=dtype)
     if device.type == "cpu" and config.cpu_bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
@@ -221,7 +232,7 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
-        use_scaler = self.device.type == "cuda" and config.amp
+        use_scaler = self.device.type == "cuda" and cuda_autocast_dtype(config) == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.step = 0
         self.history: list[dict] = []

@@ -131,6 +131,14 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys):
     assert "AUPRO@0.3" in out
 
 
+def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):
+    run_folder = checkpoint.parent
+    code, out, err = run(["evaluate", str(run_folder), "--data", str(sample_root)], capsys)
+    assert code == 0, err
+    assert (run_folder / "metrics.json").is_file()
+    assert f"metrics written to {run_folder / 'metrics.json'}" in out
+
+
 def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):
     monkeypatch.delenv("MEMSEG_PRESET", raising=False)
     parse = cli.build_parser().parse_args

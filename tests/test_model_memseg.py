@@ -158,3 +158,24 @@ def test_from_config_and_parameter_counts():
     frozen = sum(p.numel() for n in ("layer1", "layer2", "layer3") for p in getattr(model.encoder, n).parameters())
     assert counts["frozen"] == frozen
     assert counts["trainable"] + counts["frozen"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("memory_scale", [1.0, 6.0])
+def test_float16_autocast_matches_float32_when_attention_passes_float16_range(memory_scale):
+    """CUDA training uses float16 autocast. Scaling the bank makes DI large, so the product of
+    the three attention means passes 65504: the maps and the decoder must stay in float32."""
+    model = make_model(64, memory=2, seed=2)
+    for level in model.memory_bank.levels:
+        level.mul_(memory_scale)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model.forward_with_intermediates(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = model.forward_with_intermediates(x)
+    largest = max(float(m.max()) for m in reference["spatial_maps"])
+    assert (largest > 65504) == (memory_scale > 1), largest
+    assert all(m.dtype == torch.float32 for m in half["spatial_maps"] + half["differences"])
+    assert half["logits"].dtype == torch.float32 and torch.isfinite(half["logits"]).all()
+    maps = lambda out: torch.softmax(out["logits"], dim=1)[:, 1]  # noqa: E731
+    # float16 rounding in the encoder may flip a pixel whose two logits nearly tie: compare means.
+    assert (maps(half) - maps(reference)).abs().mean() < 0.01

@@ -8,33 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_trainer, straight_and_resumed, tiny_config
 
-from memseg_tutorial import get_config
 from memseg_tutorial.checkpoint import load_checkpoint, load_model
 from memseg_tutorial.data import MVTecDataset
 from memseg_tutorial.training import (
     GpuSampleStream,
     Trainer,
+    cuda_autocast_dtype,
     lr_factor,
     memory_indices,
     split_holdout,
 )
-
-
-def tiny_config(**overrides):
-    values = dict(image_size=64, memory_size=4, steps=4, batch_normal=2, batch_synthetic=2,
-                  checkpoint_every=0, score_top_k=10, device="cpu")
-    return get_config("quick", **{**values, **overrides})
-
-
-@pytest.fixture(scope="module")
-def train_set(sample_root):
-    return MVTecDataset(sample_root, "surface", "train", image_size=64)
-
-
-def make_trainer(config, train_set, texture_source, run_dir=None):
-    return Trainer(config, train_set, texture_source, kind="texture", run_dir=run_dir,
-                   progress=False)
 
 
 @torch.no_grad()
@@ -71,14 +56,8 @@ def test_batches_hold_normal_then_synthetic(train_set, texture_source):
 
 
 def test_resume_continues_exactly(train_set, texture_source, tmp_path):
-    config = tiny_config(steps=4)
-    straight = make_trainer(config, train_set, texture_source)
-    straight.fit()
-
-    first = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
-    first.fit(steps=2)
-    path = first.save()
-    resumed = Trainer.resume(path, train_set, texture_source, progress=False)
+    straight, _, resumed = straight_and_resumed(tiny_config(steps=4), train_set, texture_source,
+                                                tmp_path)
     assert resumed.step == 2
     assert torch.equal(resumed.batch(resumed.step)["image"], straight.batch(2)["image"])
     resumed.fit()
@@ -91,11 +70,7 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
 
 def test_resume_with_bank_refresh_and_fixed_stem_continues_exactly(train_set, texture_source, tmp_path):
     config = tiny_config(steps=4, memory_refresh_every=1, train_stem=False)
-    straight = make_trainer(config, train_set, texture_source)
-    straight.fit()
-    first = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
-    first.fit(steps=2)
-    resumed = Trainer.resume(first.save(), train_set, texture_source, progress=False)
+    straight, _, resumed = straight_and_resumed(config, train_set, texture_source, tmp_path)
     resumed.fit()  # the bank is rebuilt, but BatchNorm is not calibrated again
     for (name, a), b in zip(straight.model.state_dict().items(),
                             resumed.model.state_dict().values(), strict=True):
@@ -219,3 +194,9 @@ def test_holdout_split_is_disjoint(train_set):
     assert torch.equal(held[0]["image"], train_set[held.indices[0]]["image"])
     with pytest.raises(ValueError, match="hold out"):
         split_holdout(train_set, len(train_set), seed=0)
+
+
+def test_cuda_autocast_dtype_follows_the_config():
+    assert cuda_autocast_dtype(tiny_config()) == torch.float16
+    assert cuda_autocast_dtype(tiny_config(amp=False)) is None
+    assert cuda_autocast_dtype(tiny_config(amp_dtype="bfloat16")) == torch.bfloat16

@@ -132,10 +132,13 @@ class MemoryBank(nn.Module):
     def difference(
         self, features: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """DI_l = (memory_l[nearest] - input_l) ** 2 per level, and the chosen indices (B,)."""
+        """DI_l = (memory_l[nearest] - input_l) ** 2 per level, and the chosen indices (B,).
+
+        Always float32: under float16 autocast a squared difference overflows from |d| = 256.
+        """
         indices = self.nearest(features)
         differences = [
-            (m.index_select(0, indices).to(f.dtype) - f).square_()  # (B, C_l, H_l, W_l)
+            (m.index_select(0, indices).float() - f.float()).square_()  # (B, C_l, H_l, W_l)
             for f, m in zip(features, self.levels, strict=True)
         ]
         return differences, indices

@@ -67,6 +67,20 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1).to(maps.dtype)
 
 
+def after_memory_precision(device_type: str):
+    """Autocast off for everything that reads the memory differences, when autocast is float16.
+
+    DI is a squared difference and the spatial attention multiplies three of its means: with a
+    random encoder they reach 1e4-1e6, past float16's largest number (65504), and MSFF's convs
+    and the decoder then overflow. bfloat16 has float32's range, so it is left on.
+    """
+    if torch.is_autocast_enabled(device_type) and (
+        torch.get_autocast_dtype(device_type) == torch.float16
+    ):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
+
+
 def check_input(x: torch.Tensor) -> None:
     """MemSeg needs (B, 3, H, W) with H and W multiples of 32 (ResNet18 halves the side 5 times)."""
     if x.ndim != 4 or x.shape[1] != 3:
@@ -178,8 +192,10 @@ class MemSeg(nn.Module):
         features = self.encoder(x)  # f0..f4
         levels = [features["f1"], features["f2"], features["f3"]]
         concatenated, differences, indices = self.memory_bank(levels)
-        fused, spatial_maps, attended = self.msff.forward_with_maps(concatenated, differences)
-        logits = self.decoder(features["f4"], attended, features["f0"])  # (B, 2, S, S)
+        with after_memory_precision(x.device.type):
+            concatenated = [c.float() for c in concatenated]
+            fused, spatial_maps, attended = self.msff.forward_with_maps(concatenated, differences)
+            logits = self.decoder(features["f4"].float(), attended, features["f0"].float())
         return {
             "features": features,
             "memory_indices": indices,  # (B,)

@@ -1,0 +1,119 @@
+"""The CUDA paths: GPU synthesis, mixed precision, CPU/GPU agreement, checkpoints across devices.
+
+CI and most laptops have no GPU, so these skip there; run them on a CUDA machine (Colab) with
+``pytest tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_trainer, straight_and_resumed, tiny_config
+
+from memseg_tutorial.checkpoint import load_model
+from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.evaluation import evaluate
+from memseg_tutorial.inference import Predictor
+from memseg_tutorial.training import cuda_autocast_dtype
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_config(**overrides):
+    return tiny_config(**{"device": "cuda", **overrides})
+
+
+@pytest.fixture
+def exact_fp32():
+    """Plain fp32 convolutions and matrix products (no TF32), so CPU and GPU can be compared."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_gpu_synthesis_batches_live_on_the_gpu(train_set, texture_source):
+    trainer = make_trainer(cuda_config(), train_set, texture_source)
+    assert trainer.uses_gpu_synthesis
+    assert (trainer.scaler is not None) == (cuda_autocast_dtype(trainer.config) == torch.float16)
+    batch = trainer.batch(2)
+    assert batch["image"].is_cuda and batch["mask"].is_cuda
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["label"].tolist() == [0, 0, 1, 1]
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["mask"][:2].sum() == 0 and (batch["mask"][2:].flatten(1).sum(1) > 0).all()
+    assert torch.equal(trainer.batch(2)["image"], batch["image"])
+
+
+@pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])
+def test_mixed_precision_training_learns_without_overflow(train_set, texture_source, amp_dtype):
+    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no native bfloat16")
+    config = cuda_config(steps=60, lr=3e-3, schedule="constant", amp_dtype=amp_dtype)
+    trainer = make_trainer(config, train_set, texture_source)
+    history = trainer.fit()
+    losses = [r["loss"] for r in history]
+    assert len(losses) == 60 and np.isfinite(losses).all(), losses  # float16 overflow gives NaN
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]), losses
+    assert all(p.is_cuda for p in trainer.model.parameters())
+    buffers = [b for b in trainer.model.buffers() if b.is_floating_point()]
+    assert all(torch.isfinite(b).all() for b in buffers)  # BatchNorm statistics too
+
+
+def test_resume_on_the_gpu_continues_with_the_same_state(train_set, texture_source, tmp_path):
+    straight, first, resumed = straight_and_resumed(cuda_config(steps=4), train_set,
+                                                    texture_source, tmp_path)
+    assert resumed.step == 2 and resumed.scaler is not None
+    assert resumed.scaler.state_dict() == first.scaler.state_dict()
+    assert resumed.scheduler.state_dict() == first.scheduler.state_dict()
+    assert torch.equal(resumed.batch(2)["image"], straight.batch(2)["image"])
+    resumed.fit()
+    # Bit-exact resumption is tested on the CPU (test_training.py). On a GPU, atomic adds in the
+    # upsampling backward change the last bits from run to run, and AdamW turns a near-zero
+    # gradient's sign flip into a full lr step for that element, so a few elements differ by
+    # about lr. A lost optimizer or scaler state would move most of them.
+    close = total = 0
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
+                    strict=True):
+        if a.is_floating_point():
+            close += int(((a - b).abs() <= 1e-4).sum())
+            total += a.numel()
+    assert close >= 0.99 * total, close / total
+    straight_losses = [r["loss"] for r in straight.history[2:]]
+    resumed_losses = [r["loss"] for r in resumed.history[2:]]
+    np.testing.assert_allclose(resumed_losses, straight_losses, rtol=0.02)
+
+
+def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exact_fp32):
+    trainer = make_trainer(cuda_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    trainer.fit()
+    path = trainer.save()
+    on_gpu, config, _ = load_model(path, "cuda")
+    on_cpu, _, _ = load_model(path, "cpu")  # a checkpoint trained on a GPU opens without one
+    images = torch.stack([train_set[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        gpu_maps = on_gpu.anomaly_map(images.cuda()).float().cpu()
+        cpu_maps = on_cpu.anomaly_map(images).float()
+    assert gpu_maps.shape == cpu_maps.shape == (4, 64, 64)
+    # cuDNN and the CPU sum in different orders; on the H200 the maps differed by up to 4e-4.
+    torch.testing.assert_close(gpu_maps, cpu_maps, rtol=0, atol=2e-3)
+
+
+def test_evaluation_and_inference_on_the_gpu(sample_root, train_set, texture_source, tmp_path,
+                                             exact_fp32):
+    trainer = make_trainer(cuda_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    trainer.fit()
+    path = trainer.save()
+    test_set = MVTecDataset(sample_root, "surface", "test", image_size=64)
+    model, config, _ = load_model(path, "cuda")
+    gpu = evaluate(model, test_set, config, device="cuda")
+    model, config, _ = load_model(path, "cpu")
+    cpu = evaluate(model, test_set, config, device="cpu")
+    np.testing.assert_allclose(gpu.maps, cpu.maps, atol=5e-3)  # H200: up to 1.3e-3
+    for name, value in cpu.metrics.items():
+        assert gpu.metrics[name] == pytest.approx(value, abs=5e-3), name
+
+    predictor = Predictor.from_checkpoint(path, "cuda")
+    predictions = predictor.predict(test_set.image_paths[:2])
+    assert [p.anomaly_map.shape for p in predictions] == [p.image.shape[:2] for p in predictions]
+    assert predictor.speed(repeats=2) > 0
