@@ -28,7 +28,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -39,6 +38,7 @@ import torch  # noqa: E402
 
 from memseg_tutorial import get_config  # noqa: E402
 from memseg_tutorial.checkpoint import atomic_write_text  # noqa: E402
+from memseg_tutorial.config import parse_overrides  # noqa: E402
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
@@ -218,21 +218,6 @@ def score_validation(model, validation: dict, config) -> dict:
     return metrics
 
 
-def config_overrides(items: list[str]) -> dict:
-    """``["key=value", ...]`` -> {key: Python literal}; ``get_config`` then checks the keys and values."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY a Config field, e.g. lr=0.01.")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise SystemExit(f"--set {item!r}: {value!r} is not a Python literal (quote strings: "
-                             f"optimizer='sgd').") from None
-    return overrides
-
-
 class TimeUp(Exception):
     """Raised from the training callback when the budget is spent."""
 
@@ -296,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 else (BENCHMARK_SETTINGS["memory_refresh_every"] if args.train_encoder else 0),
                 "train_stem": args.train_stem == "on", "calibrate_batchnorm": args.calibrate_bn == "on",
                 "train_encoder": args.train_encoder, "grey_sources": args.grey_sources == "on"}
-    settings.update(config_overrides(args.set))
-    preset = settings.pop("preset")
     try:
+        settings.update(parse_overrides(args.set))
+        preset = settings.pop("preset")
         config = get_config(preset, **settings)
     except (TypeError, ValueError) as error:  # an unknown or invalid --set, in one line
         raise SystemExit(f"--set: {error}") from None

@@ -194,6 +194,9 @@ def cmd_train(args) -> int:
         from .checkpoint import checkpoint_file, load_checkpoint
         from .config import Config
 
+        if args.set:
+            raise CommandError("--set cannot change a run being resumed (it keeps its settings).")
+
         resume = checkpoint_file(args.resume)
         checkpoint = load_checkpoint(resume)  # clear error when missing
         config = Config.from_dict(checkpoint["config"])
@@ -205,8 +208,12 @@ def cmd_train(args) -> int:
         run_dir = resume.parent
     else:
         resume = None
-        config = _config(args, "full", image_size=args.image_size, steps=args.steps,
-                         backbone_weights=args.weights, device=args.device, category=args.category)
+        from .config import parse_overrides
+
+        flags = dict(image_size=args.image_size, steps=args.steps, backbone_weights=args.weights,
+                     device=args.device, category=args.category)  # a given flag beats --set
+        config = _config(args, "full", **{**parse_overrides(args.set),
+                                          **{k: v for k, v in flags.items() if v is not None}})
         run_dir = runs_dir() / _check_run_name(args.name or f"{args.category}_{config.preset}")
     trainer = _train(args, config, run_dir, resume)
     _write_json({"history": trainer.history}, run_dir / "history.json")
@@ -433,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None, help="run folder name (default <category>_<preset>)")
     train.add_argument("--resume", default=None, metavar="CHECKPOINT",
                        help="continue a checkpoint (its settings are used)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any Config field, as a Python literal (repeatable), e.g. --set lr=0.01 "
+                            "--set per_image_standardization=True")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(

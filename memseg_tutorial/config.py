@@ -7,6 +7,7 @@ environment variable (CI and ``make test`` use ``quick``).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -174,3 +175,22 @@ def get_config(preset: str | None = None, **overrides) -> Config:
     if unknown:
         raise TypeError(f"Unknown config option(s) {sorted(unknown)}; known: {sorted(known)}.")
     return Config(**values).validate()
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["lr=0.01", "optimizer='sgd'"]`` -> {"lr": 0.01, "optimizer": "sgd"} for ``get_config``.
+
+    Values are Python literals; ``get_config`` then checks the names and the values.
+    """
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a Config field, e.g. lr=0.01.")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(
+                f"--set {item!r}: {value!r} is not a Python literal (quote strings: optimizer='sgd')."
+            ) from None
+    return overrides

@@ -50,12 +50,7 @@ def test_drawn_defect_is_grey_visible_and_seeded(mtd_script):
             assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
 
 
-def test_config_overrides_parse_python_literals(mtd_script):
-    assert mtd_script.config_overrides(["texture_probability=0.2", "transparency_range=(0.15, 0.6)"]) == {
-        "texture_probability": 0.2, "transparency_range": (0.15, 0.6)}
-    for bad in ("texture_probability", "lr=three"):
-        with pytest.raises(SystemExit, match="--set"):
-            mtd_script.config_overrides([bad])
+def test_bad_set_values_fail_before_any_data_is_read(mtd_script):
     for bad, reason in (("no_such_field=1", "no_such_field"), ("texture_probability=2.0", "texture_probability")):
         with pytest.raises(SystemExit, match=f"--set.*{reason}"):  # get_config's check, before any data is read
             mtd_script.main(["--set", bad])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from memseg_tutorial import cli, get_config
+from memseg_tutorial.checkpoint import load_checkpoint
 from memseg_tutorial.data import MVTecDataset
 from memseg_tutorial.training import Trainer
 
@@ -107,6 +108,30 @@ def test_bad_run_name(sample_root, capsys):
     code, _, err = run(["train", "--preset", "quick", "--data", str(sample_root),
                         "--name", "../escape"], capsys)
     assert_one_line_error(code, err, "run name")
+
+
+def test_train_set_reaches_the_config_and_flags_win(sample_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    code, out, err = run(["train", "--preset", "quick", "--data", str(sample_root), "--name", "x",
+                          "--steps", "1", "--image-size", "64", "--set", "memory_size=2",
+                          "--set", "map_smoothing_sigma=1.5", "--set", "steps=5"], capsys)
+    assert code == 0, err
+    config = load_checkpoint(tmp_path / "x").get("config")
+    assert config["memory_size"] == 2 and config["map_smoothing_sigma"] == 1.5
+    assert config["steps"] == 1  # --steps beats --set steps=5
+
+
+@pytest.mark.parametrize(("item", "needle"), [("no_such_field=1", "no_such_field"),
+                                              ("lr=three", "--set"), ("lr", "KEY=VALUE")])
+def test_train_bad_set(sample_root, capsys, item, needle):
+    code, _, err = run(["train", "--preset", "quick", "--data", str(sample_root), "--set", item],
+                       capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_resume_refuses_set(checkpoint, capsys):
+    code, _, err = run(["train", "--resume", str(checkpoint), "--set", "lr=0.1"], capsys)
+    assert_one_line_error(code, err, "--set cannot change")
 
 
 def test_predict_writes_overlays(checkpoint, tmp_path, capsys):

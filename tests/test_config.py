@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from memseg_tutorial.config import Config, get_config
+from memseg_tutorial.config import Config, get_config, parse_overrides
 from memseg_tutorial.device import get_device
 
 
@@ -68,3 +68,12 @@ def test_device_helper(monkeypatch):
         get_device("cuda")
     with pytest.raises(ValueError):
         get_device("tpu")
+
+
+def test_parse_overrides_reads_python_literals():
+    assert parse_overrides(["texture_probability=0.2", "transparency_range=(0.15, 0.6)",
+                            "optimizer='sgd'"]) == {
+        "texture_probability": 0.2, "transparency_range": (0.15, 0.6), "optimizer": "sgd"}
+    for bad in ("texture_probability", "=1", "lr=three"):
+        with pytest.raises(ValueError, match="--set"):
+            parse_overrides([bad])
