@@ -266,13 +266,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _calibrate(predictor, normals, *percentiles):
+    """``predictor.calibrate`` with its warnings (too few normals) as plain "note:" lines."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        thresholds = predictor.calibrate(normals, *percentiles)
+    for warning in caught:
+        print(f"note: {warning.message}")
+    return thresholds
+
+
 def cmd_predict(args) -> int:
     from .inference import Predictor, resolve_images
 
     paths = resolve_images(args.inputs)  # errors before the model is loaded
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
     if args.normals is not None:
-        thresholds = predictor.calibrate(args.normals, args.image_percentile, args.pixel_percentile)
+        thresholds = _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)
         print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} "
               f"({thresholds.source})")
     else:
@@ -302,7 +314,7 @@ def cmd_demo(args) -> int:
     from .checkpoint import default_mode
     from .data import SAMPLE_CATEGORIES, MVTecDataset, ensure_sample_dataset
     from .evaluation import evaluate
-    from .inference import Predictor
+    from .inference import Predictor, expected_false_alarm_rate
     from .paths import runs_dir
     from .plots import plot_loss_curve, plot_test_overlays
     from .training import Trainer, split_holdout
@@ -337,7 +349,7 @@ def cmd_demo(args) -> int:
         train_seconds = trainer.seconds
         result = evaluate(trainer.model, test, config, device=trainer.device)
         predictor = Predictor(trainer.model, config, trainer.device)
-        thresholds = predictor.calibrate(holdout.image_paths)
+        thresholds = _calibrate(predictor, holdout.image_paths)
         trainer.run_info["thresholds"] = dataclasses.asdict(thresholds)
         trainer.save()  # the thresholds travel with the checkpoint (used by predict)
         flagged = result.scores > thresholds.image
@@ -349,6 +361,7 @@ def cmd_demo(args) -> int:
             "loss_last": trainer.history[-1]["loss"],
             "thresholds": dataclasses.asdict(thresholds),
             "test_false_alarm_rate": float(flagged[result.labels == 0].mean()),
+            "expected_false_alarm_rate": expected_false_alarm_rate(len(holdout), 99.0),
             "test_detection_rate": float(flagged[result.labels == 1].mean()),
         })
         _write_json(record, staging / "metrics.json")
@@ -368,7 +381,8 @@ def cmd_demo(args) -> int:
         f"image AUROC {result.metrics['image_auroc']:.3f}, pixel AUROC "
         f"{result.metrics['pixel_auroc']:.3f}, AUPRO@0.3 {result.metrics['aupro']:.3f}\n"
         f"threshold from {DEMO_HOLDOUT} held-out normals: {record['test_detection_rate']:.0%} of "
-        f"test defects flagged, {record['test_false_alarm_rate']:.0%} false alarms on test normals\n"
+        f"test defects flagged, {record['test_false_alarm_rate']:.0%} false alarms on test normals "
+        f"(about {record['expected_false_alarm_rate']:.0%} expected from {DEMO_HOLDOUT} normals)\n"
         f"written: {final_dir}/ (checkpoint.pt, metrics.json, loss_curve.png, overlays.png)"
     )
     return 0

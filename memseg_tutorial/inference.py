@@ -9,10 +9,12 @@ and tuning on the test set would make the reported numbers optimistic.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,13 @@ from .data.images import list_images, read_image_rgb, resize_image, to_tensor
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
+
+
+def expected_false_alarm_rate(count: int, percentile: float) -> float:
+    """About what fraction of new normal images score above the ``percentile`` of ``count``
+    normal scores. Never less than 1/(count + 1): a new normal image is as likely as any of the
+    others to be the highest of count + 1, so even their maximum is exceeded that often."""
+    return max(1.0 - percentile / 100.0, 1.0 / (count + 1))
 
 
 @dataclass
@@ -165,10 +174,22 @@ class Predictor:
     ) -> Thresholds:
         """Thresholds from held-out NORMAL images: a high percentile of their scores and pixels.
 
-        ``image_percentile=99`` means about 1 % of normal images will be flagged (false alarms);
-        the pixel threshold likewise bounds the false-positive pixels of the contour.
+        ``image_percentile=99`` means about 1 % of normal images will be flagged (false alarms),
+        but only with about 100 or more normals: with fewer, the percentile is close to their
+        maximum, which about 1/(n + 1) of new normals exceed (``expected_false_alarm_rate``;
+        a warning says so). The pixel threshold likewise bounds the false-positive pixels of the
+        contour.
         """
         predictions = self.predict(normal_inputs)
+        rate = expected_false_alarm_rate(len(predictions), image_percentile)
+        if image_percentile < 100 and rate > 1.0 - image_percentile / 100.0 + 1e-12:
+            warnings.warn(
+                f"too few normal images ({len(predictions)}) for the {image_percentile:g}th "
+                f"percentile: expect about {rate:.0%} of new normal images above the image "
+                f"threshold, not {1 - image_percentile / 100:.0%}. Hold out at least "
+                f"{math.ceil(100 / (100 - image_percentile)) - 1} normal images.",
+                stacklevel=2,
+            )
         scores = np.array([p.score for p in predictions])
         pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
         self.thresholds = Thresholds(

@@ -143,6 +143,7 @@ def test_predict_writes_overlays(checkpoint, tmp_path, capsys):
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "scores.csv"]
     assert "thresholds: image" in out
+    assert "note: too few normal images (1) for the 99th percentile" in out
 
 
 def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys):
@@ -162,6 +163,21 @@ def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample
     assert code == 0, err
     assert (run_folder / "metrics.json").is_file()
     assert f"metrics written to {run_folder / 'metrics.json'}" in out
+
+
+def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    code, out, err = run(["demo", "--preset", "quick", "--steps", "2", "--no-progress",
+                          "--name", "d"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "checkpoint.pt", "history.json", "loss_curve.png", "metrics.json", "overlays.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # the staging folder is gone
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and 0.0 <= metrics["image_auroc"] <= 1.0
+    assert metrics["expected_false_alarm_rate"] == pytest.approx(1 / 7)  # 6 held-out normals
+    assert "note: too few normal images (6)" in out and "expected from 6 normals" in out
+    assert cv2.imread(str(tmp_path / "d" / "overlays.png")) is not None
 
 
 def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):

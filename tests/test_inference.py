@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from memseg_tutorial import get_config
 from memseg_tutorial.data import MVTecDataset
 from memseg_tutorial.data.images import read_image_rgb, resize_image, to_tensor
-from memseg_tutorial.inference import Predictor, resolve_images
+from memseg_tutorial.inference import Predictor, expected_false_alarm_rate, resolve_images
 from memseg_tutorial.model import image_scores
 from memseg_tutorial.training import Trainer
 
@@ -64,7 +66,8 @@ def test_arrays_and_paths_give_the_same_result(checkpoint, odd_images):
 def test_thresholds_are_percentiles_of_normals(checkpoint, sample_root):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     normals = resolve_images(sample_root / "surface" / "test" / "good")[:4]
-    thresholds = predictor.calibrate(normals, image_percentile=90, pixel_percentile=99)
+    with pytest.warns(UserWarning, match="too few"):  # 4 normals: about 20 %, not 10 %
+        thresholds = predictor.calibrate(normals, image_percentile=90, pixel_percentile=99)
     predictions = predictor.predict(normals)
     scores = np.array([p.score for p in predictions])
     pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
@@ -73,6 +76,19 @@ def test_thresholds_are_percentiles_of_normals(checkpoint, sample_root):
     assert sum(p.is_anomalous for p in predictions) <= 1  # only above the 90th percentile
     predictor.calibrate(normals, image_percentile=100)
     assert not any(p.is_anomalous for p in predictor.predict(normals))
+
+
+def test_too_few_normals_for_the_percentile_are_announced(checkpoint, sample_root):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    normals = resolve_images(sample_root / "surface" / "test" / "good")[:6]
+    with pytest.warns(UserWarning, match=r"too few normal images \(6\) .* about 14% .* at least 99"):
+        predictor.calibrate(normals, image_percentile=99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 6 normals can resolve an 80th percentile: no warning
+        predictor.calibrate(normals, image_percentile=80)
+        predictor.calibrate(normals, image_percentile=100)  # the maximum, asked for on purpose
+    assert expected_false_alarm_rate(6, 99) == pytest.approx(1 / 7)
+    assert expected_false_alarm_rate(199, 99) == pytest.approx(0.01)
 
 
 def test_overlays_and_scores_written(checkpoint, odd_images, tmp_path):

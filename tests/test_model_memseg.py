@@ -85,9 +85,10 @@ def test_smooth_maps_matches_scipy_and_keeps_constants():
     maps = torch.rand(2, 40, 48)
     assert smooth_maps(maps, 0) is maps
     for sigma in (0.8, 2.0, 4.0):
-        expected = [gaussian_filter(m.numpy().astype("float64"), sigma, mode="mirror", truncate=3.0) for m in maps]
-        torch.testing.assert_close(smooth_maps(maps, sigma), torch.tensor(expected, dtype=torch.float32),
-                                   rtol=0, atol=1e-5)
+        expected = torch.stack([
+            torch.from_numpy(gaussian_filter(m.numpy().astype("float64"), sigma, mode="mirror", truncate=3.0))
+            for m in maps]).float()
+        torch.testing.assert_close(smooth_maps(maps, sigma), expected, rtol=0, atol=1e-5)
     constant = torch.full((1, 32, 32), 0.3)
     torch.testing.assert_close(smooth_maps(constant, 3.0), constant)
     assert float(smooth_maps(maps, 2.0).std()) < 0.5 * float(maps.std())  # noise is averaged out
