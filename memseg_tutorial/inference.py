@@ -181,13 +181,15 @@ class Predictor:
         contour.
         """
         predictions = self.predict(normal_inputs)
-        rate = expected_false_alarm_rate(len(predictions), image_percentile)
-        if image_percentile < 100 and rate > 1.0 - image_percentile / 100.0 + 1e-12:
+        # n normals resolve the percentile p when 1 / (n + 1) <= 1 - p / 100 (p = 100: the maximum).
+        needed = math.ceil(100 / (100 - image_percentile)) - 1 if image_percentile < 100 else 0
+        if len(predictions) < needed:
+            rate = expected_false_alarm_rate(len(predictions), image_percentile)
             warnings.warn(
                 f"too few normal images ({len(predictions)}) for the {image_percentile:g}th "
                 f"percentile: expect about {rate:.0%} of new normal images above the image "
                 f"threshold, not {1 - image_percentile / 100:.0%}. Hold out at least "
-                f"{math.ceil(100 / (100 - image_percentile)) - 1} normal images.",
+                f"{needed} normal images.",
                 stacklevel=2,
             )
         scores = np.array([p.score for p in predictions])

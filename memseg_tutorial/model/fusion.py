@@ -83,9 +83,9 @@ class MSFF(nn.Module):
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """(fused before attention, [m1, m2, m3], fused * m per level)."""
         fused = self.fuse(concatenated)
-        # float32 maps: they multiply three channel means of squared differences, which with a
-        # random encoder pass float16's range (see memseg.after_memory_precision).
-        maps = spatial_attention_maps([d.float() for d in differences])
+        # DI is float32 (MemoryBank.difference): the maps multiply three of its channel means,
+        # which with a random encoder pass float16's range (see memseg.after_memory_precision).
+        maps = spatial_attention_maps(differences)
         attended = [level.float() * m for level, m in zip(fused, maps, strict=True)]
         return fused, maps, attended
 
