@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from memseg_tutorial import get_config
 from memseg_tutorial.seeding import make_rng
@@ -42,12 +43,14 @@ def test_drawn_defect_is_grey_visible_and_seeded(mtd_script):
     tile = GreyTiles().load_rgb(0)
     for families in mtd_script.VALIDATION_ANOMALIES.values():
         for i in range(8):
-            image, mask = mtd_script.drawn_defect(tile, make_rng(1, i), families)
+            image, mask, family = mtd_script.drawn_defect(tile, make_rng(1, i), families)
             assert image.dtype == np.uint8 and image.shape == tile.shape and is_grey(image)
             assert mask.dtype == np.float32 and mask.sum() >= 64 * 64 // 200
             assert np.abs(image.astype(int) - tile)[mask > 0].mean() > 0  # something was drawn
-            again, mask_again = mtd_script.drawn_defect(tile, make_rng(1, i), families)
+            assert family in families
+            again, mask_again, family_again = mtd_script.drawn_defect(tile, make_rng(1, i), families)
             assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
+            assert family_again == family
 
 
 def test_bad_set_values_fail_before_any_data_is_read(mtd_script):
@@ -65,8 +68,48 @@ def test_validation_split_holds_out_normals_only(mtd_script):
     assert validation["labels"].tolist() == [0, 0, 0, 1, 1, 1]
     masks = validation["masks"]
     assert (masks[:3] == 0).all() and (masks[3:].reshape(3, -1).sum(axis=1) > 0).all()
+    assert validation["families"][:3] == ["good"] * 3
+    assert set(validation["families"][3:]) <= set(mtd_script.VALIDATION_ANOMALIES["drawn+band"])
     kept_again, again = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
     assert kept_again == kept and np.array_equal(again["masks"], masks)
+    assert again["families"] == validation["families"]
+
+
+class MapsInOrder:
+    """Stand-in model: hands back prepared anomaly maps in the order the images are scored."""
+
+    def __init__(self, maps: np.ndarray) -> None:
+        self.maps, self.done = torch.from_numpy(maps), 0
+
+    def eval(self):
+        return self
+
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.maps[self.done : self.done + len(images)]
+        self.done += len(images)
+        return out
+
+
+def test_validation_reports_each_family_against_the_normals(mtd_script):
+    tiles = GreyTiles(count=40)
+    config = get_config("quick", image_size=64)
+    _, validation = mtd_script.validation_split(tiles, config, n_normal=10, n_anomalous=20)
+    families = validation["families"]
+    drawn = sorted(set(families[10:]))
+    assert len(drawn) >= 2  # the seeded draw covers several families
+    blind = drawn[0]  # the model "sees" every family but this one
+    maps = validation["masks"].copy()
+    for i, family in enumerate(families):
+        if family == blind:
+            maps[i] = 0.0
+    metrics = mtd_script.score_validation(MapsInOrder(maps), validation, config)
+    table = metrics["per_family"]
+    assert sorted(table) == drawn
+    assert sum(row["count"] for row in table.values()) == 20
+    for family, row in table.items():
+        assert row["count"] == families.count(family)
+        expected = 0.5 if family == blind else 1.0  # a blank map ties with the normals
+        assert row["image_auroc"] == pytest.approx(expected)
 
 
 def test_band_covers_a_wide_strip_from_one_edge(mtd_script):

@@ -188,16 +188,19 @@ class ResNet18Encoder(nn.Module):
         """The network's input: ``x`` as given, or standardised per image."""
         return standardize_per_image(x) if self.standardize else x
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _stem_to_layer3(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(f0, f1, f2, f3): the path that the forward pass and the memory bank share."""
         f0 = self.stem(self.prepare(x))  # (B, 64, S/2, S/2)
         f1 = self.layer1(self.maxpool(f0))  # (B, 64, S/4, S/4)
         f2 = self.layer2(f1)  # (B, 128, S/8, S/8)
         f3 = self.layer3(f2)  # (B, 256, S/16, S/16)
+        return f0, f1, f2, f3
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f0, f1, f2, f3 = self._stem_to_layer3(x)
         f4 = self.layer4(f3)  # (B, 512, S/32, S/32)
         return {"f0": f0, "f1": f1, "f2": f2, "f3": f3, "f4": f4}
 
     def memory_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The three levels that the memory bank stores and compares: [f1, f2, f3]."""
-        f1 = self.layer1(self.maxpool(self.stem(self.prepare(x))))  # (B, 64, S/4, S/4)
-        f2 = self.layer2(f1)  # (B, 128, S/8, S/8)
-        return [f1, f2, self.layer3(f2)]  # + (B, 256, S/16, S/16)
+        return list(self._stem_to_layer3(x)[1:])
