@@ -18,7 +18,7 @@ from memseg_tutorial.data import (
     write_mtd_split,
 )
 from memseg_tutorial.data.images import IMAGENET_MEAN, IMAGENET_STD
-from memseg_tutorial.data.mtd import MTD_CLASSES
+from memseg_tutorial.data.mtd import MTD_CLASSES, tile_groups
 from memseg_tutorial.paths import shared_data_dir
 
 SIZE = 64
@@ -271,19 +271,50 @@ def test_unreadable_texture_names_the_file(tmp_path):
 # --------------------------------------------------------------------------------------------
 # MTD
 # --------------------------------------------------------------------------------------------
-def _tiny_mtd(root: Path, n_free: int = 10, n_defect: int = 2) -> Path:
+def _tiny_mtd(root: Path, n_free: int = 10, n_defect: int = 2, free_names: list[str] | None = None) -> Path:
     rng = np.random.default_rng(0)
     for folder in MTD_CLASSES:
-        count = n_free if folder == "MT_Free" else n_defect
-        for i in range(count):
+        names = [f"exp{i}" for i in range(n_free if folder == "MT_Free" else n_defect)]
+        if folder == "MT_Free" and free_names is not None:
+            names = free_names
+        for name in names:
             h, w = int(rng.integers(30, 50)), int(rng.integers(30, 50))
-            _write(root / folder / "Imgs" / f"exp{i}.jpg", rng.integers(0, 255, (h, w), dtype=np.uint8))
+            _write(root / folder / "Imgs" / f"{name}.jpg", rng.integers(0, 255, (h, w), dtype=np.uint8))
             mask = np.zeros((h, w), np.uint8)
             if folder != "MT_Free":
                 mask[5:15, 5:15] = 200
                 mask[20, 20] = 100  # anti-aliasing below the 127 threshold
-            _write(root / folder / "Imgs" / f"exp{i}.png", mask)
+            _write(root / folder / "Imgs" / f"{name}.png", mask)
     return root
+
+
+def test_tile_groups_join_the_exposures_of_one_tile():
+    names = [
+        "MT_Free/Imgs/exp2_num_1020.jpg", "MT_Free/Imgs/exp1_num_1000.jpg", "MT_Free/Imgs/exp3_num_1041.jpg",
+        "MT_Free/Imgs/exp1_num_1063.jpg",  # the exposure falls back to 1: the next tile
+        "MT_Free/Imgs/exp2_num_1085.jpg",
+        "MT_Free/Imgs/exp3_num_5000.jpg",  # the counter jumps: another tile, though the exposure rose
+        "MT_Free/Imgs/odd_name.jpg",  # not in MTD's form: a group of its own
+    ]
+    groups = tile_groups(names)
+    assert groups[0] == groups[1] == groups[2]
+    assert groups[3] == groups[4] != groups[0]
+    assert len({groups[0], groups[3], groups[5], groups[6]}) == 4
+
+
+def test_write_mtd_split_keeps_each_tile_on_one_side(tmp_path):
+    tiles = [(1000 + 300 * t, 3) for t in range(5)]  # 5 tiles x 3 exposures, counters 20 apart
+    names = [f"exp{e}_num_{start + 20 * e}" for start, exposures in tiles for e in range(1, exposures + 1)]
+    root = _tiny_mtd(tmp_path, n_defect=1, free_names=names)
+    write_mtd_split(root, seed=3)
+    train = MTDDataset(root, "train", image_size=32)
+    test = MTDDataset(root, "test", image_size=32)
+    assert len(train) == int(0.8 * 15) and test.labels.count(0) == 3  # 4 whole tiles train, 1 is tested
+    train_groups = set(tile_groups([str(p) for p in train.image_paths]))
+    all_free = [str(p) for p in train.image_paths] + [str(p) for p, y in zip(test.image_paths, test.labels, strict=True) if y == 0]
+    groups = tile_groups(all_free)
+    assert set(groups[: len(train)]).isdisjoint(groups[len(train) :])  # no tile on both sides
+    assert len(train_groups) == 4
 
 
 def test_write_mtd_split_and_read_it(tmp_path):

@@ -29,7 +29,7 @@ from .images import (
     to_display,
     to_tensor,
 )
-from .mtd import MTDDataset, write_mtd_split
+from .mtd import MTDDataset, tile_groups, write_mtd_split
 from .mvtec import AnomalyDataset, ImageRecord, MVTecDataset, list_categories
 from .sample import (
     SAMPLE_CATEGORIES,
@@ -77,5 +77,6 @@ __all__ = [
     "read_mask",
     "to_display",
     "to_tensor",
+    "tile_groups",
     "write_mtd_split",
 ]

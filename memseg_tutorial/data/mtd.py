@@ -3,11 +3,16 @@
 MTD has no train/test split of its own. ``split.csv`` (columns ``split,label,image,mask``, paths
 relative to the dataset folder) fixes one, so every benchmark uses the same images: 761 normal
 training tiles; test = 191 normal + 392 defective tiles (blowhole, break, crack, fray, uneven).
+Each tile was photographed under up to six exposures; that split divides images, so 186 of its
+191 normal test images have a sibling exposure in training. :func:`write_mtd_split`, for a fresh
+download, divides whole tiles instead (:func:`tile_groups`).
 """
 
 from __future__ import annotations
 
 import csv
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..paths import shared_data_dir
@@ -26,6 +31,8 @@ MTD_CLASSES = {  # folder -> label used in split.csv
     "MT_Uneven": "uneven",
 }
 MTD_MASK_THRESHOLD = 127  # masks are anti-aliased 0/255 PNGs
+EXPOSURE_NAME = re.compile(r"exp(\d+)_num_(\d+)")  # MTD file names: exposure, then a rising counter
+MAX_NUMBER_GAP = 200  # counter gap that ends a tile's run of exposures (within a tile: about 20 each)
 
 
 def default_mtd_root() -> Path | None:
@@ -85,12 +92,40 @@ class MTDDataset(AnomalyDataset):
                          mask_threshold=MTD_MASK_THRESHOLD, name=f"MTD/{split}")
 
 
+def tile_groups(names: Sequence[str]) -> list[int]:
+    """A group number per file name: the exposures of one physical tile share a number.
+
+    MTD photographed each tile under up to six exposures in a row, so one tile's files are named
+    ``exp1_num_N``, ``exp2_num_N+k``, ... with the counter rising. Sorted by counter, a new tile
+    starts where the exposure stops rising or the counter jumps. A split that ignores this puts
+    the same tile, under another light, on both sides. Names of another form are groups of one.
+    """
+    parsed = []
+    groups = [-1] * len(names)
+    for index, name in enumerate(names):
+        match = EXPOSURE_NAME.search(Path(name).name)
+        if match:
+            parsed.append((int(match.group(2)), int(match.group(1)), index))
+    group, last = -1, None
+    for number, exposure, index in sorted(parsed):
+        if last is None or exposure <= last[1] or number - last[0] > MAX_NUMBER_GAP:
+            group += 1
+        groups[index] = group
+        last = (number, exposure)
+    for index in range(len(names)):
+        if groups[index] < 0:
+            group += 1
+            groups[index] = group
+    return groups
+
+
 def write_mtd_split(root: str | Path, seed: int = 0, train_fraction: float = 0.8) -> Path:
     """Write a ``split.csv`` for a freshly downloaded MTD folder (``MT_*/Imgs/*.jpg`` + ``.png``).
 
-    A seeded share ``train_fraction`` of the normal tiles trains (floor(0.8 * 952) = 761, the
-    same sizes as the benchmark split); the other normals and every defective tile are the test.
-    The file names of the benchmark split may differ: results compare only within one split.
+    A seeded share ``train_fraction`` of the normal images trains (at most floor(0.8 * 952) = 761,
+    the sizes of the benchmark split); the other normals and every defective tile are the test.
+    Whole tiles are assigned (:func:`tile_groups`): no tile trains under one exposure and is tested
+    under another, which the benchmark split does not ensure. Results compare only within one split.
     """
     root = Path(root)
     rows = []
@@ -100,10 +135,15 @@ def write_mtd_split(root: str | Path, seed: int = 0, train_fraction: float = 0.8
             raise FileNotFoundError(f"No MTD images in {root / folder / 'Imgs'}: is {root} the MTD folder?")
         names = [(str(p.relative_to(root)), str(p.with_suffix(".png").relative_to(root))) for p in images]
         if label == NORMAL:
-            order = make_rng(seed).permutation(len(names))
-            n_train = int(train_fraction * len(names))
-            for rank, k in enumerate(order):
-                rows.append(("train" if rank < n_train else "test", label, *names[k]))
+            groups = tile_groups([image for image, _ in names])
+            members: dict[int, list[int]] = {}
+            for k, group in enumerate(groups):
+                members.setdefault(group, []).append(k)
+            n_train, n_assigned = int(train_fraction * len(names)), 0
+            for group in make_rng(seed).permutation(len(members)):  # whole tiles, while they fit
+                fits = n_assigned + len(members[int(group)]) <= n_train
+                n_assigned += len(members[int(group)]) if fits else 0
+                rows.extend(("train" if fits else "test", label, *names[k]) for k in members[int(group)])
         else:
             rows.extend(("test", label, *pair) for pair in names)
     path = root / SPLIT_FILE
