@@ -292,8 +292,8 @@ def test_tile_groups_join_the_exposures_of_one_tile():
     names = [
         "MT_Free/Imgs/exp2_num_1020.jpg", "MT_Free/Imgs/exp1_num_1000.jpg", "MT_Free/Imgs/exp3_num_1041.jpg",
         "MT_Free/Imgs/exp1_num_1063.jpg",  # the exposure falls back to 1: the next tile
-        "MT_Free/Imgs/exp2_num_1085.jpg",
-        "MT_Free/Imgs/exp3_num_5000.jpg",  # the counter jumps: another tile, though the exposure rose
+        "MT_Free/Imgs/exp2_num_1285.jpg",  # a long step, the same tile
+        "MT_Free/Imgs/exp2_num_1300.jpg",  # the exposure does not rise: the next tile
         "MT_Free/Imgs/odd_name.jpg",  # not in MTD's form: a group of its own
     ]
     groups = tile_groups(names)

@@ -3,9 +3,9 @@
 MTD has no train/test split of its own. ``split.csv`` (columns ``split,label,image,mask``, paths
 relative to the dataset folder) fixes one, so every benchmark uses the same images: 761 normal
 training tiles; test = 191 normal + 392 defective tiles (blowhole, break, crack, fray, uneven).
-Each tile was photographed under up to six exposures; that split divides images, so 186 of its
-191 normal test images have a sibling exposure in training. :func:`write_mtd_split`, for a fresh
-download, divides whole tiles instead (:func:`tile_groups`).
+Each tile was photographed under up to six exposures; that split divides images, so at least
+186 of its 191 normal test images have a sibling exposure in training. :func:`write_mtd_split`,
+for a fresh download, divides whole tiles instead (:func:`tile_groups`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ MTD_CLASSES = {  # folder -> label used in split.csv
 }
 MTD_MASK_THRESHOLD = 127  # masks are anti-aliased 0/255 PNGs
 EXPOSURE_NAME = re.compile(r"exp(\d+)_num_(\d+)")  # MTD file names: exposure, then a rising counter
-MAX_NUMBER_GAP = 200  # counter gap that ends a tile's run of exposures (within a tile: about 20 each)
 
 
 def default_mtd_root() -> Path | None:
@@ -96,9 +95,11 @@ def tile_groups(names: Sequence[str]) -> list[int]:
     """A group number per file name: the exposures of one physical tile share a number.
 
     MTD photographed each tile under up to six exposures in a row, so one tile's files are named
-    ``exp1_num_N``, ``exp2_num_N+k``, ... with the counter rising. Sorted by counter, a new tile
-    starts where the exposure stops rising or the counter jumps. A split that ignores this puts
-    the same tile, under another light, on both sides. Names of another form are groups of one.
+    ``exp1_num_10181``, ``exp2_num_10202``, ... ``exp6_num_10280``. Sorted by counter, a new tile
+    starts where the exposure stops rising. (The counter's steps within one tile vary from about
+    10 to 200, so they mark no boundary; two partial tiles may share a group, which only keeps
+    more images together.) A split that ignores this puts the same tile, under another light, on
+    both sides. Names of another form are groups of one.
     """
     parsed = []
     groups = [-1] * len(names)
@@ -106,12 +107,12 @@ def tile_groups(names: Sequence[str]) -> list[int]:
         match = EXPOSURE_NAME.search(Path(name).name)
         if match:
             parsed.append((int(match.group(2)), int(match.group(1)), index))
-    group, last = -1, None
-    for number, exposure, index in sorted(parsed):
-        if last is None or exposure <= last[1] or number - last[0] > MAX_NUMBER_GAP:
+    group, last_exposure = -1, None
+    for _, exposure, index in sorted(parsed):
+        if last_exposure is None or exposure <= last_exposure:
             group += 1
         groups[index] = group
-        last = (number, exposure)
+        last_exposure = exposure
     for index in range(len(names)):
         if groups[index] < 0:
             group += 1
