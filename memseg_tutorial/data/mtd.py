@@ -136,15 +136,16 @@ def write_mtd_split(root: str | Path, seed: int = 0, train_fraction: float = 0.8
             raise FileNotFoundError(f"No MTD images in {root / folder / 'Imgs'}: is {root} the MTD folder?")
         names = [(str(p.relative_to(root)), str(p.with_suffix(".png").relative_to(root))) for p in images]
         if label == NORMAL:
-            groups = tile_groups([image for image, _ in names])
-            members: dict[int, list[int]] = {}
-            for k, group in enumerate(groups):
-                members.setdefault(group, []).append(k)
+            tiles: dict[int, list[int]] = {}  # group -> indices into names
+            for k, group in enumerate(tile_groups([image for image, _ in names])):
+                tiles.setdefault(group, []).append(k)
+            order = sorted(tiles)
             n_train, n_assigned = int(train_fraction * len(names)), 0
-            for group in make_rng(seed).permutation(len(members)):  # whole tiles, while they fit
-                fits = n_assigned + len(members[int(group)]) <= n_train
-                n_assigned += len(members[int(group)]) if fits else 0
-                rows.extend(("train" if fits else "test", label, *names[k]) for k in members[int(group)])
+            for position in make_rng(seed).permutation(len(order)):  # whole tiles, while they fit
+                members = tiles[order[position]]
+                fits = n_assigned + len(members) <= n_train
+                n_assigned += len(members) if fits else 0
+                rows.extend(("train" if fits else "test", label, *names[k]) for k in members)
         else:
             rows.extend(("test", label, *pair) for pair in names)
     path = root / SPLIT_FILE
