@@ -310,11 +310,12 @@ def test_write_mtd_split_keeps_each_tile_on_one_side(tmp_path):
     train = MTDDataset(root, "train", image_size=32)
     test = MTDDataset(root, "test", image_size=32)
     assert len(train) == int(0.8 * 15) and test.labels.count(0) == 3  # 4 whole tiles train, 1 is tested
-    train_groups = set(tile_groups([str(p) for p in train.image_paths]))
-    all_free = [str(p) for p in train.image_paths] + [str(p) for p, y in zip(test.image_paths, test.labels, strict=True) if y == 0]
-    groups = tile_groups(all_free)
-    assert set(groups[: len(train)]).isdisjoint(groups[len(train) :])  # no tile on both sides
-    assert len(train_groups) == 4
+    normals = [str(p) for p in train.image_paths]
+    normals += [str(p) for p, y in zip(test.image_paths, test.labels, strict=True) if y == 0]
+    groups = tile_groups(normals)
+    train_groups, test_groups = set(groups[: len(train)]), set(groups[len(train) :])
+    assert len(train_groups) == 4 and len(test_groups) == 1
+    assert train_groups.isdisjoint(test_groups)  # no tile on both sides
 
 
 def test_write_mtd_split_and_read_it(tmp_path):
