@@ -43,6 +43,7 @@ from memseg_tutorial.config import parse_overrides  # noqa: E402
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
+from memseg_tutorial.device import model_device  # noqa: E402
 from memseg_tutorial.evaluation import (  # noqa: E402
     compute_metrics,
     evaluate,
@@ -219,7 +220,9 @@ def score_validation(model, validation: dict, config) -> dict:
     from memseg_tutorial.model import image_scores
 
     model.eval()
-    maps = torch.cat([model.anomaly_map(x) for x in validation["images"].split(16)])
+    device = model_device(model)
+    maps = torch.cat([model.anomaly_map(x.to(device)).float().cpu()
+                      for x in validation["images"].split(16)])
     scores = image_scores(maps, config.score_top_k, config.score_mode)
     metrics = compute_metrics(validation["labels"], scores.numpy(), validation["masks"], maps.numpy(),
                               config.aupro_fpr_limit)

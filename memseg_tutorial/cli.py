@@ -227,7 +227,7 @@ def _evaluate_run(model, config, data_root: Path, category: str):
     from .evaluation import evaluate
 
     test = MVTecDataset(data_root, category, "test", image_size=config.image_size)
-    return evaluate(model, test, config, device=next(model.parameters()).device)
+    return evaluate(model, test, config)  # where the model is
 
 
 def _metrics_record(result, config, extra: dict | None = None) -> dict:

@@ -27,3 +27,9 @@ def get_device(config: Config | str | None = None) -> torch.device:
     if wanted != "auto":
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {wanted!r}.")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are, so its inputs can follow it (CPU for a weightless module)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

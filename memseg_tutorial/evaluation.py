@@ -266,7 +266,7 @@ def predict_dataset(
     model: torch.nn.Module,
     dataset,
     config: Config,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     batch_size: int = 8,
     progress: bool = False,
     return_masks: bool = False,
@@ -274,10 +274,12 @@ def predict_dataset(
     """Anomaly maps (N, S, S) and image scores (N,) for every item of a dataset, in order.
 
     With ``return_masks`` the ground-truth masks (N, S, S) come back too, read in the same pass.
+    ``device=None`` runs where the model is (a model trained on a GPU is evaluated there).
     """
+    from .device import model_device
     from .model import image_scores
 
-    device = torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     model.eval()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=config.num_workers
@@ -305,13 +307,14 @@ def evaluate(
     model: torch.nn.Module,
     dataset,
     config: Config,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     batch_size: int = 8,
     progress: bool = False,
 ) -> EvaluationResult:
     """Run the model on a test dataset (MVTecDataset/MTDDataset contract) and score it.
 
     The anomaly map covers the whole input (no centre crop), so border defects count.
+    ``device=None`` runs where the model is; a device given moves the images, not the model.
     ``images_per_second`` times the model and data loading, not the metrics.
     """
     if len(dataset) == 0:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memseg_tutorial.config import Config, get_config, parse_overrides
-from memseg_tutorial.device import get_device
+from memseg_tutorial.device import get_device, model_device
 
 
 def test_full_preset_has_the_paper_numbers():
@@ -77,3 +77,9 @@ def test_parse_overrides_reads_python_literals():
     for bad in ("texture_probability", "=1", "lr=three"):
         with pytest.raises(ValueError, match="--set"):
             parse_overrides([bad])
+
+
+def test_model_device_follows_the_weights():
+    # "meta" stands in for a GPU here: any device but the CPU shows the weights are read.
+    assert model_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no weights: the CPU
