@@ -6,7 +6,8 @@ Trains the same model on the offline sample data ("surface") and prints training
 each variant, measured one after another in this process (after a few warm-up steps each):
   - on a CUDA machine: imgaug synthesis in ``--workers`` DataLoader processes (what two Colab
     CPU cores give) with float16 autocast, then the batched torch synthesis on the GPU with
-    float16, bfloat16 (where the GPU has it natively) and no autocast;
+    float16, bfloat16 (where the GPU has it natively) and no autocast, and last float16 with
+    ``deterministic=True`` (fixed-order kernels: what bit-exact repeats and resumes cost);
   - on a CPU: fp32, then bf16 autocast (fast only on CPUs with native bf16).
 Random encoder weights (offline machine): speed does not depend on the weight values.
 """
@@ -54,6 +55,9 @@ def variants(cuda: bool, workers: int) -> list[tuple[str, dict]]:
         if torch.cuda.is_bf16_supported(including_emulation=False):
             rows.insert(2, ("GPU synthesis, bfloat16",
                             dict(device="cuda", gpu_synthesis=True, amp_dtype="bfloat16")))
+        # Last: its switches are process-wide, and would slow every variant after it.
+        rows.append(("GPU synthesis, float16, deterministic",
+                     dict(device="cuda", gpu_synthesis=True, amp_dtype="float16", deterministic=True)))
         return rows
     return [
         ("CPU, fp32", dict(device="cpu", cpu_bf16=False, num_workers=workers)),

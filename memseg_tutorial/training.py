@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .device import get_device
-from .seeding import make_rng
+from .seeding import make_rng, use_deterministic_algorithms
 
 MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
 GPU_BATCH_KEY = 2_000_003  # make_rng(seed, GPU_BATCH_KEY, step) drives the GPU synthesis of step k
@@ -210,6 +210,8 @@ class Trainer:
         self.progress = progress
         self.run_info = {"kind": kind, "invert_foreground": invert_foreground, **(run_info or {})}
 
+        if config.deterministic:
+            use_deterministic_algorithms()  # before the first kernel, so cuBLAS picks it up
         torch.manual_seed(config.seed)  # the same initial weights for the same seed
         with warnings.catch_warnings():
             if config.backbone_weights == "none":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from memseg_tutorial import get_config
 from memseg_tutorial.data import MVTecDataset, TextureSource, generate_sample_dataset
@@ -48,3 +49,20 @@ def straight_and_resumed(config, train_set, texture_source, run_dir):
     first.fit(steps=2)
     resumed = Trainer.resume(first.save(), train_set, texture_source, progress=False)
     return straight, first, resumed
+
+
+def assert_same_weights(a: Trainer, b: Trainer) -> None:
+    """Every parameter and buffer of two trainers' models bit-identical."""
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(x, y), name
+
+
+@pytest.fixture
+def restore_determinism():
+    """Put torch's process-wide determinism switches back after a test that sets them."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_trainer, straight_and_resumed, tiny_config
+from conftest import assert_same_weights, make_trainer, straight_and_resumed, tiny_config
 
 from memseg_tutorial.checkpoint import load_checkpoint, load_model
 from memseg_tutorial.data import MVTecDataset
@@ -62,19 +62,25 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
     assert torch.equal(resumed.batch(resumed.step)["image"], straight.batch(2)["image"])
     resumed.fit()
     assert resumed.step == 4
-    for (name, a), b in zip(straight.model.state_dict().items(),
-                            resumed.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    assert_same_weights(straight, resumed)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+def test_deterministic_mode_is_switched_on_and_trains(train_set, texture_source,
+                                                      restore_determinism):
+    torch.use_deterministic_algorithms(False)
+    trainer = make_trainer(tiny_config(steps=3, deterministic=True), train_set, texture_source)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark
+    history = trainer.fit()  # no op of the CPU path refuses to run in this mode
+    assert len(history) == 3 and np.isfinite([r["loss"] for r in history]).all()
 
 
 def test_resume_with_bank_refresh_and_fixed_stem_continues_exactly(train_set, texture_source, tmp_path):
     config = tiny_config(steps=4, memory_refresh_every=1, train_stem=False)
     straight, _, resumed = straight_and_resumed(config, train_set, texture_source, tmp_path)
     resumed.fit()  # the bank is rebuilt, but BatchNorm is not calibrated again
-    for (name, a), b in zip(straight.model.state_dict().items(),
-                            resumed.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    assert_same_weights(straight, resumed)
 
 
 def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_set, texture_source):
