@@ -160,10 +160,10 @@ def split_holdout(dataset, count: int, seed: int = 42) -> tuple[DatasetSubset, D
 def cuda_autocast_dtype(config: Config) -> torch.dtype | None:
     """The CUDA mixed-precision dtype, or None for float32.
 
-    float16 runs on every CUDA GPU (Colab's T4 has no bfloat16) and was the fastest on an H200
-    (benchmarks/training_speed.py); it needs a GradScaler, and the model keeps the half that
-    reads the memory differences in float32 (``after_memory_precision``). bfloat16 has float32's
-    range and needs neither.
+    float16 runs on every CUDA GPU (Colab's T4 has no bfloat16); it was the fastest on an H200,
+    bfloat16 on an H100 (benchmarks/training_speed.py). float16 needs a GradScaler, and the model
+    keeps the half that reads the memory differences in float32 (``after_memory_precision``).
+    bfloat16 has float32's range and needs neither.
     """
     return getattr(torch, config.amp_dtype) if config.amp else None
 

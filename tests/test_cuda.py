@@ -24,6 +24,12 @@ def cuda_config(**overrides):
     return tiny_config(**{"device": "cuda", **overrides})
 
 
+def skip_without_native(amp_dtype: str) -> None:
+    """Skip a bfloat16 case on a GPU that would only emulate it (a T4)."""
+    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no native bfloat16")
+
+
 @pytest.fixture
 def exact_fp32():
     """Plain fp32 convolutions and matrix products (no TF32), so CPU and GPU can be compared."""
@@ -47,8 +53,7 @@ def test_gpu_synthesis_batches_live_on_the_gpu(train_set, texture_source):
 
 @pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])
 def test_mixed_precision_training_learns_without_overflow(train_set, texture_source, amp_dtype):
-    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        pytest.skip("this GPU has no native bfloat16")
+    skip_without_native(amp_dtype)
     config = cuda_config(steps=60, lr=3e-3, schedule="constant", amp_dtype=amp_dtype)
     trainer = make_trainer(config, train_set, texture_source)
     history = trainer.fit()
@@ -66,8 +71,7 @@ def test_resume_on_the_gpu_continues_exactly(train_set, texture_source, tmp_path
     # Without config.deterministic a repeat of the same seeded float16 run already differed in
     # a fifth of the weights after 4 steps on an H100 (atomic adds in the backward pass), so
     # only the deterministic mode lets a lost optimizer, scheduler or scaler state show.
-    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        pytest.skip("this GPU has no native bfloat16")
+    skip_without_native(amp_dtype)
     config = cuda_config(steps=4, amp_dtype=amp_dtype, deterministic=True)
     straight, first, resumed = straight_and_resumed(config, train_set, texture_source, tmp_path)
     assert resumed.step == 2 and (resumed.scaler is not None) == (amp_dtype == "float16")
