@@ -95,13 +95,16 @@ class Predictor:
         self,
         model: torch.nn.Module,
         config: Config,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         thresholds: Thresholds | None = None,
         batch_size: int = 8,
     ) -> None:
-        self.model = model.to(device).eval()
+        from .device import model_device
+
+        # None: predict where the model already is (as ``evaluate`` does), never a silent move.
+        self.device = model_device(model) if device is None else torch.device(device)
+        self.model = model.to(self.device).eval()
         self.config = config
-        self.device = torch.device(device)
         self.thresholds = thresholds or Thresholds()
         self.batch_size = batch_size
 

@@ -53,6 +53,19 @@ def test_maps_come_back_at_each_image_size(checkpoint, odd_images):
         assert p.score == pytest.approx(float(expected), abs=1e-6)
 
 
+def test_predictor_runs_where_the_model_is_unless_told():
+    # "meta" stands in for a GPU: without a device the weights stay put, as in ``evaluate``.
+    config = get_config("quick")
+    on_meta = Predictor(torch.nn.Linear(2, 2, device="meta"), config)
+    assert on_meta.device == torch.device("meta")
+    assert next(on_meta.model.parameters()).device == torch.device("meta")
+    assert Predictor(torch.nn.Linear(2, 2), config).device == torch.device("cpu")
+    moved = Predictor(torch.nn.Linear(2, 2), config, device="meta")  # told: it moves
+    assert moved.device == torch.device("meta")
+    assert next(moved.model.parameters()).device == torch.device("meta")
+    assert not on_meta.model.training
+
+
 def test_arrays_and_paths_give_the_same_result(checkpoint, odd_images):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     paths = resolve_images(odd_images)
