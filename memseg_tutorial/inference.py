@@ -25,6 +25,7 @@ import torch
 
 from .config import Config
 from .data.images import list_images, read_image_rgb, resize_image, to_tensor
+from .device import model_device
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
@@ -99,8 +100,6 @@ class Predictor:
         thresholds: Thresholds | None = None,
         batch_size: int = 8,
     ) -> None:
-        from .device import model_device
-
         # None: predict where the model already is (as ``evaluate`` does), never a silent move.
         self.device = model_device(model) if device is None else torch.device(device)
         self.model = model.to(self.device).eval()
