@@ -223,12 +223,12 @@ def score_validation(model, validation: dict, config) -> dict:
     device = model_device(model)
     maps = torch.cat([model.anomaly_map(x.to(device)).float().cpu()
                       for x in validation["images"].split(16)])
-    scores = image_scores(maps, config.score_top_k, config.score_mode)
-    metrics = compute_metrics(validation["labels"], scores.numpy(), validation["masks"], maps.numpy(),
-                              config.aupro_fpr_limit)
+    scores = image_scores(maps, config.score_top_k, config.score_mode).numpy()
+    labels, masks = validation["labels"], validation["masks"]
+    metrics = compute_metrics(labels, scores, masks, maps.numpy(), config.aupro_fpr_limit)
     # Each family against all held-out normals: the wide bands and the small defects differ a lot.
-    metrics["per_family"] = per_defect_metrics(validation["labels"], scores.numpy(), validation["masks"],
-                                               maps.numpy(), validation["families"], config.aupro_fpr_limit)
+    metrics["per_family"] = per_defect_metrics(labels, scores, masks, maps.numpy(), validation["families"],
+                                               config.aupro_fpr_limit)
     metrics["image_auroc_by_score"] = {  # how the image score is read off the map
         name: float(roc_auc_score(validation["labels"], image_scores(maps, k, mode).numpy()))
         for name, k, mode in (("top25", 25, "topk_mean"), ("top100", 100, "topk_mean"), ("max", 1, "max"))

@@ -59,11 +59,11 @@ def test_predictor_runs_where_the_model_is_unless_told():
     on_meta = Predictor(torch.nn.Linear(2, 2, device="meta"), config)
     assert on_meta.device == torch.device("meta")
     assert next(on_meta.model.parameters()).device == torch.device("meta")
+    assert not on_meta.model.training
     assert Predictor(torch.nn.Linear(2, 2), config).device == torch.device("cpu")
     moved = Predictor(torch.nn.Linear(2, 2), config, device="meta")  # told: it moves
     assert moved.device == torch.device("meta")
     assert next(moved.model.parameters()).device == torch.device("meta")
-    assert not on_meta.model.training
 
 
 def test_arrays_and_paths_give_the_same_result(checkpoint, odd_images):
