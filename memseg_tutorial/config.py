@@ -71,6 +71,7 @@ class Config:
     score_mode: str = "topk_mean"  # "topk_mean" (paper) or "max"
     aupro_fpr_limit: float = 0.3
     map_smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in pixels (0: none, paper)
+    memory_map_weight: float = 0.0  # add log m1 to the decoder's logit, in normal spreads (0: paper)
 
     # --- runtime ---------------------------------------------------------------------------------
     device: str = "auto"  # "auto" (CUDA if present), "cpu" or "cuda"
@@ -112,6 +113,8 @@ class Config:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         if self.map_smoothing_sigma < 0:
             raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}.")
+        if self.memory_map_weight < 0:
+            raise ValueError(f"memory_map_weight must be >= 0, got {self.memory_map_weight}.")
         if self.memory_size < 1 or self.steps < 1 or self.batch_normal < 1:
             raise ValueError("memory_size, steps and batch_normal must be at least 1.")
         return self

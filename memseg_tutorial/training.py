@@ -34,6 +34,8 @@ from .seeding import make_rng, use_deterministic_algorithms
 
 MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
 GPU_BATCH_KEY = 2_000_003  # make_rng(seed, GPU_BATCH_KEY, step) drives the GPU synthesis of step k
+MEMORY_MAP_KEY = 4_000_037  # make_rng(seed, MEMORY_MAP_KEY) picks the images that calibrate the memory map
+MEMORY_MAP_IMAGES = 64
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -106,6 +108,23 @@ def memory_indices(num_images: int, config: Config) -> list[int]:
 def memory_images(dataset, config: Config) -> torch.Tensor:
     """Normalised normal training images (N, 3, S, S) for ``model.build_memory_bank``."""
     return torch.stack([dataset[i]["image"] for i in memory_indices(len(dataset), config)])
+
+
+def memory_map_indices(num_images: int, config: Config, count: int = MEMORY_MAP_IMAGES) -> list[int]:
+    """Normal training images, outside the bank, that calibrate the memory map (``memory_map_weight``).
+
+    Outside, because a bank image finds itself (m1 = 0 everywhere), which no new image does.
+    """
+    bank = set(memory_indices(num_images, config))
+    order = make_rng(config.seed, MEMORY_MAP_KEY).permutation(num_images)
+    others = [int(i) for i in order if int(i) not in bank]
+    if not others:
+        raise ValueError(
+            f"memory_map_weight needs normal training images outside the memory bank, but all "
+            f"{num_images} are in it (memory_size={config.memory_size}): lower memory_size or "
+            f"set memory_map_weight=0."
+        )
+    return sorted(others[:count])
 
 
 class DatasetSubset(torch.utils.data.Dataset):
@@ -239,6 +258,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._memory_images: torch.Tensor | None = None
+        self._memory_map_step: int | None = None  # the step at which the memory map was calibrated
         self._gpu_stream = None
 
     # -- memory bank ------------------------------------------------------------------------
@@ -255,6 +275,19 @@ class Trainer:
         if calibrate and self.model.memory_bank.is_empty:  # once, before training (not on resume)
             self.model.encoder.calibrate_batchnorm(self._memory_images)
         self.model.build_memory_bank(self._memory_images.to(self.device))
+
+    def calibrate_memory_map(self) -> None:
+        """How the decoder's logit and log m1 spread on normal images, for ``memory_map_weight``.
+
+        Runs after training and before every checkpoint (once per step), so that a saved model
+        scores like the one in memory; training itself never reads these numbers.
+        """
+        if self.config.memory_map_weight <= 0 or self._memory_map_step == self.step:
+            return
+        indices = memory_map_indices(len(self.train_dataset), self.config)
+        images = torch.stack([self.train_dataset[i]["image"] for i in indices])
+        self.model.calibrate_memory_map(images.to(self.device))
+        self._memory_map_step = self.step
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -378,6 +411,7 @@ class Trainer:
         self.images_per_second = (
             (self.step - start_step) * self.config.batch_size / max(self.seconds, 1e-9)
         )
+        self.calibrate_memory_map()
         if self.run_dir is not None:
             self.save()
         return self.history
@@ -392,6 +426,7 @@ class Trainer:
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the checkpoint atomically (temp file + rename)."""
+        self.calibrate_memory_map()
         return save_checkpoint(
             Path(path) if path is not None else self.checkpoint_path,
             model=self.model,

@@ -48,6 +48,8 @@ def test_overrides_and_bad_values():
         get_config("quick", optimizer="rmsprop")
     with pytest.raises(ValueError, match="map_smoothing_sigma"):
         get_config("quick", map_smoothing_sigma=-1.0)
+    with pytest.raises(ValueError, match="memory_map_weight"):
+        get_config("quick", memory_map_weight=-0.5)
     with pytest.raises(ValueError, match="amp_dtype"):
         get_config("quick", amp_dtype="float8")
 

@@ -6,9 +6,10 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from memseg_tutorial.config import get_config
-from memseg_tutorial.model import MemSeg, count_parameters, image_scores, smooth_maps
+from memseg_tutorial.model import MemSeg, count_parameters, image_scores, memory_map, smooth_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore:ResNet18 encoder with RANDOM weights")
 
@@ -106,6 +107,40 @@ def test_anomaly_map_is_smoothed_when_configured():
     assert not torch.allclose(smoothed.anomaly_map(x), raw)
 
 
+def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated():
+    model = make_model(64)
+    fused = MemSeg(image_size=64, memory_size=3, backbone_weights="none", memory_map_weight=0.5).eval()
+    fused.load_state_dict(model.state_dict())
+    x, normals = torch.randn(2, 3, 64, 64), torch.randn(5, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        fused.anomaly_map(x)
+    fused.calibrate_memory_map(normals, batch_size=2)  # chunked: the statistics are over all five
+
+    def logit_and_log_m1(images):  # the reference, written out from the weight-0 model
+        with torch.no_grad():
+            stages = model.forward_with_intermediates(images)
+        logits = stages["logits"]
+        log_m1 = F.interpolate(torch.log(stages["spatial_maps"][0] + 1e-12), size=(64, 64), mode="bilinear")
+        return (logits[:, 1] - logits[:, 0]).double(), log_m1[:, 0].double()
+
+    normal_logit, normal_log_m1 = logit_and_log_m1(normals)
+    expected_stats = [normal_logit.std(), normal_log_m1.mean(), normal_log_m1.std()]
+    torch.testing.assert_close(fused.memory_map_stats.double(), torch.stack(expected_stats), rtol=1e-5, atol=1e-5)
+    logit, log_m1 = logit_and_log_m1(x)
+    shift = 0.5 * expected_stats[0] * (log_m1 - expected_stats[1]) / expected_stats[2]
+    expected = torch.sigmoid(logit + shift).float()
+    torch.testing.assert_close(fused.anomaly_map(x), expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(fused.anomaly_map(x), model.anomaly_map(x), atol=1e-3)
+    torch.testing.assert_close(memory_map(torch.zeros(1, 1, 4, 4), (8, 8)), torch.full((1, 8, 8), -27.631021))
+    # The statistics travel in the state dict; a state dict from before they existed loads uncalibrated.
+    copy = MemSeg(image_size=64, memory_size=3, backbone_weights="none", memory_map_weight=0.5).eval()
+    copy.load_state_dict(fused.state_dict())
+    torch.testing.assert_close(copy.anomaly_map(x), fused.anomaly_map(x))
+    old = {k: v for k, v in fused.state_dict().items() if k != "memory_map_stats"}
+    copy.load_state_dict(old)
+    assert not copy.memory_map_calibrated
+
+
 def test_image_scores_top_k_mean_and_max():
     maps = torch.zeros(2, 4, 4)
     maps[0, 0, :3] = torch.tensor([1.0, 0.5, 0.25])
@@ -153,8 +188,11 @@ def test_from_config_and_parameter_counts():
     model = MemSeg.from_config(config)
     assert model.image_size == config.image_size and model.memory_size == config.memory_size
     assert not model.encoder.standardize and model.map_smoothing_sigma == 0  # the paper's defaults
-    options = MemSeg.from_config(get_config("quick", per_image_standardization=True, map_smoothing_sigma=1.5))
+    assert model.memory_map_weight == 0
+    options = MemSeg.from_config(get_config("quick", per_image_standardization=True, map_smoothing_sigma=1.5,
+                                            memory_map_weight=0.25))
     assert options.encoder.standardize and options.map_smoothing_sigma == 1.5
+    assert options.memory_map_weight == 0.25
     counts = count_parameters(model)
     frozen = sum(p.numel() for n in ("layer1", "layer2", "layer3") for p in getattr(model.encoder, n).parameters())
     assert counts["frozen"] == frozen

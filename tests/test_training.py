@@ -18,6 +18,7 @@ from memseg_tutorial.training import (
     cuda_autocast_dtype,
     lr_factor,
     memory_indices,
+    memory_map_indices,
     split_holdout,
 )
 
@@ -104,8 +105,9 @@ def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_se
     assert uncalibrated.model.encoder.layer2[0].bn1.running_mean.abs().sum() == 0
 
 
-@pytest.mark.parametrize("options", [{}, {"per_image_standardization": True, "map_smoothing_sigma": 1.5}],
-                         ids=["paper", "standardized_smoothed"])
+@pytest.mark.parametrize("options", [{}, {"per_image_standardization": True, "map_smoothing_sigma": 1.5},
+                                     {"memory_map_weight": 0.5}],
+                         ids=["paper", "standardized_smoothed", "memory_map"])
 def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path, options):
     trainer = make_trainer(tiny_config(steps=2, **options), train_set, texture_source, run_dir=tmp_path)
     trainer.fit()
@@ -117,6 +119,8 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert config == trainer.config
     assert model.encoder.standardize == config.per_image_standardization
     assert model.map_smoothing_sigma == config.map_smoothing_sigma
+    assert model.memory_map_weight == config.memory_map_weight
+    assert model.memory_map_calibrated == (config.memory_map_weight > 0)  # the trainer calibrated it
     assert len(model.memory_bank) == 4
     x = trainer.batch(0)["image"]
     trainer.model.eval()
@@ -178,6 +182,24 @@ def test_memory_images_are_distinct_and_seeded():
     assert chosen != memory_indices(40, tiny_config(memory_size=8, seed=1))
     with pytest.warns(UserWarning, match="only 3"):
         assert memory_indices(3, config) == [0, 1, 2]
+
+
+def test_memory_map_is_calibrated_on_seeded_normals_outside_the_bank(train_set, texture_source):
+    config = tiny_config(memory_size=8)
+    chosen = memory_map_indices(40, config, count=10)
+    assert len(set(chosen)) == 10 and not set(chosen) & set(memory_indices(40, config))
+    assert chosen == memory_map_indices(40, config, count=10)
+    assert sorted(memory_map_indices(12, config)) == sorted(set(range(12)) - set(memory_indices(12, config)))
+    with pytest.raises(ValueError, match="outside the memory bank"), pytest.warns(UserWarning):
+        memory_map_indices(5, config)
+    # After fit() the model's statistics are those of exactly these images.
+    trainer = make_trainer(tiny_config(steps=2, memory_map_weight=0.5), train_set, texture_source)
+    trainer.fit()
+    stats = trainer.model.memory_map_stats.clone()
+    images = torch.stack([train_set[i]["image"] for i in memory_map_indices(len(train_set), trainer.config)])
+    trainer.model.calibrate_memory_map(images)
+    assert torch.equal(trainer.model.memory_map_stats, stats)
+    assert trainer.model.training  # calibration leaves the mode as it found it
 
 
 def test_gpu_sample_stream_runs_on_any_device(sample_root, texture_source):

@@ -29,6 +29,7 @@ from .memseg import (
     count_parameters,
     image_scores,
     inference_settings,
+    memory_map,
     smooth_maps,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "centre_memory",
     "centred_distances",
     "level_distances",
+    "memory_map",
     "smooth_maps",
     "spatial_attention_maps",
     "standardize_per_image",

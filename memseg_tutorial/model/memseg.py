@@ -67,6 +67,21 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1).to(maps.dtype)
 
 
+def memory_map(m1: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """log m1 (B, 1, h, w) -> (B, H, W): the memory comparison of lesson 06 as an anomaly map.
+
+    m1 is a product of three squared differences, so it spans many decades; its log is the
+    scale on which normal images spread evenly (and a bank image, where m1 = 0, stays finite).
+    """
+    log_m1 = torch.log(m1.float() + 1e-12)
+    return F.interpolate(log_m1, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _add_memory_map_stats_if_missing(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before ``memory_map_stats`` existed load as uncalibrated."""
+    state_dict.setdefault(f"{prefix}memory_map_stats", torch.zeros_like(module.memory_map_stats))
+
+
 def after_memory_precision(device_type: str):
     """Autocast off for everything that reads the memory differences, when autocast is float16.
 
@@ -126,9 +141,10 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
 class MemSeg(nn.Module):
     """The full network. Build the memory bank before the first forward pass.
 
-    Two options for random encoder weights, both off by default (the paper):
-    ``per_image_standardization`` (see :func:`standardize_per_image`) and
-    ``map_smoothing_sigma`` (see :func:`smooth_maps`).
+    Three options for random encoder weights, all off by default (the paper):
+    ``per_image_standardization`` (see :func:`standardize_per_image`),
+    ``map_smoothing_sigma`` (see :func:`smooth_maps`) and ``memory_map_weight`` (see
+    :meth:`fused_logit`; needs :meth:`calibrate_memory_map`, which the Trainer runs).
     """
 
     def __init__(
@@ -138,6 +154,7 @@ class MemSeg(nn.Module):
         backbone_weights: str | os.PathLike = "imagenet",
         per_image_standardization: bool = False,
         map_smoothing_sigma: float = 0.0,
+        memory_map_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 32:
@@ -147,6 +164,11 @@ class MemSeg(nn.Module):
         self.image_size = image_size
         self.memory_size = memory_size  # how many normal images the bank is meant to hold
         self.map_smoothing_sigma = map_smoothing_sigma
+        self.memory_map_weight = memory_map_weight
+        # On normal images: spread of the decoder's logit, mean and spread of log m1 (zeros until
+        # calibrate_memory_map); a buffer, so checkpoints keep it.
+        self.register_buffer("memory_map_stats", torch.zeros(3))
+        self.register_load_state_dict_pre_hook(_add_memory_map_stats_if_missing)
         self.encoder = ResNet18Encoder(backbone_weights, standardize=per_image_standardization)
         self.memory_bank = MemoryBank()
         self.msff = MSFF()
@@ -162,6 +184,7 @@ class MemSeg(nn.Module):
             backbone_weights=config.backbone_weights if backbone_weights is None else backbone_weights,
             per_image_standardization=config.per_image_standardization,
             map_smoothing_sigma=config.map_smoothing_sigma,
+            memory_map_weight=config.memory_map_weight,
         )
 
     @property
@@ -211,11 +234,67 @@ class MemSeg(nn.Module):
         """Normalised images (B, 3, S, S) -> logits (B, 2, S, S) (normal, anomalous)."""
         return self.forward_with_intermediates(x)["logits"]
 
+    @property
+    def memory_map_calibrated(self) -> bool:
+        logit_spread, _, memory_spread = self.memory_map_stats.tolist()
+        return logit_spread > 0 and memory_spread > 0  # calibration never stores a zero spread
+
+    @torch.no_grad()
+    def calibrate_memory_map(self, normal_images: torch.Tensor, batch_size: int = 16) -> None:
+        """Measure how the decoder's logit and log m1 spread on normal images (N, 3, S, S).
+
+        Use images that are NOT in the memory bank: a bank image finds itself (m1 = 0), which
+        no new image does. Runs in eval mode and changes nothing but ``memory_map_stats``.
+        """
+        check_input(normal_images)
+        if len(normal_images) == 0:
+            raise ValueError("calibrate_memory_map needs at least one normal image, got none.")
+        was_training = self.training
+        self.eval()
+        device = self.memory_map_stats.device
+        logit_chunks, memory_chunks = [], []
+        try:
+            for chunk in normal_images.split(batch_size):
+                stages = self.forward_with_intermediates(chunk.to(device))
+                logits = stages["logits"].float()
+                logit_chunks.append(logits[:, 1] - logits[:, 0])
+                memory_chunks.append(memory_map(stages["spatial_maps"][0], logits.shape[-2:]))
+        finally:
+            self.train(was_training)
+        logit, memory = torch.cat(logit_chunks), torch.cat(memory_chunks)
+        stats = torch.stack([logit.std(), memory.mean(), memory.std()])
+        if not torch.isfinite(stats).all() or stats[0] <= 0 or stats[2] <= 0:
+            raise ValueError(
+                f"Cannot calibrate the memory map on these {len(normal_images)} images (spreads "
+                f"{stats[0]:.3g} and {stats[2]:.3g}): use more normal images, none from the bank."
+            )
+        self.memory_map_stats.copy_(stats)
+
+    def fused_logit(self, logits: torch.Tensor, m1: torch.Tensor) -> torch.Tensor:
+        """The decoder's logit (B, H, W) plus ``memory_map_weight`` times log m1, both in units
+        of their spread on normal images.
+
+        The decoder learns to find *edges* of simulated anomalies; m1, the raw memory comparison
+        (lesson 06), also rises inside a wide, smooth region that the decoder leaves unfilled.
+        Measured in normal spreads, the weight means the same whatever the encoder's scale.
+        """
+        if not self.memory_map_calibrated:
+            raise RuntimeError(
+                "memory_map_weight is set but the memory map is not calibrated: call "
+                "model.calibrate_memory_map(normal_images) with normal images outside the bank "
+                "(the Trainer does this after training)."
+            )
+        logit_spread, memory_mean, memory_spread = self.memory_map_stats
+        evidence = (memory_map(m1, logits.shape[-2:]) - memory_mean) / memory_spread
+        logit = (logits[:, 1] - logits[:, 0]).float()
+        return logit + self.memory_map_weight * logit_spread * evidence
+
     @torch.no_grad()
     def anomaly_map(
         self, x: torch.Tensor, settings: InferenceSettings | None = None
     ) -> torch.Tensor:
         """(B, S, S) probability of "anomalous" per pixel, in [0, 1] (full image, no crop),
+        with the memory map added when ``memory_map_weight`` is set (:meth:`fused_logit`) and
         blurred by ``map_smoothing_sigma`` when that is set."""
         settings = settings or inference_settings(x.device)
         if settings.channels_last:
@@ -226,8 +305,11 @@ class MemSeg(nn.Module):
             else nullcontext()
         )
         with autocast:
-            logits = self(x)
-        maps = torch.softmax(logits.float(), dim=1)[:, 1]  # (B, S, S)
+            stages = self.forward_with_intermediates(x)
+        if self.memory_map_weight > 0:
+            maps = torch.sigmoid(self.fused_logit(stages["logits"], stages["spatial_maps"][0]))
+        else:
+            maps = torch.softmax(stages["logits"].float(), dim=1)[:, 1]  # (B, S, S)
         return smooth_maps(maps, self.map_smoothing_sigma)
 
     @torch.no_grad()
