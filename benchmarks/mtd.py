@@ -90,7 +90,8 @@ BENCHMARK_SETTINGS = dict(
     # Fifth round (lesson 08): MemSeg's own memory map m1, added to the decoder's logit at a
     # quarter of its normal spread, with the bank refreshed: after 800 steps pixel AUROC +0.016 and
     # +0.044 at image AUROC +0.000 and +0.016 on two seeds (after 200 steps it traded 0.01-0.015
-    # of image AUROC for +0.015 to +0.03 of pixel AUROC); with a bank built once, a trade at both.
+    # of image AUROC for +0.015 to +0.03 of pixel AUROC); with a bank built once, a trade in three
+    # of the four runs. The MTD test run then lost pixel AUROC (README, lesson 08).
     memory_map_weight=0.25,
     score_top_k=100,
     checkpoint_every=0,
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         cut = True
         print(f"time budget reached: stopped after {trainer.step} of {steps} steps "
               f"(lr {trainer.history[-1]['lr']:.2e} not yet at 0)", flush=True)
+        trainer.calibrate_memory_map()  # fit() does it only when it ends by itself
     history, steps_planned, steps = trainer.history, steps, trainer.step
     train_seconds = time.perf_counter() - start
     losses = [r["loss"] for r in history]

@@ -259,6 +259,8 @@ class Trainer:
         self.history: list[dict] = []
         self._memory_images: torch.Tensor | None = None
         self._memory_map_step: int | None = None  # the step at which the memory map was calibrated
+        if config.memory_map_weight > 0:  # fail before training, not after it
+            memory_map_indices(len(train_dataset), config)
         self._gpu_stream = None
 
     # -- memory bank ------------------------------------------------------------------------
@@ -279,10 +281,12 @@ class Trainer:
     def calibrate_memory_map(self) -> None:
         """How the decoder's logit and log m1 spread on normal images, for ``memory_map_weight``.
 
-        Runs after training and before every checkpoint (once per step), so that a saved model
-        scores like the one in memory; training itself never reads these numbers.
+        Runs when ``fit()`` ends by itself and before every checkpoint (once per step), so that a
+        saved model scores like the one in memory; training itself never reads these numbers.
+        Call it yourself after stopping ``fit()`` early with an exception from a callback.
         """
-        if self.config.memory_map_weight <= 0 or self._memory_map_step == self.step:
+        if (self.config.memory_map_weight <= 0 or self._memory_map_step == self.step
+                or self.model.memory_bank.is_empty):  # nothing trained or comparable yet
             return
         indices = memory_map_indices(len(self.train_dataset), self.config)
         images = torch.stack([self.train_dataset[i]["image"] for i in indices])

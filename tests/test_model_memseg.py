@@ -120,7 +120,8 @@ def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated():
         with torch.no_grad():
             stages = model.forward_with_intermediates(images)
         logits = stages["logits"]
-        log_m1 = F.interpolate(torch.log(stages["spatial_maps"][0] + 1e-12), size=(64, 64), mode="bilinear")
+        log_m1 = F.interpolate(torch.log(stages["spatial_maps"][0] + 1e-12), size=(64, 64), mode="bilinear",
+                               align_corners=False)
         return (logits[:, 1] - logits[:, 0]).double(), log_m1[:, 0].double()
 
     normal_logit, normal_log_m1 = logit_and_log_m1(normals)

@@ -202,6 +202,28 @@ def test_memory_map_is_calibrated_on_seeded_normals_outside_the_bank(train_set, 
     assert trainer.model.training  # calibration leaves the mode as it found it
 
 
+def test_memory_map_fails_early_saves_before_training_and_calibrates_after_a_stop(
+        train_set, texture_source, tmp_path):
+    config = tiny_config(steps=3, memory_map_weight=0.5)
+    with pytest.raises(ValueError, match="outside the memory bank"), pytest.warns(UserWarning):
+        make_trainer(tiny_config(memory_map_weight=0.5, memory_size=len(train_set) + 1), train_set, texture_source)
+    trainer = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
+    trainer.save()  # no bank yet: nothing to calibrate, and the checkpoint is still written
+    assert not trainer.model.memory_map_calibrated
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(trainer, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        trainer.fit(callback=stop_after_one)
+    assert trainer.step == 1 and not trainer.model.memory_map_calibrated
+    trainer.calibrate_memory_map()  # what a caller that stops fit() early does (benchmarks/mtd.py)
+    assert trainer.model.memory_map_calibrated
+
+
 def test_gpu_sample_stream_runs_on_any_device(sample_root, texture_source):
     """The GPU path (synthesize_batch_torch) checked on the CPU: layout and reproducibility."""
     objects = MVTecDataset(sample_root, "object", "train", image_size=64)

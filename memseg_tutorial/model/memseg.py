@@ -4,7 +4,8 @@
       encoder:  f0 64@S/2, f1 64@S/4, f2 128@S/8, f3 256@S/16, f4 512@S/32
       memory:   DI_l = (closest memory sample - f_l)^2, CI_l = cat(f_l, DI_l): 128, 256, 512 channels
       MSFF:     64@S/4, 128@S/8, 256@S/16, each times its spatial attention map m_l
-      decoder:  logits (B, 2, S, S); anomaly map = softmax channel 1
+      decoder:  logits (B, 2, S, S); anomaly map = softmax channel 1 (plus log m1, in normal
+                spreads, with memory_map_weight: an option for random weights, not the paper)
 """
 
 from __future__ import annotations
