@@ -259,8 +259,9 @@ class Trainer:
         self.history: list[dict] = []
         self._memory_images: torch.Tensor | None = None
         self._memory_map_step: int | None = None  # the step at which the memory map was calibrated
-        if config.memory_map_weight > 0:  # fail before training, not after it
-            memory_map_indices(len(train_dataset), config)
+        self._memory_map_indices = (  # chosen here, so a too-small set fails before training
+            memory_map_indices(len(train_dataset), config) if config.memory_map_weight > 0 else []
+        )
         self._gpu_stream = None
 
     # -- memory bank ------------------------------------------------------------------------
@@ -288,8 +289,7 @@ class Trainer:
         if (self.config.memory_map_weight <= 0 or self._memory_map_step == self.step
                 or self.model.memory_bank.is_empty):  # nothing trained or comparable yet
             return
-        indices = memory_map_indices(len(self.train_dataset), self.config)
-        images = torch.stack([self.train_dataset[i]["image"] for i in indices])
+        images = torch.stack([self.train_dataset[i]["image"] for i in self._memory_map_indices])
         self.model.calibrate_memory_map(images.to(self.device))
         self._memory_map_step = self.step
 

@@ -256,10 +256,9 @@ class MemSeg(nn.Module):
         logit_chunks, memory_chunks = [], []
         try:
             for chunk in normal_images.split(batch_size):
-                stages = self.forward_with_intermediates(chunk.to(device))
-                logits = stages["logits"].float()
-                logit_chunks.append(logits[:, 1] - logits[:, 0])
-                memory_chunks.append(memory_map(stages["spatial_maps"][0], logits.shape[-2:]))
+                logit, memory = self._logit_and_memory_map(self.forward_with_intermediates(chunk.to(device)))
+                logit_chunks.append(logit)
+                memory_chunks.append(memory)
         finally:
             self.train(was_training)
         logit, memory = torch.cat(logit_chunks), torch.cat(memory_chunks)
@@ -271,9 +270,15 @@ class MemSeg(nn.Module):
             )
         self.memory_map_stats.copy_(stats)
 
-    def fused_logit(self, logits: torch.Tensor, m1: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _logit_and_memory_map(stages: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the decoder's logit, log m1 at the same size), each (B, H, W), from a forward pass."""
+        logits = stages["logits"].float()
+        return logits[:, 1] - logits[:, 0], memory_map(stages["spatial_maps"][0], logits.shape[-2:])
+
+    def fused_logit(self, stages: dict) -> torch.Tensor:
         """The decoder's logit (B, H, W) plus ``memory_map_weight`` times log m1, both in units
-        of their spread on normal images.
+        of their spread on normal images (``stages``: from :meth:`forward_with_intermediates`).
 
         The decoder learns to find *edges* of simulated anomalies; m1, the raw memory comparison
         (lesson 06), also rises inside a wide, smooth region that the decoder leaves unfilled.
@@ -286,9 +291,8 @@ class MemSeg(nn.Module):
                 "(the Trainer does this after training)."
             )
         logit_spread, memory_mean, memory_spread = self.memory_map_stats
-        evidence = (memory_map(m1, logits.shape[-2:]) - memory_mean) / memory_spread
-        logit = (logits[:, 1] - logits[:, 0]).float()
-        return logit + self.memory_map_weight * logit_spread * evidence
+        logit, memory = self._logit_and_memory_map(stages)
+        return logit + self.memory_map_weight * logit_spread * (memory - memory_mean) / memory_spread
 
     @torch.no_grad()
     def anomaly_map(
@@ -308,7 +312,7 @@ class MemSeg(nn.Module):
         with autocast:
             stages = self.forward_with_intermediates(x)
         if self.memory_map_weight > 0:
-            maps = torch.sigmoid(self.fused_logit(stages["logits"], stages["spatial_maps"][0]))
+            maps = torch.sigmoid(self.fused_logit(stages))
         else:
             maps = torch.softmax(stages["logits"].float(), dim=1)[:, 1]  # (B, S, S)
         return smooth_maps(maps, self.map_smoothing_sigma)
