@@ -84,13 +84,22 @@ def test_resume_on_the_gpu_continues_exactly(train_set, texture_source, tmp_path
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
 
-def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exact_fp32):
-    trainer = make_trainer(cuda_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+@pytest.mark.parametrize("memory_map_weight", [0.0, 0.5])
+def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exact_fp32,
+                                        memory_map_weight):
+    config = cuda_config(steps=3, memory_map_weight=memory_map_weight)
+    trainer = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
     trainer.fit()
     path = trainer.save()
     on_gpu, config, _ = load_model(path, "cuda")
     on_cpu, _, _ = load_model(path, "cpu")  # a checkpoint trained on a GPU opens without one
     images = torch.stack([train_set[i]["image"] for i in range(4)])
+    if memory_map_weight > 0:  # calibrated on the GPU by fit(); the same images on the CPU agree
+        stats = trainer.model.memory_map_stats
+        assert stats.is_cuda and (stats != 0).all()
+        calibration = torch.stack([train_set[i]["image"] for i in trainer._memory_map_indices])
+        on_cpu.calibrate_memory_map(calibration)
+        torch.testing.assert_close(on_cpu.memory_map_stats, stats.cpu(), rtol=1e-3, atol=1e-4)
     with torch.no_grad():
         gpu_maps = on_gpu.anomaly_map(images.cuda()).float().cpu()
         cpu_maps = on_cpu.anomaly_map(images).float()
@@ -117,3 +126,7 @@ def test_evaluation_and_inference_on_the_gpu(sample_root, train_set, texture_sou
     predictions = predictor.predict(test_set.image_paths[:2])
     assert [p.anomaly_map.shape for p in predictions] == [p.image.shape[:2] for p in predictions]
     assert predictor.speed(repeats=2) > 0
+    on_gpu = Predictor(trainer.model, config)  # no device given: it runs where the model is
+    assert on_gpu.device.type == "cuda" and next(on_gpu.model.parameters()).is_cuda
+    np.testing.assert_allclose(on_gpu.predict(test_set.image_paths[:2])[0].anomaly_map,
+                               predictions[0].anomaly_map, atol=1e-4)
