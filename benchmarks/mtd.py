@@ -14,7 +14,8 @@ row per family.
     python benchmarks/mtd.py --steps 600 --image-size 128 --out runs/mtd.json
     python benchmarks/mtd.py --validate --minutes 8   # tuning: no test image is read
     python benchmarks/mtd.py --validate --steps 200 --set texture_probability=0.2   # any Config field
-    python benchmarks/mtd.py --set "device='cuda'" --set amp=False --threads 8 --image-size 256 --minutes 6
+    python benchmarks/mtd.py --image-size 256 --minutes 7 --threads 8 \
+        --set "device='cuda'" --set amp=False    # an H100: ~10000 steps at 256 px (lesson 08)
 
 Without ``--steps`` the number of steps is fitted to ``--minutes`` from the measured speed of a
 few warm-up steps, so the cosine schedule ends when the time does. On a shared machine that
