@@ -105,9 +105,14 @@ def memory_indices(num_images: int, config: Config) -> list[int]:
     return sorted(int(i) for i in chosen)
 
 
+def dataset_images(dataset, indices) -> torch.Tensor:
+    """The normalised images (N, 3, S, S) of a dataset at ``indices``, stacked."""
+    return torch.stack([dataset[int(i)]["image"] for i in indices])
+
+
 def memory_images(dataset, config: Config) -> torch.Tensor:
     """Normalised normal training images (N, 3, S, S) for ``model.build_memory_bank``."""
-    return torch.stack([dataset[i]["image"] for i in memory_indices(len(dataset), config)])
+    return dataset_images(dataset, memory_indices(len(dataset), config))
 
 
 def memory_map_indices(num_images: int, config: Config, count: int = MEMORY_MAP_IMAGES) -> list[int]:
@@ -289,7 +294,7 @@ class Trainer:
         if (self.config.memory_map_weight <= 0 or self._memory_map_step == self.step
                 or self.model.memory_bank.is_empty):  # nothing trained or comparable yet
             return
-        images = torch.stack([self.train_dataset[i]["image"] for i in self._memory_map_indices])
+        images = dataset_images(self.train_dataset, self._memory_map_indices)
         self.model.calibrate_memory_map(images.to(self.device))
         self._memory_map_step = self.step
 

@@ -15,7 +15,7 @@ from memseg_tutorial.checkpoint import load_model
 from memseg_tutorial.data import MVTecDataset
 from memseg_tutorial.evaluation import evaluate
 from memseg_tutorial.inference import Predictor
-from memseg_tutorial.training import cuda_autocast_dtype, memory_map_indices
+from memseg_tutorial.training import cuda_autocast_dtype, dataset_images, memory_map_indices
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -94,7 +94,7 @@ def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exa
     on_gpu, _, _ = load_model(path, "cuda")
     on_cpu, _, _ = load_model(path, "cpu")  # a checkpoint trained on a GPU opens without one
     assert torch.equal(on_cpu.memory_map_stats, trainer.model.memory_map_stats.cpu())
-    images = torch.stack([train_set[i]["image"] for i in range(4)])
+    images = dataset_images(train_set, range(4))
     with torch.no_grad():
         gpu_maps = on_gpu.anomaly_map(images.cuda()).float().cpu()
         cpu_maps = on_cpu.anomaly_map(images).float()
@@ -105,7 +105,7 @@ def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exa
         assert on_gpu.memory_map_calibrated
         on_cpu.memory_map_stats.zero_()
         indices = memory_map_indices(len(train_set), trainer.config)
-        on_cpu.calibrate_memory_map(torch.stack([train_set[i]["image"] for i in indices]))
+        on_cpu.calibrate_memory_map(dataset_images(train_set, indices))
         torch.testing.assert_close(on_cpu.memory_map_stats, on_gpu.memory_map_stats.cpu(),
                                    rtol=1e-3, atol=1e-4)
 

@@ -16,6 +16,7 @@ from memseg_tutorial.training import (
     GpuSampleStream,
     Trainer,
     cuda_autocast_dtype,
+    dataset_images,
     lr_factor,
     memory_indices,
     memory_map_indices,
@@ -196,7 +197,7 @@ def test_memory_map_is_calibrated_on_seeded_normals_outside_the_bank(train_set, 
     trainer = make_trainer(tiny_config(steps=2, memory_map_weight=0.5), train_set, texture_source)
     trainer.fit()
     stats = trainer.model.memory_map_stats.clone()
-    images = torch.stack([train_set[i]["image"] for i in memory_map_indices(len(train_set), trainer.config)])
+    images = dataset_images(train_set, memory_map_indices(len(train_set), trainer.config))
     trainer.model.calibrate_memory_map(images)
     assert torch.equal(trainer.model.memory_map_stats, stats)
     assert trainer.model.training  # calibration leaves the mode as it found it
