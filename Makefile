@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is pinned only here: these wheels install from local disk on the course machines.
-# On Colab or your own machine any torch >= 2.1 works (see pyproject.toml).
+# On Colab or your own machine any torch >= 2.4 works (see pyproject.toml).
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads slowed torch ~10x.
 export OMP_WAIT_POLICY ?= PASSIVE

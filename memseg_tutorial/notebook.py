@@ -23,6 +23,7 @@ def setup_notebook(preset: str | None = None, **overrides) -> Config:
     """
     import os
 
+    check_numpy_is_current()
     config = get_config(preset or os.environ.get("MEMSEG_PRESET") or "quick", **overrides)
     seed_everything(config.seed)
     matplotlib.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "image.interpolation": "nearest"})
@@ -33,3 +34,22 @@ def setup_notebook(preset: str | None = None, **overrides) -> Config:
         f"device: {device}" + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else "")
     )
     return config
+
+
+def check_numpy_is_current() -> None:
+    """Stop with a clear message when the numpy in memory is not the one on disk.
+
+    On Colab the setup cell's install downgrades numpy (imgaug 0.4.0 needs numpy < 2) while the runtime
+    may already hold numpy 2 in memory; imgaug would then fail later with an obscure error.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("numpy")
+    except PackageNotFoundError:  # numpy not installed as a distribution (e.g. a source tree): nothing to compare
+        return
+    if installed != np.__version__:
+        raise RuntimeError(
+            f"numpy {np.__version__} is loaded but the install put numpy {installed} on disk: restart the runtime "
+            "(Colab: Runtime > Restart session) and run this cell again"
+        )

@@ -71,3 +71,17 @@ def test_stored_outputs_come_from_one_clean_run(path: Path):
         if "NBVAL_CHECK_OUTPUT" in _source(cell):
             assert cell["outputs"], "a checked cell must store the output nbval compares"
     assert path.stat().st_size < 3_000_000, "keep stored figures small"
+
+
+def test_setup_asks_for_a_restart_when_the_install_changed_numpy(monkeypatch):
+    import importlib.metadata
+
+    import numpy as np
+
+    from memseg_tutorial.notebook import setup_notebook
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.0.0" if name == "numpy" else "0")
+    with pytest.raises(RuntimeError, match=rf"numpy {np.__version__} is loaded but .* numpy 1.0.0 .* restart"):
+        setup_notebook("quick")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: np.__version__)
+    assert setup_notebook("quick").preset == "quick"
