@@ -106,18 +106,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"Checkpoint not found: {path}. Train first (python -m memseg_tutorial train ...) "
             f"or pass the checkpoint.pt of a run folder under runs/."
         )
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    try:  # weights_only: tensors and plain Python values only, so a file cannot run code when read
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"Cannot read checkpoint {path}: {type(error).__name__}: {error}. "
+            f"Cannot read checkpoint {path}: {type(error).__name__}: {_first_line(error)}. "
             f"The file may be truncated or not a checkpoint of this project."
         ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a memseg-tutorial checkpoint (no '{CHECKPOINT_FORMAT}' marker)."
         )
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} is a checkpoint of format version {checkpoint.get('version')!r}; this version of "
+            f"memseg_tutorial reads version {CHECKPOINT_VERSION}."
+        )
+    for key, kind in (("config", dict), ("model", dict), ("step", int)):
+        if not isinstance(checkpoint.get(key), kind):
+            raise ValueError(f"{path} is damaged: its '{key}' entry is missing or not of type {kind.__name__}.")
     return checkpoint
+
+
+def _first_line(error: Exception) -> str:
+    """torch's unpickling errors run to a page of advice; the first line says what failed."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
 
 
 def load_model(

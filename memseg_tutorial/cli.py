@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -75,10 +76,12 @@ def _config(args, default_preset: str, **overrides):
 def _dataset_root(args) -> tuple[Path, bool]:
     """(dataset root, is the offline sample)."""
     if args.data is not None:
+        from .data import is_sample_dataset
+
         root = Path(args.data).expanduser()
         if not root.is_dir():
             raise CommandError(f"Dataset folder not found: {root} (expected MVTec AD layout).")
-        return root, False
+        return root, is_sample_dataset(root)
     from .data import ensure_sample_dataset
 
     return ensure_sample_dataset(), True
@@ -113,10 +116,65 @@ def _check_run_name(name: str) -> str:
     return name
 
 
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A new run never mixes its files with an older run's: a used folder needs --overwrite."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CommandError(f"{run_dir} exists and is not a folder; choose another --name.")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise CommandError(
+                f"{run_dir} already holds a run: continue it with --resume {run_dir / 'checkpoint.pt'}, "
+                f"choose another --name, or pass --overwrite to replace it."
+            )
+        shutil.rmtree(run_dir)
+
+
+DEMO_FILES = frozenset({"checkpoint.pt", "history.json", "loss_curve.png", "metrics.json", "overlays.png"})
+
+
+def _check_demo_target(final_dir: Path) -> None:
+    """The demo replaces an earlier demo run of the same name, and nothing else."""
+    if not final_dir.exists():
+        return
+    if not final_dir.is_dir():
+        raise CommandError(f"{final_dir} exists and is not a folder; choose another --name.")
+    names = {path.name for path in final_dir.iterdir()}
+    try:
+        earlier_demo = "test_detection_rate" in json.loads((final_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        earlier_demo = False
+    if not (earlier_demo and names <= DEMO_FILES):
+        raise CommandError(
+            f"{final_dir} holds something other than an earlier demo run (the demo replaces only "
+            f"those); choose another --name or move the folder away."
+        )
+
+
+def _check_output_file(path: Path) -> Path:
+    """Fail before the work, not after it, when the result could not be written."""
+    if path.is_dir():
+        raise CommandError(f"--out {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CommandError(f"Cannot write {path}: {path.parent} is not a folder.")
+    return path
+
+
 def _write_json(data: dict, path: Path) -> None:
     from .checkpoint import atomic_write_text
 
-    atomic_write_text(json.dumps(data, indent=2, default=float) + "\n", path)
+    text = json.dumps(_nan_to_none(data), indent=2, default=float, allow_nan=False)
+    atomic_write_text(text + "\n", path)
+
+
+def _nan_to_none(value):
+    """A metric that is undefined (NaN) is written as JSON null: NaN is not valid JSON."""
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _save_figure(figure, path: Path) -> None:
@@ -157,7 +215,7 @@ def cmd_download(args) -> int:
     return 0
 
 
-def _train(args, config, run_dir: Path, resume: Path | None = None, progress: bool = True):
+def _train(args, config, run_dir: Path, resume: Path | None = None):
     """Train (or resume) into ``run_dir``; returns the trainer."""
     from .data import MVTecDataset
     from .training import Trainer
@@ -169,13 +227,13 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, progress: bo
     run_info = {"data_root": str(root), "category": args.category,
                 "textures": str(args.textures) if args.textures else None}
     if resume is not None:
-        trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=progress)
+        trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=not args.no_progress)
         print(f"resuming {resume} at step {trainer.step} of {trainer.config.steps}")
     else:
-        trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir, progress=progress,
-                          run_info=run_info)
+        trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir,
+                          progress=not args.no_progress, run_info=run_info)
     print(f"training: {trainer.config.summary()} | {len(train)} normal images of "
-          f"{args.category!r} ({kind}) | device {trainer.device}", flush=True)
+          f"{args.category!r} ({trainer.kind}) | device {trainer.device}", flush=True)
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -194,8 +252,16 @@ def cmd_train(args) -> int:
         from .checkpoint import checkpoint_file, load_checkpoint
         from .config import Config
 
-        if args.set:
-            raise CommandError("--set cannot change a run being resumed (it keeps its settings).")
+        given = [flag for flag, value in (
+            ("--set", args.set), ("--preset", args.preset), ("--steps", args.steps),
+            ("--image-size", args.image_size), ("--weights", args.weights), ("--device", args.device),
+            ("--kind", args.kind), ("--category", args.category), ("--name", args.name),
+            ("--overwrite", args.overwrite)) if value]
+        if given:
+            raise CommandError(
+                f"{', '.join(given)} cannot change a run being resumed (it keeps its settings, schedule "
+                f"and folder); start a new run with --name for other settings."
+            )
 
         resume = checkpoint_file(args.resume)
         checkpoint = load_checkpoint(resume)  # clear error when missing
@@ -203,18 +269,23 @@ def cmd_train(args) -> int:
         run = checkpoint.get("run", {})
         if args.data is None and run.get("data_root") and Path(run["data_root"]).is_dir():
             args.data = run["data_root"]  # the run's own data (the sample root is such a folder)
-        args.category = run.get("category", args.category)
+        args.category = run.get("category", config.category)
         args.textures = args.textures or run.get("textures")
         run_dir = resume.parent
     else:
         resume = None
         from .config import parse_overrides
 
+        overrides = parse_overrides(args.set)
+        if "preset" in overrides:
+            raise CommandError("Choose the preset with --preset, not --set preset=...")
         flags = dict(image_size=args.image_size, steps=args.steps, backbone_weights=args.weights,
                      device=args.device, category=args.category)  # a given flag beats --set
-        config = _config(args, "full", **{**parse_overrides(args.set),
-                                          **{k: v for k, v in flags.items() if v is not None}})
-        run_dir = runs_dir() / _check_run_name(args.name or f"{args.category}_{config.preset}")
+        config = _config(args, "full", **{**overrides, **{k: v for k, v in flags.items() if v is not None}})
+        args.category = config.category  # --category, else --set category=..., else the preset's
+        name = args.name if args.name is not None else f"{config.category}_{config.preset}"
+        run_dir = runs_dir() / _check_run_name(name)
+        _prepare_run_dir(run_dir, args.overwrite)
     trainer = _train(args, config, run_dir, resume)
     _write_json({"history": trainer.history}, run_dir / "history.json")
     _save_figure(plot_loss_curve(trainer.history), run_dir / "loss_curve.png")
@@ -245,6 +316,7 @@ def cmd_evaluate(args) -> int:
     from .checkpoint import checkpoint_file, load_model
     from .device import get_device
 
+    out = _check_output_file(Path(args.out).expanduser()) if args.out else None
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
     run = checkpoint.get("run", {})
     category = args.category or run.get("category") or config.category
@@ -260,8 +332,10 @@ def cmd_evaluate(args) -> int:
         _kind(args, True)  # unknown sample category -> clear error
     result = _evaluate_run(model, config, root, category)
     print(result.table())
-    out = Path(args.out) if args.out else checkpoint_file(args.checkpoint).parent / "metrics.json"
-    _write_json(_metrics_record(result, config, {"step": checkpoint["step"]}), out)
+    if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
+        out = checkpoint_file(args.checkpoint).parent / f"evaluation_{category}.json"
+    _write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
+                                                 "data_root": str(root)}), out)
     print(f"metrics written to {out}")
     return 0
 
@@ -282,6 +356,9 @@ def cmd_predict(args) -> int:
     from .inference import Predictor, resolve_images
 
     paths = resolve_images(args.inputs)  # errors before the model is loaded
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
     if args.normals is not None:
         thresholds = _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)
@@ -292,7 +369,6 @@ def cmd_predict(args) -> int:
     start = time.perf_counter()
     predictions = predictor.predict(paths)
     seconds = time.perf_counter() - start
-    out = Path(args.out).expanduser()
     predictor.save_overlays(predictions, out)
     for prediction in predictions:
         flag = "ANOMALOUS" if prediction.is_anomalous else "normal"
@@ -327,17 +403,19 @@ def cmd_demo(args) -> int:
     start = time.perf_counter()
     config = demo_config(args)
     name = _check_run_name(args.name)
+    final_dir = runs_dir() / name
+    _check_demo_target(final_dir)  # before the minutes of training, not after
     root = ensure_sample_dataset()
     normals = MVTecDataset(root, args.category, "train", image_size=config.image_size)
     train, holdout = split_holdout(normals, DEMO_HOLDOUT, config.seed)
     test = MVTecDataset(root, args.category, "test", image_size=config.image_size)
     textures = _texture_source(None, config.image_size)
-    final_dir = runs_dir() / name
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final_dir.parent))
     try:
+        # No run_dir: the demo is all-or-nothing, so no checkpoints along the way (one write at the end).
         trainer = Trainer(config, train, textures, kind=SAMPLE_CATEGORIES[args.category],
-                          run_dir=staging, progress=not args.no_progress,
+                          progress=not args.no_progress,
                           run_info={"data_root": str(root), "category": args.category})
         print(f"demo: {config.summary()} | {len(train)} normal training images of "
               f"{args.category!r} (+{len(holdout)} held out for the threshold) | "
@@ -351,7 +429,7 @@ def cmd_demo(args) -> int:
         predictor = Predictor(trainer.model, config, trainer.device)
         thresholds = _calibrate(predictor, holdout.image_paths)
         trainer.run_info["thresholds"] = dataclasses.asdict(thresholds)
-        trainer.save()  # the thresholds travel with the checkpoint (used by predict)
+        trainer.save(staging / "checkpoint.pt")  # the thresholds travel with it (used by predict)
         flagged = result.scores > thresholds.image
         record = _metrics_record(result, config, {
             "steps": trainer.step,
@@ -369,6 +447,7 @@ def cmd_demo(args) -> int:
         _save_figure(plot_loss_curve(trainer.history), staging / "loss_curve.png")
         _save_figure(plot_test_overlays(result), staging / "overlays.png")
         os.chmod(staging, default_mode(directory=True))
+        _check_demo_target(final_dir)  # still only an earlier demo run (checked again: minutes passed)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(staging, final_dir)
@@ -403,7 +482,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="ROOT",
                         help="dataset root in MVTec AD layout (default: the offline sample dataset)")
-    parser.add_argument("--category", default="surface",
+    parser.add_argument("--category", default=None,
                         help="category folder inside the root (sample: surface or object; default surface)")
 
 
@@ -453,7 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="encoder weights: imagenet, none or a .pth path (default: preset)")
     train.add_argument("--name", default=None, help="run folder name (default <category>_<preset>)")
     train.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                       help="continue a checkpoint (its settings are used)")
+                       help="continue a checkpoint (its settings, schedule and folder are kept)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing run folder of the same name (deleted first)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any Config field, as a Python literal (repeatable), e.g. --set lr=0.01 "
                             "--set per_image_standardization=True")
@@ -467,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="checkpoint.pt (or its run folder)")
     evaluate.add_argument("--data", default=None, metavar="ROOT", help="dataset root (default: the run's)")
     evaluate.add_argument("--category", default=None, help="category (default: the run's)")
-    evaluate.add_argument("--out", default=None, help="metrics JSON (default: metrics.json beside the checkpoint)")
+    evaluate.add_argument("--out", default=None,
+                          help="metrics JSON (default: evaluation_<category>.json beside the checkpoint)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -532,4 +615,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MEMSEG_DEBUG"):
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a case no check foresaw: still one line, the type says where to look
+        if os.environ.get("MEMSEG_DEBUG"):
+            raise
+        print(f"error: {type(error).__name__}: {_one_line(error)} (MEMSEG_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return 1

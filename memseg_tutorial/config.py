@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -80,12 +81,17 @@ class Config:
     deterministic: bool = False  # fixed-order GPU kernels: bit-exact repeats and resumes, slower
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone_weights, os.PathLike):  # a pathlib.Path is as good as its string
+            self.backbone_weights = os.fspath(self.backbone_weights)
+
     @property
     def batch_size(self) -> int:
         return self.batch_normal + self.batch_synthetic
 
     def validate(self) -> Config:
         """Fail early, with a message that says what to change."""
+        self._check_types()
         if self.preset not in PRESETS:
             raise ValueError(f"Unknown preset {self.preset!r}: expected one of {PRESETS}.")
         if self.image_size <= 0 or self.image_size % 32:
@@ -96,28 +102,44 @@ class Config:
         lo, hi = self.perlin_scale_range
         if not 0 <= lo < hi:
             raise ValueError(f"perlin_scale_range must satisfy 0 <= min < max, got {(lo, hi)}.")
+        if self.perlin_rotation_range[0] > self.perlin_rotation_range[1]:
+            raise ValueError(f"perlin_rotation_range must satisfy min <= max, got {self.perlin_rotation_range}.")
         d_lo, d_hi = self.transparency_range
         if not 0.0 <= d_lo <= d_hi <= 1.0:
             raise ValueError(f"transparency_range must lie in [0, 1], got {(d_lo, d_hi)}.")
-        if not 0.0 <= self.texture_probability <= 1.0:
-            raise ValueError(f"texture_probability must lie in [0, 1], got {self.texture_probability}.")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}.")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}.")
-        if self.score_mode not in ("topk_mean", "max"):
-            raise ValueError(f"score_mode must be 'topk_mean' or 'max', got {self.score_mode!r}.")
-        if self.amp_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {self.amp_dtype!r}.")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
-        if self.map_smoothing_sigma < 0:
-            raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}.")
-        if self.memory_map_weight < 0:
-            raise ValueError(f"memory_map_weight must be >= 0, got {self.memory_map_weight}.")
-        if self.memory_size < 1 or self.steps < 1 or self.batch_normal < 1:
-            raise ValueError("memory_size, steps and batch_normal must be at least 1.")
+        if min(self.structure_grid) < 1:
+            raise ValueError(f"structure_grid needs at least 1 row and 1 column, got {self.structure_grid}.")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
+        for name, (ok, rule) in _RANGES.items():
+            if not ok(getattr(self, name)):
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}.")
+        if self.l1_weight + self.focal_weight <= 0:
+            raise ValueError("l1_weight and focal_weight cannot both be 0: there would be no loss to train on.")
         return self
+
+    def _check_types(self) -> None:
+        """Each field must have the type of its default (``--set lr='abc'`` fails here, by name)."""
+        for item in dataclasses.fields(self):
+            default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+            value = getattr(self, item.name)
+            if isinstance(default, bool):
+                ok, expected = isinstance(value, bool), "True or False"
+            elif isinstance(default, (int, float)):
+                integer = isinstance(default, int)
+                ok, expected = _is_number(value, integer), "an integer" if integer else "a finite number"
+            elif isinstance(default, tuple):
+                integer = all(isinstance(v, int) for v in default)
+                ok = (isinstance(value, tuple) and len(value) == len(default)
+                      and all(_is_number(v, integer) for v in value))
+                expected = f"a tuple of {len(default)} {'integers' if integer else 'numbers'}"
+            else:
+                ok, expected = isinstance(value, type(default)), f"a {type(default).__name__}"
+            if not ok:
+                raise ValueError(
+                    f"{item.name} must be {expected}, got {value!r} ({type(value).__name__})."
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +160,51 @@ class Config:
             f"batch={self.batch_normal}+{self.batch_synthetic} steps={self.steps} "
             f"memory={self.memory_size} weights={self.backbone_weights} device={self.device}"
         )
+
+
+def _is_number(value: object, integer: bool) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass, but True is no image size
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("cosine", "constant"),
+    "score_mode": ("topk_mean", "max"),
+    "amp_dtype": ("float16", "bfloat16"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+# field: (test, the rule in words). Ranges that would otherwise fail late (in evaluation) or never.
+_RANGES: dict[str, tuple] = {
+    "steps": (lambda v: v >= 1, "at least 1"),
+    "memory_size": (lambda v: v >= 1, "at least 1"),
+    "batch_normal": (lambda v: v >= 1, "at least 1"),
+    "batch_synthetic": (lambda v: v >= 1, "at least 1 (the decoder learns from simulated anomalies)"),
+    "lr": (lambda v: v > 0, "positive"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "l1_weight": (lambda v: v >= 0, ">= 0"),
+    "focal_weight": (lambda v: v >= 0, ">= 0"),
+    "focal_gamma": (lambda v: v >= 0, ">= 0"),
+    "texture_probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "perlin_threshold": (lambda v: -1 <= v < 1, "in [-1, 1) (Perlin noise lies in about [-1, 1])"),
+    "structure_augmenters": (lambda v: 0 <= v <= 10, "between 0 and 10 (the SPEC's 10 augmenters)"),
+    "foreground_kernel": (lambda v: v >= 1, "at least 1"),
+    "max_mask_tries": (lambda v: v >= 1, "at least 1"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "memory_refresh_every": (lambda v: v >= 0, ">= 0 (0: build the bank once)"),
+    "score_top_k": (lambda v: v >= 1, "at least 1"),
+    "aupro_fpr_limit": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "map_smoothing_sigma": (lambda v: v >= 0, ">= 0"),
+    "memory_map_weight": (lambda v: v >= 0, ">= 0"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+}
 
 
 # The paper's numbers: 256x256, batch 8 = 4 + 4, N = 30, 2700 iterations, lr 0.04.

@@ -17,6 +17,7 @@ on it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,14 +44,18 @@ def _as_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def _require_both_classes(labels: np.ndarray, what: str) -> None:
+class MissingClassError(ValueError):
+    """A ranking metric is undefined: the data holds no normal or no anomalous images/pixels."""
+
+
+def _require_both_classes(labels: np.ndarray, what: str, unit: str) -> None:
     positives = int(labels.sum())
     if positives == 0 or positives == labels.size:
         found = "only anomalous" if positives else "only normal"
-        raise ValueError(
-            f"{what} needs both normal and anomalous {('pixels' if 'pixel' in what else 'samples')}, "
-            f"but found {found} ones ({labels.size} in total). Evaluate on a split that holds "
-            f"normal images and defective images with non-empty masks."
+        raise MissingClassError(
+            f"{what} needs both normal and anomalous {unit}, but found {found} ones "
+            f"({labels.size} in total). Evaluate on a split that holds normal images and "
+            f"defective images with non-empty masks."
         )
 
 
@@ -100,7 +105,7 @@ def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
     scores = _as_numpy(scores).astype(np.float64).ravel()
     if labels.shape != scores.shape:
         raise ValueError(f"Got {labels.size} labels but {scores.size} scores.")
-    _require_both_classes(labels, "Image AUROC")
+    _require_both_classes(labels, "Image AUROC", "images")
     return float(roc_auc_score(labels, scores))
 
 
@@ -108,7 +113,7 @@ def pixel_auroc(masks, maps) -> float:
     """ROC AUC over every pixel of every image: maps (N, H, W) against masks (N, H, W)."""
     maps, masks = _maps_and_masks(maps, masks)
     targets = masks.ravel()
-    _require_both_classes(targets, "Pixel AUROC")
+    _require_both_classes(targets, "Pixel AUROC", "pixels")
     return float(roc_auc_score(targets, maps.ravel()))
 
 
@@ -140,7 +145,7 @@ def pro_curve(masks, maps, fpr_limit: float | None = None) -> ProCurve:
         num_regions += count
     num_normal = int((~masks).sum())
     if num_normal == 0 or num_regions == 0:
-        raise ValueError(
+        raise MissingClassError(
             "AUPRO needs normal pixels and at least one defect region, but found "
             f"{num_normal} normal pixels and {num_regions} regions. Evaluate on a split that "
             "holds defective images with non-empty masks."
@@ -216,21 +221,39 @@ class EvaluationResult:
         return format_results_table(self.per_defect, self.metrics)
 
 
+def _nan_if_undefined(metric, *args) -> float:
+    """The metric, or NaN where the data lacks a class (e.g. a defect type whose masks are all
+    empty has no anomalous pixels), so that one such row does not cost the whole table."""
+    try:
+        return metric(*args)
+    except MissingClassError:
+        return math.nan
+
+
 def compute_metrics(
-    labels, scores, masks, maps, fpr_limit: float = 0.3
+    labels, scores, masks, maps, fpr_limit: float = 0.3, undefined_as_nan: bool = False
 ) -> dict[str, float]:
-    """The three numbers of the SPEC for one set of images."""
+    """The three numbers of the SPEC for one set of images.
+
+    A metric the data cannot define (no normal or no anomalous images/pixels) raises a
+    :class:`MissingClassError`, or is NaN with ``undefined_as_nan``.
+    """
+    call = _nan_if_undefined if undefined_as_nan else (lambda metric, *args: metric(*args))
     return {
-        "image_auroc": image_auroc(labels, scores),
-        "pixel_auroc": pixel_auroc(masks, maps),
-        "aupro": aupro(masks, maps, fpr_limit),
+        "image_auroc": call(image_auroc, labels, scores),
+        "pixel_auroc": call(pixel_auroc, masks, maps),
+        "aupro": call(aupro, masks, maps, fpr_limit),
     }
 
 
 def per_defect_metrics(
     labels, scores, masks, maps, defects: Sequence[str], fpr_limit: float = 0.3
 ) -> dict[str, dict[str, float]]:
-    """Each defect type against ALL normal test images (the normals are shared by every row)."""
+    """Each defect type against ALL normal test images (the normals are shared by every row).
+
+    A metric one row cannot define is NaN there (a type whose masks are all empty: no pixel
+    metrics), rather than an error that would cost every other row.
+    """
     labels = _as_numpy(labels).astype(int)
     scores = _as_numpy(scores)
     maps = _as_numpy(maps)
@@ -241,13 +264,20 @@ def per_defect_metrics(
     for defect in sorted({d for d, y in zip(defects, labels, strict=True) if y == 1}):
         chosen = normal | np.array([d == defect for d in defects])
         table[defect] = compute_metrics(
-            labels[chosen], scores[chosen], masks[chosen], maps[chosen], fpr_limit
+            labels[chosen], scores[chosen], masks[chosen], maps[chosen], fpr_limit,
+            undefined_as_nan=True,
         )
         table[defect]["count"] = int((~normal & chosen).sum())
     return table
 
 
+def _cell(value: float, width: int) -> str:
+    """A metric right-aligned to ``width``: three decimals, or n/a where it is undefined (NaN)."""
+    return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
+
+
 def format_results_table(per_defect: dict, overall: dict | None = None) -> str:
+    """One row per defect type, then "all"; n/a marks a metric the row's data cannot define."""
     header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{'AUPRO@0.3':>11}"
     lines = [header, "-" * len(header)]
     rows = list(per_defect.items())
@@ -256,9 +286,22 @@ def format_results_table(per_defect: dict, overall: dict | None = None) -> str:
     for name, m in rows:
         count = m.get("count", "")
         lines.append(
-            f"{name:<14}{count!s:>7}{m['image_auroc']:>13.3f}{m['pixel_auroc']:>13.3f}{m['aupro']:>11.3f}"
+            f"{name:<14}{count!s:>7}{_cell(m['image_auroc'], 13)}{_cell(m['pixel_auroc'], 13)}"
+            f"{_cell(m['aupro'], 11)}"
         )
     return "\n".join(lines)
+
+
+def _batch_maps_and_scores(
+    model: torch.nn.Module, images: torch.Tensor, config: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps (B, S, S) and image scores (B,) of one batch, as numpy."""
+    from .model import image_scores
+
+    batch_maps = model.anomaly_map(images).float()  # (B, S, S)
+    top_k = min(config.score_top_k, batch_maps.shape[-1] * batch_maps.shape[-2])
+    scores = image_scores(batch_maps, top_k=top_k, mode=config.score_mode)
+    return batch_maps.cpu().numpy(), scores.cpu().numpy()
 
 
 @torch.no_grad()
@@ -275,12 +318,12 @@ def predict_dataset(
 
     With ``return_masks`` the ground-truth masks (N, S, S) come back too, read in the same pass.
     ``device=None`` runs where the model is (a model trained on a GPU is evaluated there).
+    Always in eval mode; the model's train/eval mode is restored afterwards.
     """
     from .device import model_device
-    from .model import image_scores
+    from .inference import eval_mode
 
     device = model_device(model) if device is None else torch.device(device)
-    model.eval()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=config.num_workers
     )
@@ -289,14 +332,14 @@ def predict_dataset(
 
         loader = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     maps, scores, masks = [], [], []
-    for batch in loader:
-        images = batch["image"].to(device)
-        batch_maps = model.anomaly_map(images).float()  # (B, S, S)
-        maps.append(batch_maps.cpu().numpy())
-        top_k = min(config.score_top_k, batch_maps.shape[-1] * batch_maps.shape[-2])
-        scores.append(image_scores(batch_maps, top_k=top_k, mode=config.score_mode).cpu().numpy())
-        if return_masks:
-            masks.append(batch["mask"][:, 0].numpy())  # (B, S, S)
+    with eval_mode(model):
+        for batch in loader:
+            images = batch["image"].to(device)
+            batch_maps, batch_scores = _batch_maps_and_scores(model, images, config)
+            maps.append(batch_maps)
+            scores.append(batch_scores)
+            if return_masks:
+                masks.append(batch["mask"][:, 0].numpy())  # (B, S, S)
     maps, scores = np.concatenate(maps), np.concatenate(scores)
     if return_masks:
         return maps, scores, np.concatenate(masks)
@@ -316,18 +359,23 @@ def evaluate(
     The anomaly map covers the whole input (no centre crop), so border defects count.
     ``device=None`` runs where the model is; a device given moves the images, not the model.
     ``images_per_second`` times the model and data loading, not the metrics.
+    Image AUROC needs normal and defective images (checked before the model runs); pixel
+    metrics that a defect type cannot define (its masks are all empty) are NaN in its row, and
+    NaN overall only when no defect image has a mask.
     """
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty.")
+    labels = np.asarray(dataset.labels, dtype=int)
+    _require_both_classes(labels, "Image AUROC", "images")
     start = time.perf_counter()
     maps, scores, masks = predict_dataset(
         model, dataset, config, device, batch_size, progress, return_masks=True
     )
     seconds = time.perf_counter() - start
-    labels = np.asarray(dataset.labels, dtype=int)
     defects = list(dataset.defects)
     masks = binarize_masks(masks, size=maps.shape[1:])
-    metrics = compute_metrics(labels, scores, masks, maps, config.aupro_fpr_limit)
+    metrics = compute_metrics(labels, scores, masks, maps, config.aupro_fpr_limit,
+                              undefined_as_nan=True)
     table = per_defect_metrics(labels, scores, masks, maps, defects, config.aupro_fpr_limit)
     return EvaluationResult(
         maps=maps,

@@ -9,13 +9,16 @@ and tuning on the test set would make the reported numbers optimistic.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +27,46 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data.images import list_images, read_image_rgb, resize_image, to_tensor
-from .device import model_device
+from .data.images import (
+    IMAGE_EXTENSIONS,
+    list_images,
+    read_image_rgb,
+    resize_image,
+    to_tensor,
+    to_uint8,
+)
+from .device import get_device, model_device
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
+SCORES_CSV_HEADER = ("file", "score", "anomalous", "image_threshold", "pixel_threshold")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in eval mode for the block, then back in the caller's mode.
+
+    Scoring in train mode would normalise by each batch's statistics (other scores) and update the
+    BatchNorm running statistics for good. ``model.train(was_training)`` restores the mode through
+    the model's own ``train``, which keeps MemSeg's frozen layers in eval.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def checked_device(device: torch.device | str | None) -> torch.device:
+    """None/"auto", "cpu", "cuda" or "cuda:1" -> a device, through ``get_device`` so that CUDA
+    without a GPU gives its clear message rather than torch's driver error at the first copy."""
+    if device is None or device == "auto":
+        return get_device("auto")
+    device = torch.device(device)
+    if device.type == "cuda":
+        get_device("cuda")  # raises when no GPU is visible
+    return device
 
 
 def expected_false_alarm_rate(count: int, percentile: float) -> float:
@@ -69,10 +107,7 @@ def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> l
         if item.is_dir():
             found = list_images(item)
             if not found:
-                raise ValueError(
-                    f"Image folder {item} is empty: no .png/.jpg/.bmp/.tif files in it "
-                    f"(sub-folders are not searched)."
-                )
+                raise ValueError(_no_images_message(item))
             paths.extend(found)
         elif item.is_file():
             paths.append(item)
@@ -81,6 +116,87 @@ def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     if not paths:
         raise ValueError("No input images were given.")
     return paths
+
+
+def _no_images_message(folder: Path) -> str:
+    """Why a folder gave no images: empty, or only files of other types (or hidden ones)."""
+    what = "holds no images" if any(folder.iterdir()) else "is empty"
+    return (
+        f"Image folder {folder} {what}: no {', '.join(IMAGE_EXTENSIONS)} files in it "
+        f"(sub-folders are not searched)."
+    )
+
+
+def as_rgb_uint8(array: np.ndarray, name: str = "image array") -> np.ndarray:
+    """A caller's array -> uint8 RGB (H, W, 3), the form the file reader gives; clear errors.
+
+    Grey (H, W) or (H, W, 1) is expanded and RGBA loses its alpha, as when reading a file; uint16
+    is scaled as a 16-bit file is (``to_uint8``). Other dtypes are refused rather than guessed: a
+    float image may hold 0-1 or 0-255 values, and an int64 one 0-255 or 0-65535, and a wrong
+    guess would silently give other scores.
+    """
+    if not isinstance(array, np.ndarray):
+        raise TypeError(
+            f"{name} is a {type(array).__name__}: give numpy arrays or paths, not a mix."
+        )
+    if array.dtype not in (np.uint8, np.uint16):
+        hint = "(a * 255).round().astype(np.uint8) for 0-1 values, a.astype(np.uint8) for 0-255"
+        raise ValueError(f"{name} has dtype {array.dtype}; Predictor.predict takes uint8 (0-255) "
+                         f"or uint16 (0-65535) arrays: convert it first, e.g. {hint}.")
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if array.ndim not in (2, 3) or channels not in (1, 3, 4):
+        raise ValueError(f"{name} has shape {array.shape}; expected (H, W, 3) RGB, (H, W) grey "
+                         f"or (H, W, 4) RGBA.")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}).")
+    array = to_uint8(array)
+    if channels == 1:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(array, cv2.COLOR_RGBA2RGB) if channels == 4 else array
+
+
+def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray]]:
+    """(paths, uint8 RGB images) of a folder, image files, or arrays (whose paths are None)."""
+    if isinstance(inputs, np.ndarray) or (
+        isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], np.ndarray)
+    ):
+        given = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+        arrays = [as_rgb_uint8(array, f"image array {i}") for i, array in enumerate(given)]
+        return [None] * len(arrays), arrays
+    paths = resolve_images(inputs)
+    return list(paths), [read_image_rgb(p) for p in paths]
+
+
+def _require_finite(names: Sequence[str], maps: Sequence[np.ndarray], scores: np.ndarray) -> None:
+    """Refuse NaN/inf maps: ``score > threshold`` is False for NaN, so they would pass as normal."""
+    bad = [name for name, anomaly_map, score in zip(names, maps, scores, strict=True)
+           if not (np.isfinite(score) and np.isfinite(anomaly_map).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"Non-finite score for {bad[0]}{more}: the checkpoint's model produces non-finite "
+            f"anomaly maps (NaN or inf), probably from a diverged training run: lower the "
+            f"learning rate (--set lr=...) and train again."
+        )
+
+
+def _overlay_name(stem: str, index: int, used: set[str]) -> str:
+    """``{stem}_overlay.png``, else numbered from ``index`` up until no other file has the name.
+
+    ``used`` holds case-folded names, so two names never land on one file of a case-blind disk.
+    """
+    name, number = f"{stem}_overlay.png", index
+    while name.casefold() in used:
+        name, number = f"{stem}_{number:04d}_overlay.png", number + 1
+    used.add(name.casefold())
+    return name
+
+
+def _csv_text(rows: Iterable[Sequence]) -> str:
+    """Rows -> CSV text; file names with commas, quotes or newlines are quoted."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
 
 
 class Predictor:
@@ -101,8 +217,9 @@ class Predictor:
         batch_size: int = 8,
     ) -> None:
         # None: predict where the model already is (as ``evaluate`` does), never a silent move.
-        self.device = model_device(model) if device is None else torch.device(device)
-        self.model = model.to(self.device).eval()
+        # The caller's train/eval mode is left alone: scoring switches to eval only meanwhile.
+        self.device = model_device(model) if device is None else checked_device(device)
+        self.model = model.to(self.device)
         self.config = config
         self.thresholds = thresholds or Thresholds()
         self.batch_size = batch_size
@@ -112,9 +229,8 @@ class Predictor:
         cls, path: str | os.PathLike, device: torch.device | str | None = None
     ) -> Predictor:
         from .checkpoint import load_model
-        from .device import get_device
 
-        device = torch.device(device) if device is not None else get_device("auto")
+        device = checked_device(device)
         model, config, checkpoint = load_model(path, device)
         saved = checkpoint.get("run", {}).get("thresholds")
         thresholds = Thresholds(**saved) if saved else None
@@ -126,36 +242,46 @@ class Predictor:
 
     @torch.no_grad()
     def maps_and_scores(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        """uint8 (H_i, W_i, 3) images -> maps at each image's size, and image scores (N,)."""
+        """uint8 (H_i, W_i, 3) images -> maps at each image's size, and image scores (N,).
+
+        Always in eval mode (the caller's mode is restored), so the scores do not depend on it.
+        """
+        maps, scores = [], []
+        with eval_mode(self.model):
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                chunk_maps, chunk_scores = self._chunk_maps_and_scores(chunk)
+                maps.extend(chunk_maps)
+                scores.append(chunk_scores)
+        return maps, np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def _chunk_maps_and_scores(
+        self, chunk: Sequence[np.ndarray]
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """One batch of :meth:`maps_and_scores` (the model already in eval mode)."""
         from .model import image_scores
 
-        maps, scores = [], []
         size = self.image_size
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            batch = torch.stack([to_tensor(resize_image(im, size)) for im in chunk])  # (b, 3, S, S)
-            small = self.model.anomaly_map(batch.to(self.device)).float()  # (b, S, S)
-            top_k = min(self.config.score_top_k, size * size)
-            scores.append(image_scores(small, top_k, self.config.score_mode).cpu().numpy())
-            for image, small_map in zip(chunk, small.cpu().numpy(), strict=True):
-                height, width = image.shape[:2]
-                full = cv2.resize(small_map, (width, height), interpolation=cv2.INTER_LINEAR)
-                maps.append(np.clip(full, 0.0, 1.0).astype(np.float32))  # (H, W)
-        return maps, np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        batch = torch.stack([to_tensor(resize_image(im, size)) for im in chunk])  # (b, 3, S, S)
+        small = self.model.anomaly_map(batch.to(self.device)).float()  # (b, S, S)
+        top_k = min(self.config.score_top_k, size * size)
+        scores = image_scores(small, top_k, self.config.score_mode).cpu().numpy()
+        maps = []
+        for image, small_map in zip(chunk, small.cpu().numpy(), strict=True):
+            height, width = image.shape[:2]
+            full = cv2.resize(small_map, (width, height), interpolation=cv2.INTER_LINEAR)
+            maps.append(np.clip(full, 0.0, 1.0).astype(np.float32))  # (H, W)
+        return maps, scores
 
     def predict(
         self, inputs: str | os.PathLike | Iterable[str | os.PathLike] | Sequence[np.ndarray]
     ) -> list[Prediction]:
-        """Predict a folder, image files, or uint8 RGB arrays (any size)."""
-        if isinstance(inputs, np.ndarray) or (
-            isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], np.ndarray)
-        ):
-            arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
-            paths: list[Path | None] = [None] * len(arrays)
-        else:
-            paths = resolve_images(inputs)
-            arrays = [read_image_rgb(p) for p in paths]
+        """Predict a folder, image files, or uint8 RGB arrays (any size; grey and RGBA are
+        converted). Raises a ValueError naming the image when the model gives NaN or inf."""
+        paths, arrays = _read_inputs(inputs)
         maps, scores = self.maps_and_scores(arrays)
+        names = [str(p) if p is not None else f"image array {i}" for i, p in enumerate(paths)]
+        _require_finite(names, maps, scores)
         return [
             Prediction(
                 path=str(path) if path is not None else None,
@@ -210,14 +336,15 @@ class Predictor:
         """Images per second of ``anomaly_map`` on random inputs at the model size."""
         batch_size = batch_size or self.batch_size
         x = torch.randn(batch_size, 3, self.image_size, self.image_size, device=self.device)
-        self.model.anomaly_map(x)  # warm-up
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            self.model.anomaly_map(x)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        with eval_mode(self.model):
+            self.model.anomaly_map(x)  # warm-up
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                self.model.anomaly_map(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
         return repeats * batch_size / (time.perf_counter() - start)
 
     def save_overlays(
@@ -232,23 +359,19 @@ class Predictor:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
         try:
-            names, rows = [], ["file,score,anomalous,image_threshold,pixel_threshold"]
+            names, rows = [], [SCORES_CSV_HEADER]
             used: set[str] = set()
             for index, prediction in enumerate(predictions):
                 stem = Path(prediction.path).stem if prediction.path else f"image_{index:04d}"
-                name = f"{stem}_overlay.png"
-                if name in used:
-                    name = f"{stem}_{index:04d}_overlay.png"
-                used.add(name)
+                name = _overlay_name(stem, index, used)
                 panel = overlay_panel(prediction)
                 if not cv2.imwrite(str(staging / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
                     raise OSError(f"Could not write {out_dir / name}.")
                 names.append(name)
-                rows.append(
-                    f"{prediction.path or name},{prediction.score:.6f},{int(prediction.is_anomalous)},"
-                    f"{self.thresholds.image:.6f},{self.thresholds.pixel:.6f}"
-                )
-            (staging / "scores.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+                rows.append((prediction.path or name, f"{prediction.score:.6f}",
+                             int(prediction.is_anomalous), f"{self.thresholds.image:.6f}",
+                             f"{self.thresholds.pixel:.6f}"))
+            (staging / "scores.csv").write_text(_csv_text(rows), encoding="utf-8", newline="")
             names.append("scores.csv")
             for name in names:
                 os.replace(staging / name, out_dir / name)

@@ -44,6 +44,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # ---------------------------------------------------------------------------------------------
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: more steps cannot repair the weights."""
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -344,6 +348,13 @@ class Trainer:
         with _autocast(self.device, self.config):
             logits = self.model(images)  # (B, 2, S, S)
         total, parts = self.criterion(logits.float(), masks)
+        loss = float(total.detach())  # the one sync per step; checked before the optimiser step
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"The loss became {loss} at step {self.step + 1} (learning rate {lr:g}): training "
+                f"diverged. Lower the learning rate (--set lr=...) and start again, or resume the last "
+                f"checkpoint, which was saved before this step."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -356,7 +367,7 @@ class Trainer:
         self.step += 1
         record = {
             "step": self.step,
-            "loss": float(total.detach()),
+            "loss": loss,
             "l1": float(parts["l1"]),
             "focal": float(parts["focal"]),
             "lr": float(lr),

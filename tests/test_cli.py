@@ -159,10 +159,80 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys):
 
 def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):
     run_folder = checkpoint.parent
+    (run_folder / "metrics.json").write_text('{"test_detection_rate": 1.0}')  # as a demo run has
     code, out, err = run(["evaluate", str(run_folder), "--data", str(sample_root)], capsys)
     assert code == 0, err
-    assert (run_folder / "metrics.json").is_file()
-    assert f"metrics written to {run_folder / 'metrics.json'}" in out
+    written = run_folder / "evaluation_surface.json"
+    assert f"metrics written to {written}" in out
+    record = json.loads(written.read_text())
+    assert record["category"] == "surface" and record["data_root"] == str(sample_root)
+    assert json.loads((run_folder / "metrics.json").read_text()) == {"test_detection_rate": 1.0}
+
+
+def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tmp_path, capsys):
+    (tmp_path / "a_folder").mkdir()
+    code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "a_folder")], capsys)
+    assert_one_line_error(code, err, "is a folder")
+    (tmp_path / "a_file").write_text("x")
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((40, 60, 3), 128, np.uint8))
+    code, _, err = run(["predict", str(checkpoint), str(image), "--out", str(tmp_path / "a_file")], capsys)
+    assert_one_line_error(code, err, "is a file")
+
+
+def _train_argv(sample_root, *extra):
+    return ["train", "--preset", "quick", "--data", str(sample_root), "--steps", "1", "--image-size", "64",
+            "--set", "memory_size=2", "--no-progress", *extra]
+
+
+def test_train_never_mixes_two_runs_in_one_folder(sample_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
+    assert code == 0, err
+    (tmp_path / "r" / "my_notes.txt").write_text("keep me")
+    code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
+    assert_one_line_error(code, err, "already holds a run", "--resume", "--overwrite")
+    assert (tmp_path / "r" / "my_notes.txt").exists()
+    code, _, err = run(_train_argv(sample_root, "--name", "r", "--overwrite"), capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoint.pt", "history.json",
+                                                                   "loss_curve.png"]
+    (tmp_path / "f").write_text("a file")
+    code, _, err = run(_train_argv(sample_root, "--name", "f"), capsys)
+    assert_one_line_error(code, err, "not a folder")
+    code, _, err = run(_train_argv(sample_root, "--name", ""), capsys)
+    assert_one_line_error(code, err, "run name")
+
+
+def test_set_category_reaches_the_run_and_the_sample_is_recognised_through_data(
+    sample_root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    code, out, err = run(_train_argv(sample_root, "--set", "category='object'", "--name", "o"), capsys)
+    assert code == 0, err
+    checkpoint = load_checkpoint(tmp_path / "o")
+    assert checkpoint["config"]["category"] == "object" and checkpoint["run"]["category"] == "object"
+    assert "of 'object' (object)" in out
+    code, out, err = run(_train_argv(sample_root, "--name", "s"), capsys)
+    assert code == 0, err
+    assert "of 'surface' (texture)" in out  # the sample's surface is a texture, also via --data
+    code, _, err = run(_train_argv(sample_root, "--set", "preset='full'"), capsys)
+    assert_one_line_error(code, err, "--preset")
+
+
+def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
+    for flags in (["--steps", "9"], ["--image-size", "128"], ["--name", "other"], ["--category", "object"]):
+        code, _, err = run(["train", "--resume", str(checkpoint), *flags], capsys)
+        assert_one_line_error(code, err, flags[0], "cannot change a run being resumed")
+
+
+def test_an_unforeseen_error_is_still_one_line(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("config")
+
+    monkeypatch.setattr(cli, "cmd_download", broken)
+    code, _, err = run(["download", "sample"], capsys)
+    assert_one_line_error(code, err, "KeyError", "MEMSEG_DEBUG")
 
 
 def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
@@ -180,9 +250,31 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     assert cv2.imread(str(tmp_path / "d" / "overlays.png")) is not None
 
 
+def test_demo_replaces_an_earlier_demo_run_and_nothing_else(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    earlier = tmp_path / "d"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text('{"test_detection_rate": 0.5}')
+    (earlier / "my_notes.txt").write_text("keep me")
+    code, _, err = run(["demo", "--steps", "1", "--no-progress", "--name", "d"], capsys)
+    assert_one_line_error(code, err, "something other than an earlier demo run")
+    assert (earlier / "my_notes.txt").exists()
+    (earlier / "my_notes.txt").unlink()
+    code, _, err = run(["demo", "--preset", "quick", "--steps", "1", "--no-progress", "--name", "d"], capsys)
+    assert code == 0, err
+    assert json.loads((earlier / "metrics.json").read_text())["steps"] == 1
+
+
 def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):
     monkeypatch.delenv("MEMSEG_PRESET", raising=False)
     parse = cli.build_parser().parse_args
     assert cli.demo_config(parse(["demo"])).steps == cli.DEMO_STEPS
     assert cli.demo_config(parse(["demo", "--steps", "7"])).steps == 7
     assert cli.demo_config(parse(["demo", "--preset", "full"])).steps == get_config("full").steps
+
+
+def test_undefined_metrics_are_written_as_json_null(tmp_path):
+    cli._write_json({"aupro": float("nan"), "per_defect": {"ghost": [np.float64("nan"), 0.5]},
+                     "rate": np.float32(0.25)}, tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {
+        "aupro": None, "per_defect": {"ghost": [None, 0.5]}, "rate": 0.25}

@@ -85,3 +85,37 @@ def test_model_device_follows_the_weights():
     # "meta" stands in for a GPU here: any device but the CPU shows the weights are read.
     assert model_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
     assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no weights: the CPU
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", "abc", r"lr must be a finite number, got 'abc' \(str\)"),
+    ("image_size", "128", r"image_size must be an integer, got '128' \(str\)"),
+    ("steps", 1.5, r"steps must be an integer, got 1.5"),
+    ("image_size", True, r"image_size must be an integer, got True \(bool\)"),
+    ("grey_sources", 1, r"grey_sources must be True or False"),
+    ("structure_grid", (4,), r"structure_grid must be a tuple of 2 integers"),
+    ("transparency_range", (0.1, "x"), r"transparency_range must be a tuple of 2 numbers"),
+    ("lr", float("nan"), r"lr must be a finite number"),
+    ("lr", None, r"lr must be a finite number, got None"),
+])
+def test_a_value_of_the_wrong_type_is_named(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("quick", **{key: value})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("score_top_k", 0), ("batch_synthetic", 0), ("lr", -1.0), ("lr", 0), ("warmup_fraction", 2.0),
+    ("aupro_fpr_limit", 0.0), ("perlin_threshold", 5.0), ("seed", -1), ("structure_grid", (0, 0)),
+    ("structure_augmenters", 11), ("momentum", 1.0), ("checkpoint_every", -1),
+])
+def test_a_value_out_of_range_fails_when_the_config_is_built(key, value):
+    with pytest.raises(ValueError, match=rf"^{key} "):
+        get_config("quick", **{key: value})
+
+
+def test_edge_values_that_mean_something_are_accepted(tmp_path):
+    config = get_config("quick", checkpoint_every=0, memory_refresh_every=0, structure_augmenters=0,
+                        warmup_fraction=0.0, lr=1, backbone_weights=tmp_path / "w.pth")
+    assert config.lr == 1 and config.backbone_weights == str(tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="cannot both be 0"):
+        get_config("quick", l1_weight=0.0, focal_weight=0.0)

@@ -17,7 +17,7 @@ from memseg_tutorial.data import (
     list_categories,
     write_mtd_split,
 )
-from memseg_tutorial.data.images import IMAGENET_MEAN, IMAGENET_STD
+from memseg_tutorial.data.images import IMAGENET_MEAN, IMAGENET_STD, read_image_rgb
 from memseg_tutorial.data.mtd import MTD_CLASSES, tile_groups
 from memseg_tutorial.paths import shared_data_dir
 
@@ -130,6 +130,50 @@ def test_non_image_files_are_skipped(tmp_path):
     train = MVTecDataset(root, "toy", "train", image_size=16)
     assert len(train) == 3
     assert all(train[i]["image"].shape == (3, 16, 16) for i in range(len(train)))
+
+
+# --------------------------------------------------------------------------------------------
+# read_image_rgb: absolute brightness and orientation
+# --------------------------------------------------------------------------------------------
+def test_16_bit_images_keep_their_absolute_brightness(tmp_path):
+    """Scaled by the dtype's range (x / 257), never stretched to the image's own min and max."""
+    constant = _write(tmp_path / "constant.png", np.full((8, 8), 128 * 257, np.uint16))
+    assert np.all(read_image_rgb(constant) == 128)  # a min-max stretch turned this black
+    values = np.array([[0, 128, 129, 257, 32896, 65535]], np.uint16)
+    assert read_image_rgb(_write(tmp_path / "ramp.png", values))[0, :, 0].tolist() == [0, 0, 1, 1, 128, 255]
+    colour = np.zeros((4, 4, 3), np.uint16)
+    colour[..., 0], colour[..., 2] = 10 * 257, 200 * 257  # dim red, bright blue (RGB)
+    assert read_image_rgb(_write(tmp_path / "rgb16.png", colour))[0, 0].tolist() == [10, 0, 200]
+    rgba = np.dstack([colour, np.full((4, 4), 65535, np.uint16)])
+    cv2.imwrite(str(tmp_path / "rgba16.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    assert read_image_rgb(tmp_path / "rgba16.png")[0, 0].tolist() == [10, 0, 200]
+
+
+def test_float_images_in_unit_range_are_scaled_and_others_clipped(tmp_path):
+    unit = np.array([[0.0, 0.25, 0.5, 1.0]], np.float32)
+    assert read_image_rgb(_write(tmp_path / "unit.tiff", unit))[0, :, 1].tolist() == [0, 64, 128, 255]
+    wide = np.array([[-20.0, 0.0, 2.0, 100.4, 300.0]], np.float32)
+    assert read_image_rgb(_write(tmp_path / "wide.tiff", wide))[0, :, 1].tolist() == [0, 0, 2, 100, 255]
+    unit_rgb = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    cv2.imwrite(str(tmp_path / "lossy.tiff"), unit_rgb)  # SGILOG: [0, 1] reads back a little outside
+    read = read_image_rgb(tmp_path / "lossy.tiff").astype(int)
+    assert np.abs(read - np.rint(unit_rgb[..., ::-1] * 255)).max() <= 6
+
+
+def test_exif_orientation_is_applied_and_alpha_still_read(tmp_path):
+    pil_image = pytest.importorskip("PIL.Image")
+    pixels = np.zeros((40, 100, 3), np.uint8)
+    pixels[:, :10] = 255  # a white band on the left
+    photo = pil_image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    photo.save(tmp_path / "exif6.jpg", exif=exif, quality=95)
+    upright = read_image_rgb(tmp_path / "exif6.jpg")
+    assert upright.shape == (100, 40, 3)
+    assert upright[:10].mean() > 200 and upright[-50:].mean() < 50  # the band is now on top
+    rgba = np.dstack([pixels, np.full((40, 100), 7, np.uint8)])
+    pil_image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert np.array_equal(read_image_rgb(tmp_path / "rgba.png"), pixels)
 
 
 # --------------------------------------------------------------------------------------------

@@ -239,8 +239,84 @@ def test_zip_escaping_member_is_rejected(tmp_path):
 def test_not_an_archive(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    with pytest.raises(ValueError, match="neither a tar nor a zip"):
+    with pytest.raises(DownloadError, match=r"neither a tar nor a zip.*[Dd]elete") as caught:
         safe_extract(path, tmp_path / "out")
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    assert path.is_file() and not (tmp_path / "out").exists()
+
+
+def _corrupt_zip(path: Path) -> Path:
+    """A stored zip whose member bytes were changed after writing: its CRC no longer matches."""
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("top/a.txt", b"A" * 1000)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"A" * 10, b"B" * 10, 1))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tar.xz", "tar.gz", "tar.bz2", "zip"])
+def test_truncated_or_corrupt_archive_is_a_download_error(tmp_path, kind):
+    """Truncated or corrupt archives (EOFError, LZMAError, BadZipFile...) give one line, no traceback."""
+    if kind == "zip":
+        archive = _corrupt_zip(tmp_path / "bad.zip")
+    else:
+        full = _make_tar(tmp_path / f"full.{kind}", _toy_category(np.random.default_rng(0)),
+                         mode="w:" + kind.split(".")[1])
+        archive = tmp_path / f"bad.{kind}"
+        archive.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(DownloadError, match="[Dd]elete that file and download it again") as caught:
+        safe_extract(archive, tmp_path / "out")
+    assert str(archive) in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def _save_by_hand(data: bytes, name: str) -> Path:
+    """A file the user saved into the downloads folder, as the manual instructions say."""
+    placed = download_module.downloads_dir() / name
+    placed.parent.mkdir(parents=True, exist_ok=True)
+    placed.write_bytes(data)
+    return placed
+
+
+def _offline_mvtec(monkeypatch):
+    def offline(*args, **kwargs):
+        raise AssertionError("must use the file that is already there")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(download_module, "mvtec_category_info", lambda category: DownloadInfo(
+        f"MVTec AD {category}", "https://example.invalid/x.tar.xz", None, f"{category}.tar.xz"))
+
+
+def test_truncated_mvtec_archive_saved_by_hand(tmp_path, monkeypatch):
+    _offline_mvtec(monkeypatch)
+    full = _make_tar(tmp_path / "full.tar.xz", _toy_category(np.random.default_rng(0)), mode="w:xz")
+    placed = _save_by_hand(full.read_bytes()[: full.stat().st_size // 2], "toy.tar.xz")
+    root = tmp_path / "mv"
+    with pytest.raises(DownloadError, match="[Dd]elete that file") as caught:
+        download_mvtec("toy", root)
+    assert str(placed) in str(caught.value)
+    assert placed.is_file() and not root.exists()
+
+
+def test_wrong_archive_saved_by_hand_is_kept_and_nothing_reaches_the_root(tmp_path, monkeypatch):
+    _offline_mvtec(monkeypatch)
+    wrong = _make_tar(tmp_path / "wrong.tar.xz", {"foo/bar.txt": b"?"}, mode="w:xz")
+    placed = _save_by_hand(wrong.read_bytes(), "toy.tar.xz")
+    root = tmp_path / "mv"
+    with pytest.raises(DownloadError, match=r"toy/train/good(.|\n)*[Dd]elete") as caught:
+        download_mvtec("toy", root)
+    assert str(placed) in str(caught.value)
+    assert placed.read_bytes() == wrong.read_bytes()  # kept until a check passes
+    assert not root.exists()  # foo/ was not extracted into the dataset root
+
+
+def test_garbage_saved_by_hand_says_to_delete_it(tmp_path, monkeypatch):
+    _offline_mvtec(monkeypatch)
+    placed = _save_by_hand(b"<html>Access denied</html>", "toy.tar.xz")
+    with pytest.raises(DownloadError, match=r"neither a tar nor a zip.*[Dd]elete that file") as caught:
+        download_mvtec("toy", tmp_path / "mv")
+    assert str(placed) in str(caught.value) and placed.is_file()
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,3 +374,14 @@ def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
     monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", {**counts, "MT_Free": 6})
     with pytest.raises(DownloadError, match="MT_Free: 5 images, expected 6"):
         download_module.check_mtd_folder(root)
+
+
+def test_mtd_archive_with_wrong_content_is_kept_and_root_not_created(tmp_path, monkeypatch):
+    path = tmp_path / "mtd.zip"
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("Magnetic-tile-defect-datasets.-master/README.md", b"no images here")
+    monkeypatch.setattr(download_module, "MTD", _info(path, sha256=None, name="mtd.zip"))
+    with pytest.raises(DownloadError, match=r"MT_Free: 0 images(.|\n)*[Dd]elete"):
+        download_module.download_mtd(keep_archive=False)
+    assert (tmp_path / "data" / "downloads" / "mtd.zip").is_file()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]

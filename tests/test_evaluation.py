@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
+from memseg_tutorial import get_config
 from memseg_tutorial.evaluation import (
     area_up_to,
     aupro,
     binarize_masks,
     compute_metrics,
+    evaluate,
     format_results_table,
     image_auroc,
     per_defect_metrics,
     pixel_auroc,
+    predict_dataset,
     pro_curve,
 )
 
@@ -159,3 +163,77 @@ def test_per_defect_rows_use_all_normals():
     overall = compute_metrics(labels, scores, masks, maps)
     text = format_results_table(table, overall)
     assert "all" in text and "AUPRO@0.3" in text
+
+
+def test_missing_class_messages_name_the_right_unit():
+    with pytest.raises(ValueError, match="normal and anomalous pixels, but found only normal"):
+        pixel_auroc(np.zeros((2, 4, 4)), np.random.rand(2, 4, 4))
+    with pytest.raises(ValueError, match="normal and anomalous images, but found only anomalous"):
+        image_auroc([1, 1], [0.1, 0.2])
+
+
+class _BatchNormMaps(torch.nn.Module):
+    """A tiny model whose map depends on BatchNorm: batch statistics in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.norm(x).mean(dim=1))  # (B, H, W)
+
+
+class _TinyTestSet(torch.utils.data.Dataset):
+    """3 normals, 2 "dent" images with a bright square in image and mask, and 2 "ghost" images
+    labelled defective whose masks are all empty (the MVTecDataset contract, 8 x 8)."""
+
+    def __init__(self) -> None:
+        self.defects = ["good"] * 3 + ["dent"] * 2 + ["ghost"] * 2
+        self.labels = [int(d != "good") for d in self.defects]
+        self.image_paths = [f"{d}/{i}.png" for i, d in enumerate(self.defects)]
+        rng = np.random.default_rng(0)
+        self.images = torch.from_numpy(rng.normal(0, 0.1, (7, 3, 8, 8)).astype(np.float32))
+        self.masks = torch.zeros(7, 1, 8, 8)
+        self.masks[3:5, :, 2:5, 2:5] = 1
+        self.images[3:5, :, 2:5, 2:5] += 2.0
+        self.images[5:, :, 0:2, 0:2] += 1.0  # the ghosts look defective, without a mask
+
+    def __len__(self) -> int:
+        return len(self.defects)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "mask": self.masks[index]}
+
+
+def _tiny_config():
+    return get_config("quick", image_size=64, score_top_k=4, num_workers=0)
+
+
+def test_predict_dataset_scores_in_eval_mode_and_restores_the_mode():
+    model, dataset, config = _BatchNormMaps(), _TinyTestSet(), _tiny_config()
+    in_eval, _ = predict_dataset(model.eval(), dataset, config)
+    model.train()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    maps, _ = predict_dataset(model, dataset, config)
+    np.testing.assert_allclose(maps, in_eval)
+    assert model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_a_defect_type_with_empty_masks_gets_nan_pixel_metrics():
+    result = evaluate(_BatchNormMaps(), _TinyTestSet(), _tiny_config())
+    ghost, dent = result.per_defect["ghost"], result.per_defect["dent"]
+    assert np.isnan(ghost["pixel_auroc"]) and np.isnan(ghost["aupro"])
+    assert ghost["image_auroc"] == pytest.approx(1.0) and ghost["count"] == 2
+    assert dent["pixel_auroc"] == pytest.approx(1.0) and dent["aupro"] == pytest.approx(1.0)
+    assert all(np.isfinite(value) for value in result.metrics.values())  # overall: dent's masks
+    ghost_row = next(line for line in result.table().splitlines() if line.startswith("ghost"))
+    assert ghost_row.split()[-2:] == ["n/a", "n/a"]
+
+
+def test_evaluation_needs_normal_and_defective_images():
+    dataset = _TinyTestSet()
+    dataset.labels = [1] * len(dataset)
+    with pytest.raises(ValueError, match="Image AUROC needs both normal and anomalous images"):
+        evaluate(_BatchNormMaps(), dataset, _tiny_config())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 
 import cv2
@@ -11,8 +12,13 @@ import torch
 
 from memseg_tutorial import get_config
 from memseg_tutorial.data import MVTecDataset
-from memseg_tutorial.data.images import read_image_rgb, resize_image, to_tensor
-from memseg_tutorial.inference import Predictor, expected_false_alarm_rate, resolve_images
+from memseg_tutorial.data.images import IMAGE_EXTENSIONS, read_image_rgb, resize_image, to_tensor
+from memseg_tutorial.inference import (
+    Prediction,
+    Predictor,
+    expected_false_alarm_rate,
+    resolve_images,
+)
 from memseg_tutorial.model import image_scores
 from memseg_tutorial.training import Trainer
 
@@ -59,7 +65,7 @@ def test_predictor_runs_where_the_model_is_unless_told():
     on_meta = Predictor(torch.nn.Linear(2, 2, device="meta"), config)
     assert on_meta.device == torch.device("meta")
     assert next(on_meta.model.parameters()).device == torch.device("meta")
-    assert not on_meta.model.training
+    assert on_meta.model.training  # the caller's mode: predict switches to eval only to score
     assert Predictor(torch.nn.Linear(2, 2), config).device == torch.device("cpu")
     moved = Predictor(torch.nn.Linear(2, 2), config, device="meta")  # told: it moves
     assert moved.device == torch.device("meta")
@@ -135,10 +141,6 @@ def test_failed_overlay_write_leaves_nothing(checkpoint, odd_images, tmp_path, m
 
 
 def test_bad_inputs_say_what_is_wrong(checkpoint, tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match="empty"):
-        resolve_images(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         resolve_images(tmp_path / "missing.png")
     with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
@@ -150,3 +152,119 @@ def test_bad_inputs_say_what_is_wrong(checkpoint, tmp_path):
 
 def test_speed_is_positive(checkpoint):
     assert Predictor.from_checkpoint(checkpoint, "cpu").speed(repeats=1, batch_size=2) > 0
+
+
+def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in model.state_dict().items()}
+
+
+def test_predict_scores_in_eval_mode_whatever_the_models_mode(checkpoint, odd_images):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    paths = resolve_images(odd_images)
+    in_eval = [p.score for p in predictor.predict(paths)]
+    predictor.model.train()
+    before = _state_copy(predictor.model)
+    in_train = [p.score for p in predictor.predict(paths)]
+    assert in_train == pytest.approx(in_eval, abs=1e-6)  # not batch statistics
+    for name, value in predictor.model.state_dict().items():
+        assert torch.equal(value, before[name]), name  # BN running statistics untouched
+    assert predictor.model.training  # the caller's mode comes back...
+    assert not predictor.model.encoder.layer1.training  # ...with the frozen layers still in eval
+    predictor.model.eval()
+    assert [p.score for p in predictor.predict(paths)] == pytest.approx(in_eval, abs=1e-6)
+
+
+class _NaNMaps(torch.nn.Module):
+    """Stands in for a diverged checkpoint: every anomaly map is NaN."""
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], *x.shape[-2:]), float("nan"))
+
+
+def test_non_finite_scores_are_an_error_not_normal(odd_images):
+    predictor = Predictor(_NaNMaps(), get_config("quick", image_size=64), "cpu")
+    message = r"tall\.jpg.*non-finite.*diverged.*lower the learning rate"
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(odd_images)
+    with pytest.raises(ValueError, match=r"image array 0: .*non-finite"):
+        predictor.predict(np.zeros((8, 8, 3), np.uint8))
+
+
+def _predictions(paths: list[str]) -> list[Prediction]:
+    image = np.zeros((6, 5, 3), np.uint8)
+    return [Prediction(path, image, np.zeros((6, 5), np.float32), 0.25, False,
+                       np.zeros((6, 5), bool)) for path in paths]
+
+
+def test_overlay_names_never_collide(tmp_path):
+    predictor = Predictor(torch.nn.Linear(2, 2), get_config("quick"))
+    # the fallback for the third (c/000.png, index 2) is the first one's own name
+    paths = ["a/000_0002.png", "b/000.png", "c/000.png", "d/Case.png", "e/case.png"]
+    written = predictor.save_overlays(_predictions(paths), tmp_path / "out")
+    names = [p.name for p in written]
+    assert len({n.casefold() for n in names}) == 6  # distinct even on a case-blind disk
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)
+    with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    assert [row[0] for row in rows[1:]] == paths
+
+
+def test_scores_csv_quotes_odd_file_names(tmp_path):
+    predictor = Predictor(torch.nn.Linear(2, 2), get_config("quick"))
+    paths = ["x,1.png", 'say "hi".png', "two\nlines.png"]
+    predictor.save_overlays(_predictions(paths), tmp_path)
+    with open(tmp_path / "scores.csv", newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["file", "score", "anomalous", "image_threshold", "pixel_threshold"]
+    assert rows[1:] == [[path, "0.250000", "0", "0.500000", "0.500000"] for path in paths]
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.full((8, 8, 3), 0.5, np.float32), r"float32.*uint8.*\* 255"),
+        (np.zeros((8, 8, 3), np.int64), r"int64.*uint8.*astype\(np\.uint8\)"),
+        (np.zeros((8, 8), bool), r"bool.*uint8"),
+        (np.zeros((0, 0, 3), np.uint8), "empty"),
+        (np.zeros((8, 8, 5), np.uint8), r"shape \(8, 8, 5\)"),
+        (np.zeros((2, 8, 8, 3), np.uint8), r"shape \(2, 8, 8, 3\)"),
+    ],
+)
+def test_bad_arrays_say_what_is_accepted(array, message):
+    predictor = Predictor(_NaNMaps(), get_config("quick", image_size=64), "cpu")
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(array)
+    with pytest.raises(ValueError, match=r"image array 1 "):
+        predictor.predict([np.zeros((8, 8, 3), np.uint8), array])
+
+
+def test_grey_rgba_and_16_bit_arrays_score_as_rgb(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    grey = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full_like(grey[..., None], 7)], axis=2)
+    expected = predictor.predict(rgb)[0]
+    sixteen_bit = rgb.astype(np.uint16) * 257  # 255 -> 65535, read as a 16-bit file would be
+    for array in (grey, grey[..., None], rgba, sixteen_bit):
+        prediction = predictor.predict(array)[0]
+        np.testing.assert_array_equal(prediction.image, rgb)
+        assert prediction.score == pytest.approx(expected.score)
+
+
+def test_folder_without_images_lists_the_accepted_extensions(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="holds no images") as error:
+        resolve_images(tmp_path / "notes")
+    assert all(extension in str(error.value) for extension in IMAGE_EXTENSIONS)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is empty"):
+        resolve_images(tmp_path / "empty")
+
+
+def test_cuda_without_a_gpu_gives_the_get_device_message(checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        Predictor.from_checkpoint(checkpoint, "cuda")
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        Predictor(torch.nn.Linear(2, 2), get_config("quick"), device="cuda:0")

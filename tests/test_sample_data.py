@@ -148,6 +148,31 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
+@pytest.mark.parametrize("user_file", ["surface/train/good/MY_REAL_PHOTO.jpg", "object/notes.txt",
+                                       "surface/test/good/000.png/keep.txt"])
+def test_user_files_in_sample_named_folders_are_never_deleted(tmp_path, user_file):
+    """Folder names alone ("surface", "object") do not make a folder a replaceable sample."""
+    root = tmp_path / "mydata"
+    (root / user_file).parent.mkdir(parents=True)
+    (root / user_file).write_text("precious")
+    with pytest.raises(FileExistsError) as caught:
+        generate_sample_dataset(root)
+    message = str(caught.value)
+    assert "\n" not in message and str(root) in message and "move that folder away" in message
+    assert (root / user_file).read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["mydata"]  # no staging leftovers either
+
+
+def test_an_older_sample_with_its_marker_is_replaced(tmp_path):
+    root = tmp_path / "sample"
+    (root / "surface").mkdir(parents=True)
+    (root / "surface" / "from_an_older_version.png").write_bytes(b"old")
+    (root / ".complete").write_text(json.dumps({"version": sample_module._VERSION - 1, "seed": 0}))
+    ensure_sample_dataset(root)
+    assert not (root / "surface" / "from_an_older_version.png").exists()
+    assert sample_module._is_complete(root, seed=0)
+
+
 def test_data_dir_environment_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("MEMSEG_DATA_DIR", str(tmp_path / "elsewhere"))
     assert default_sample_root() == tmp_path / "elsewhere" / "memseg_sample"

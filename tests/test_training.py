@@ -251,3 +251,61 @@ def test_cuda_autocast_dtype_follows_the_config():
     assert cuda_autocast_dtype(tiny_config()) == torch.float16
     assert cuda_autocast_dtype(tiny_config(amp=False)) is None
     assert cuda_autocast_dtype(tiny_config(amp_dtype="bfloat16")) == torch.bfloat16
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling it would create ``marker`` (a stand-in for any command)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path):
+    from memseg_tutorial.checkpoint import CHECKPOINT_FORMAT
+
+    marker = tmp_path / "code_ran"
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": _RunsCodeWhenUnpickled(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="Cannot read checkpoint .*evil.pt: UnpicklingError"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("config"), "'config' entry is missing"),
+    (lambda c: c.pop("model"), "'model' entry is missing"),
+    (lambda c: c.update(step="3"), "'step' entry is missing or not of type int"),
+    (lambda c: c.update(version=2), "format version 2"),
+])
+def test_a_damaged_checkpoint_is_named(tmp_path, change, message):
+    from memseg_tutorial.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": 3,
+                  "config": tiny_config().to_dict(), "model": {"w": torch.zeros(1)}}
+    change(checkpoint)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_a_non_finite_loss_stops_training_before_it_reaches_the_weights(train_set, texture_source, tmp_path):
+    from memseg_tutorial.training import TrainingDiverged
+
+    trainer = make_trainer(tiny_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    real_criterion = trainer.criterion
+
+    def nan_from_step_2(logits, masks):
+        total, parts = real_criterion(logits, masks)
+        return (total * float("nan") if trainer.step == 1 else total), parts
+
+    trainer.criterion = nan_from_step_2
+    trainer.fit(steps=1)
+    after_one_step = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2 .*Lower the learning rate"):
+        trainer.fit()
+    assert trainer.step == 1 and len(trainer.history) == 1
+    for name, value in trainer.model.named_parameters():  # no optimiser step with a NaN gradient
+        assert torch.equal(value, after_one_step[name]), name
+    assert load_checkpoint(tmp_path)["step"] == 1  # the last good checkpoint stays

@@ -37,6 +37,7 @@ from .sample import (
     default_sample_root,
     ensure_sample_dataset,
     generate_sample_dataset,
+    is_sample_dataset,
 )
 from .textures import TextureSource
 
@@ -69,6 +70,7 @@ __all__ = [
     "denormalize",
     "ensure_sample_dataset",
     "generate_sample_dataset",
+    "is_sample_dataset",
     "is_image_file",
     "list_categories",
     "list_images",

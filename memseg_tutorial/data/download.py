@@ -6,18 +6,24 @@ where to put it: the functions verify and use a file that is already there.
 
 URLs and SHA-256 sums are the ones published by the dataset owners and used by anomalib
 (MVTec AD, DTD). Per-category MVTec archives and the MTD GitHub archive have no published
-checksum: they are checked by their content (folders and image counts) after extraction.
+checksum: they are checked by their content (folders and image counts) after extraction into a
+staging folder, before anything reaches the dataset root and before the archive is deleted.
+A truncated, corrupt or wrong archive raises :class:`DownloadError` saying to delete that file.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +32,11 @@ from tqdm.auto import tqdm
 from ..paths import data_dir
 
 CHUNK_SIZE = 1 << 20
+# What reading a truncated or corrupt archive raises (tarfile.TarError includes ReadError).
+_CORRUPT_ARCHIVE_ERRORS = (EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error,
+                           gzip.BadGzipFile)
+# Python >= 3.11.4: what the "data" extraction filter raises (a TarError, but not corruption).
+_TAR_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
 
 
 @dataclass(frozen=True)
@@ -228,34 +239,53 @@ def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
             )
 
 
-def safe_extract(archive: str | Path, destination: str | Path) -> Path:
+def _bad_archive(archive: Path, problem: str) -> DownloadError:
+    return DownloadError(f"Cannot extract {archive}: {problem}. Delete that file and download it again.")
+
+
+def _unpack(archive: Path, staging: Path) -> None:
+    """Check every member of a tar (any compression) or zip, then unpack it into ``staging``."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zipped:
+            for name in zipped.namelist():
+                _check_member_path(name, archive)
+            staging.mkdir()
+            zipped.extractall(staging)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive, "r:*") as tar:
+            _check_tar_members(tar, archive)
+            staging.mkdir()
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
+                tar.extractall(staging, filter="data")
+            else:
+                tar.extractall(staging)  # noqa: S202 (members checked above)
+    else:
+        raise _bad_archive(archive, "it is neither a tar nor a zip archive, or it is truncated")
+
+
+def safe_extract(archive: str | Path, destination: str | Path,
+                 check: Callable[[Path], None] | None = None) -> Path:
     """Extract a tar (any compression) or zip archive into ``destination``, safely and atomically.
 
     Every member is checked before anything is written. The archive is unpacked into a hidden
-    staging folder beside ``destination``; each top-level entry is then renamed into place, so an
-    interrupted extraction never leaves a half-filled dataset folder behind.
+    staging folder beside ``destination``; ``check`` (which raises to reject) inspects that
+    folder, and only then is each top-level entry renamed into place. So an interrupted
+    extraction, or an archive with the wrong content, never leaves files in ``destination``.
+    A truncated or corrupt archive raises :class:`DownloadError` naming the file to delete.
     """
     archive, destination = Path(archive), Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f".{destination.name}.extract-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zipped:
-                for name in zipped.namelist():
-                    _check_member_path(name, archive)
-                staging.mkdir()
-                zipped.extractall(staging)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive, "r:*") as tar:
-                _check_tar_members(tar, archive)
-                staging.mkdir()
-                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
-                    tar.extractall(staging, filter="data")
-                else:
-                    tar.extractall(staging)  # noqa: S202 (members checked above)
-        else:
-            raise ValueError(f"{archive} is neither a tar nor a zip archive.")
+        try:
+            _unpack(archive, staging)
+        except _TAR_FILTER_ERRORS as error:
+            raise UnsafeArchiveError(f"Refusing to extract {archive}: {error}.") from error
+        except _CORRUPT_ARCHIVE_ERRORS as error:
+            raise _bad_archive(archive, f"it is truncated or corrupt ({type(error).__name__}: {error})") from error
+        if check is not None:
+            check(staging)
         destination.mkdir(parents=True, exist_ok=True)
         for entry in sorted(staging.iterdir()):
             final = destination / entry.name
@@ -271,10 +301,25 @@ def safe_extract(archive: str | Path, destination: str | Path) -> Path:
 
 
 def download_and_extract(info: DownloadInfo, destination: str | Path, keep_archive: bool = False,
-                         progress: bool = True) -> Path:
-    """Download (or reuse) ``info``'s archive, verify it and extract it into ``destination``."""
+                         progress: bool = True,
+                         content_problem: Callable[[Path], str | None] | None = None) -> Path:
+    """Download (or reuse) ``info``'s archive, verify it and extract it into ``destination``.
+
+    ``content_problem`` looks at the extracted folder and says what is wrong with it (None: it
+    is fine). It runs before anything reaches ``destination``, and the archive is deleted only
+    after it passes: a wrong file saved by hand is reported, not half-used and lost.
+    """
     archive = download_file(info, progress=progress)
-    safe_extract(archive, destination)
+
+    def check(folder: Path) -> None:
+        problem = content_problem(folder) if content_problem is not None else None
+        if problem:
+            raise DownloadError(
+                f"{archive} is not the {info.name} archive that was expected: {problem}. "
+                "Delete that file and download it again.\n" + _manual_instructions(info, archive)
+            )
+
+    safe_extract(archive, destination, check=check)
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return Path(destination)
@@ -283,14 +328,13 @@ def download_and_extract(info: DownloadInfo, destination: str | Path, keep_archi
 # --------------------------------------------------------------------------------------------
 # The datasets
 # --------------------------------------------------------------------------------------------
-def _check_mvtec_category(root: Path, category: str, info: DownloadInfo) -> None:
-    train = root / category / "train" / "good"
-    if not (train.is_dir() and any(train.iterdir()) and (root / category / "test").is_dir()):
-        raise DownloadError(
-            f"{info.name} was extracted into {root} but {root / category} does not hold train/good and "
-            "test: the archive is not what was expected.\n"
-            + _manual_instructions(info, downloads_dir() / info.filename)
-        )
+def _mvtec_problem(folder: Path, categories: tuple[str, ...]) -> str | None:
+    """What keeps ``folder`` from being an MVTec AD root with ``categories`` (None: nothing)."""
+    for category in categories:
+        train = folder / category / "train" / "good"
+        if not (train.is_dir() and any(train.iterdir()) and (folder / category / "test").is_dir()):
+            return f"it holds no {category}/train/good with images and {category}/test"
+    return None
 
 
 def download_mvtec(category: str | None = None, root: str | Path | None = None,
@@ -305,10 +349,13 @@ def download_mvtec(category: str | None = None, root: str | Path | None = None,
     if all((root / c / "train" / "good").is_dir() for c in categories):
         return root
     info = MVTEC_AD if category is None else mvtec_category_info(category)
-    download_and_extract(info, root, keep_archive=keep_archive)
-    for name in categories:
-        _check_mvtec_category(root, name, info)
+    download_and_extract(info, root, keep_archive=keep_archive,
+                         content_problem=lambda folder: _mvtec_problem(folder, categories))
     return root
+
+
+def _dtd_problem(folder: Path) -> str | None:
+    return None if (folder / "dtd" / "images").is_dir() else "it holds no dtd/images folder"
 
 
 def download_dtd(root: str | Path | None = None, keep_archive: bool = False) -> Path:
@@ -316,18 +363,12 @@ def download_dtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     root = Path(root) if root is not None else data_dir()
     images = root / "dtd" / "images"
     if not images.is_dir():
-        download_and_extract(DTD, root, keep_archive=keep_archive)
-    if not images.is_dir():
-        raise DownloadError(
-            f"DTD was extracted into {root} but {images} is missing.\n"
-            + _manual_instructions(DTD, downloads_dir() / DTD.filename)
-        )
+        download_and_extract(DTD, root, keep_archive=keep_archive, content_problem=_dtd_problem)
     return images
 
 
-def check_mtd_folder(folder: str | Path) -> None:
-    """Verify a MTD folder by content: each MT_* class with its image count and one mask per image."""
-    folder = Path(folder)
+def _mtd_problems(folder: Path) -> list[str]:
+    """What is missing from a MTD folder: per MT_* class, image count and one mask per image."""
     problems = []
     for name, expected in MTD_IMAGE_COUNTS.items():
         images = sorted((folder / name / "Imgs").glob("*.jpg"))
@@ -336,8 +377,25 @@ def check_mtd_folder(folder: str | Path) -> None:
         missing = [p.name for p in images if not p.with_suffix(".png").is_file()]
         if missing:
             problems.append(f"{name}: {len(missing)} images without a .png mask (e.g. {missing[0]})")
+    return problems
+
+
+def check_mtd_folder(folder: str | Path) -> None:
+    """Verify a MTD folder by content: each MT_* class with its image count and one mask per image."""
+    folder = Path(folder)
+    problems = _mtd_problems(folder)
     if problems:
         raise DownloadError(f"{folder} is not a complete MTD copy: " + "; ".join(problems) + ".")
+
+
+def _mtd_source(folder: Path) -> Path:
+    """The MT_* classes' parent in an extracted MTD archive: its single top folder, or itself."""
+    tops = [p for p in folder.iterdir() if p.is_dir()]
+    return tops[0] if len(tops) == 1 and not (folder / "MT_Free").is_dir() else folder
+
+
+def _mtd_problem(folder: Path) -> str | None:
+    return "; ".join(_mtd_problems(_mtd_source(folder))) or None
 
 
 def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> Path:
@@ -352,10 +410,8 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     if not (root / "MT_Free").is_dir():
         staging = root.parent / f".{root.name}.download"
         shutil.rmtree(staging, ignore_errors=True)
-        download_and_extract(MTD, staging, keep_archive=keep_archive)
-        tops = [p for p in staging.iterdir() if p.is_dir()]
-        source = tops[0] if len(tops) == 1 and not (staging / "MT_Free").is_dir() else staging
-        check_mtd_folder(source)
+        download_and_extract(MTD, staging, keep_archive=keep_archive, content_problem=_mtd_problem)
+        source = _mtd_source(staging)
         if root.exists() and not any(root.iterdir()):
             root.rmdir()
         os.replace(source, root)

@@ -11,6 +11,7 @@ import torch
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FLOAT_UNIT_TOLERANCE = 0.05  # see to_uint8
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -29,29 +30,47 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 
 
 def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """An image as uint8 RGB (H, W, 3), grey images expanded to 3 channels.
+    """An image as uint8 RGB (H, W, 3), grey images expanded to 3 channels, alpha dropped.
 
-    Resized to ``size`` x ``size`` with area interpolation when given. Raises a ValueError that
-    names the file when it cannot be decoded or is empty.
+    Upright: a JPEG's EXIF orientation is applied, as photo viewers do. Other bit depths are
+    converted by a fixed rule (:func:`to_uint8`), never stretched to the image's own range:
+    anomaly detection depends on absolute brightness. Resized to ``size`` x ``size`` with area
+    interpolation when given. Raises a ValueError that names the file when it cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # Not IMREAD_UNCHANGED, which skips EXIF orientation. These flags keep 16-bit and float
+    # depths and give 1 or 3 channels (the decoder drops alpha).
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.size == 0:
         raise ValueError(f"Cannot read image {path}: the file is empty or not a valid image.")
-    if image.dtype != np.uint8:  # 16-bit PNG and the like
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
     if size is not None:
         image = resize_image(image, size)
     return np.ascontiguousarray(image)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Pixel values to uint8 by a fixed rule, so equal brightness reads equal in every image.
+
+    Integers are scaled by their dtype's range (uint16: x / 257, rounded; negatives become 0).
+    Floats in [0, 1] are scaled by 255; other floats are taken as 0-255 values and clipped
+    (NaN becomes 0). "In [0, 1]" allows :data:`FLOAT_UNIT_TOLERANCE`, because lossy float
+    encodings overshoot a little (OpenCV writes 3-channel float TIFF as SGILOG: 1.0 -> 1.012).
+    uint8 is returned as is.
+    """
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        values = np.maximum(image, 0).astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)
+    else:
+        values = np.nan_to_num(image.astype(np.float32), nan=0.0)
+        if values.min() >= -FLOAT_UNIT_TOLERANCE and values.max() <= 1.0 + FLOAT_UNIT_TOLERANCE:
+            values = values * 255.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -> np.ndarray:

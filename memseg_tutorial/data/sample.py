@@ -19,11 +19,12 @@ Everything comes from ``make_rng(seed, ...)``, so one seed gives byte-identical 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import shutil
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -307,48 +308,99 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"Could not write {path}.")
 
 
-def _write_category(folder: Path, category: str, category_index: int, seed: int, size: int) -> None:
-    train, test, truth = folder / "train" / "good", folder / "test", folder / "ground_truth"
-    train.mkdir(parents=True)
-    (test / "good").mkdir(parents=True)
+def _layout(category: str) -> Iterator[tuple[int, int, str | None, str, str | None]]:
+    """Every image of a category: (rng stream, index, defect or None, image path, mask path or None).
+
+    Paths are POSIX, relative to the category folder. The writer and the check that tells a
+    sample from a user's own folder both read this, so they cannot drift apart.
+    """
     for i in range(N_TRAIN):
-        image, _, _ = render_normal(category, make_rng(seed, category_index, 0, i), size)
-        _write_png(train / f"{i:03d}.png", image)
+        yield 0, i, None, f"train/good/{i:03d}.png", None
     for i in range(N_TEST_GOOD):
-        image, _, _ = render_normal(category, make_rng(seed, category_index, 1, i), size)
-        _write_png(test / "good" / f"{i:03d}.png", image)
+        yield 1, i, None, f"test/good/{i:03d}.png", None
     for d, defect in enumerate(SAMPLE_DEFECTS[category]):
-        (test / defect).mkdir()
-        (truth / defect).mkdir(parents=True)
         for i in range(N_PER_DEFECT):
-            rng = make_rng(seed, category_index, 2 + d, i)
-            _, defective, mask = make_defective(category, defect, rng, size)
-            _write_png(test / defect / f"{i:03d}.png", defective)
-            _write_png(truth / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+            yield 2 + d, i, defect, f"test/{defect}/{i:03d}.png", f"ground_truth/{defect}/{i:03d}_mask.png"
+
+
+def _write_category(folder: Path, category: str, category_index: int, seed: int, size: int) -> None:
+    for stream, i, defect, image_path, mask_path in _layout(category):
+        rng = make_rng(seed, category_index, stream, i)
+        if defect is None:
+            image, mask = render_normal(category, rng, size)[0], None
+        else:
+            _, image, mask = make_defective(category, defect, rng, size)
+        (folder / image_path).parent.mkdir(parents=True, exist_ok=True)
+        _write_png(folder / image_path, image)
+        if mask_path is not None:
+            (folder / mask_path).parent.mkdir(parents=True, exist_ok=True)
+            _write_png(folder / mask_path, mask.astype(np.uint8) * 255)
+
+
+def _read_marker(root: Path) -> dict | None:
+    """The content of ``root``'s completion marker, or None when it is absent or not ours."""
+    try:
+        info = json.loads((root / _MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "version" in info else None
 
 
 def _is_complete(root: Path, seed: int | None = None) -> bool:
-    marker = root / _MARKER
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("version") == _VERSION and (seed is None or info.get("seed") == seed)
+    info = _read_marker(root)
+    return info is not None and info.get("version") == _VERSION and (seed is None or info.get("seed") == seed)
+
+
+def is_sample_dataset(root: str | Path) -> bool:
+    """Whether ``root`` is a finished offline sample (``--data`` may point at one): its surface is a texture."""
+    return _read_marker(Path(root)) is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_paths() -> tuple[frozenset[str], frozenset[str]]:
+    """(files, folders) the generator writes, as POSIX paths relative to the root."""
+    files = {_MARKER}
+    for category in SAMPLE_CATEGORIES:
+        for *_, image_path, mask_path in _layout(category):
+            files |= {f"{category}/{path}" for path in (image_path, mask_path) if path is not None}
+    folders = {str(parent) for path in files for parent in PurePosixPath(path).parents if str(parent) != "."}
+    return frozenset(files), frozenset(folders)
+
+
+def _foreign_paths(root: Path) -> Iterator[str]:
+    """Paths under ``root`` that the generator never writes (links included), top-down."""
+    files, folders = _sample_paths()
+    for here, dirnames, filenames in os.walk(root):
+        base = PurePosixPath(Path(here).relative_to(root).as_posix())
+        for name in sorted(dirnames):
+            path = str(base / name)
+            if path not in folders or os.path.islink(os.path.join(here, name)):
+                yield path
+        dirnames[:] = sorted(name for name in dirnames if str(base / name) in folders)
+        for name in sorted(filenames):
+            path = str(base / name)
+            if path not in files or os.path.islink(os.path.join(here, name)):
+                yield path
 
 
 def _check_replaceable(root: Path) -> None:
-    """Raise unless ``root`` is absent or holds only a (possibly half-written) sample dataset."""
+    """Raise unless ``root`` is absent or holds only a sample dataset, old or half-written.
+
+    A folder is a sample when it carries the sample's marker, or when every file in it is one
+    the generator writes (an interrupted, older non-atomic run). Folder names alone prove
+    nothing: a user's own ``surface/`` dataset must never be deleted.
+    """
     if not root.exists():
         return
     if not root.is_dir():
         raise FileExistsError(f"{root} exists and is a file, not a sample dataset folder.")
-    unexpected = [p.name for p in root.iterdir() if p.name not in SAMPLE_CATEGORIES and p.name != _MARKER]
-    if unexpected:
+    if _read_marker(root) is not None:
+        return
+    foreign = list(itertools.islice(_foreign_paths(root), 3))
+    if foreign:
         raise FileExistsError(
-            f"{root} exists and is not a memseg sample dataset (it holds {unexpected[:5]}). "
-            "Pass another root or move that folder away."
+            f"{root} exists and is not a memseg sample dataset (it holds {foreign}, which the "
+            "sample does not write); nothing was deleted: pass another root or move that folder away."
         )
 
 
