@@ -367,13 +367,18 @@ def cmd_predict(args) -> int:
     else:
         print(f"thresholds: {predictor.thresholds.source} (use --normals to calibrate)")
     start = time.perf_counter()
-    predictions = predictor.predict(paths)
+    results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
+
+    def predictions():
+        for prediction in predictor.iter_predict(paths):
+            results.append((prediction.score, prediction.is_anomalous, prediction.path))
+            yield prediction
+
+    predictor.save_overlays(predictions(), out)
     seconds = time.perf_counter() - start
-    predictor.save_overlays(predictions, out)
-    for prediction in predictions:
-        flag = "ANOMALOUS" if prediction.is_anomalous else "normal"
-        print(f"{prediction.score:.4f}  {flag:<9}  {prediction.path}")
-    print(f"{len(predictions)} images in {seconds:.1f} s; overlays and scores.csv in {out}")
+    for score, anomalous, path in results:
+        print(f"{score:.4f}  {'ANOMALOUS' if anomalous else 'normal':<9}  {path}")
+    print(f"{len(results)} images in {seconds:.1f} s (with the overlays); overlays and scores.csv in {out}")
     return 0
 
 

@@ -155,16 +155,29 @@ def as_rgb_uint8(array: np.ndarray, name: str = "image array") -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_RGBA2RGB) if channels == 4 else array
 
 
-def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray]]:
-    """(paths, uint8 RGB images) of a folder, image files, or arrays (whose paths are None)."""
+def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray] | None]:
+    """(paths, uint8 RGB images) of arrays (whose paths are None), or (paths, None) for a folder
+    or image files: those are read one batch at a time, so that memory does not grow with them."""
     if isinstance(inputs, np.ndarray) or (
         isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], np.ndarray)
     ):
         given = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
         arrays = [as_rgb_uint8(array, f"image array {i}") for i, array in enumerate(given)]
         return [None] * len(arrays), arrays
-    paths = resolve_images(inputs)
-    return list(paths), [read_image_rgb(p) for p in paths]
+    return list(resolve_images(inputs)), None
+
+
+# Calibration keeps at most this many pixels of each normal map (all of a 256 x 256 map): the pixel
+# percentile of many large photos, without holding every full-size map in memory.
+CALIBRATION_PIXELS_PER_IMAGE = 1 << 16
+
+
+def _pixel_sample(anomaly_map: np.ndarray, limit: int = CALIBRATION_PIXELS_PER_IMAGE) -> np.ndarray:
+    """Every pixel of a small map; ``limit`` pixels drawn uniformly (fixed seed) from a large one."""
+    flat = anomaly_map.ravel()
+    if flat.size <= limit:
+        return flat.copy()
+    return flat[np.random.default_rng(0).integers(0, flat.size, limit)]
 
 
 def _require_finite(names: Sequence[str], maps: Sequence[np.ndarray], scores: np.ndarray) -> None:
@@ -278,21 +291,31 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict a folder, image files, or uint8 RGB arrays (any size; grey and RGBA are
         converted). Raises a ValueError naming the image when the model gives NaN or inf."""
+        return list(self.iter_predict(inputs))
+
+    def iter_predict(
+        self, inputs: str | os.PathLike | Iterable[str | os.PathLike] | Sequence[np.ndarray]
+    ) -> Iterator[Prediction]:
+        """:meth:`predict` one batch at a time: files are read as they are needed, so a folder of
+        thousands of photos needs the memory of one batch (the command line writes as it goes)."""
         paths, arrays = _read_inputs(inputs)
-        maps, scores = self.maps_and_scores(arrays)
-        names = [str(p) if p is not None else f"image array {i}" for i, p in enumerate(paths)]
-        _require_finite(names, maps, scores)
-        return [
-            Prediction(
-                path=str(path) if path is not None else None,
-                image=image,
-                anomaly_map=anomaly_map,
-                score=float(score),
-                is_anomalous=bool(score > self.thresholds.image),
-                defect_mask=anomaly_map > self.thresholds.pixel,
-            )
-            for path, image, anomaly_map, score in zip(paths, arrays, maps, scores, strict=True)
-        ]
+        for start in range(0, len(paths), self.batch_size):
+            chunk_paths = paths[start : start + self.batch_size]
+            images = (arrays[start : start + self.batch_size] if arrays is not None
+                      else [read_image_rgb(path) for path in chunk_paths])
+            maps, scores = self.maps_and_scores(images)
+            names = [str(p) if p is not None else f"image array {start + i}"
+                     for i, p in enumerate(chunk_paths)]
+            _require_finite(names, maps, scores)
+            for path, image, anomaly_map, score in zip(chunk_paths, images, maps, scores, strict=True):
+                yield Prediction(
+                    path=str(path) if path is not None else None,
+                    image=image,
+                    anomaly_map=anomaly_map,
+                    score=float(score),
+                    is_anomalous=bool(score > self.thresholds.image),
+                    defect_mask=anomaly_map > self.thresholds.pixel,
+                )
 
     def calibrate(
         self,
@@ -306,28 +329,30 @@ class Predictor:
         but only with about 100 or more normals: with fewer, the percentile is close to their
         maximum, which about 1/(n + 1) of new normals exceed (``expected_false_alarm_rate``;
         a warning says so). The pixel threshold likewise bounds the false-positive pixels of the
-        contour.
+        contour; it is the percentile of up to :data:`CALIBRATION_PIXELS_PER_IMAGE` pixels of each
+        map (all of them up to 256 x 256), so that large photos need not all be held in memory.
         """
-        predictions = self.predict(normal_inputs)
+        scores, pixels = [], []
+        for prediction in self.iter_predict(normal_inputs):
+            scores.append(prediction.score)
+            pixels.append(_pixel_sample(prediction.anomaly_map))
         # n normals resolve the percentile p when 1 / (n + 1) <= 1 - p / 100 (p = 100: the maximum).
         needed = math.ceil(100 / (100 - image_percentile)) - 1 if image_percentile < 100 else 0
-        if len(predictions) < needed:
-            rate = expected_false_alarm_rate(len(predictions), image_percentile)
+        if len(scores) < needed:
+            rate = expected_false_alarm_rate(len(scores), image_percentile)
             warnings.warn(
-                f"too few normal images ({len(predictions)}) for the {image_percentile:g}th "
+                f"too few normal images ({len(scores)}) for the {image_percentile:g}th "
                 f"percentile: expect about {rate:.0%} of new normal images above the image "
                 f"threshold, not {1 - image_percentile / 100:.0%}. Hold out at least "
                 f"{needed} normal images.",
                 stacklevel=2,
             )
-        scores = np.array([p.score for p in predictions])
-        pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
         self.thresholds = Thresholds(
-            image=float(np.percentile(scores, image_percentile)),
-            pixel=float(np.percentile(pixels, pixel_percentile)),
+            image=float(np.percentile(np.array(scores), image_percentile)),
+            pixel=float(np.percentile(np.concatenate(pixels), pixel_percentile)),
             source=(
                 f"percentiles {image_percentile:g} (images) and {pixel_percentile:g} (pixels) "
-                f"of {len(predictions)} held-out normal images"
+                f"of {len(scores)} held-out normal images"
             ),
         )
         return self.thresholds
@@ -348,9 +373,11 @@ class Predictor:
         return repeats * batch_size / (time.perf_counter() - start)
 
     def save_overlays(
-        self, predictions: Sequence[Prediction], out_dir: str | os.PathLike
+        self, predictions: Iterable[Prediction], out_dir: str | os.PathLike
     ) -> list[Path]:
         """One PNG per image (image | heat map | contour) and scores.csv, written all-or-nothing.
+
+        ``predictions`` may be :meth:`iter_predict`'s generator: each one is written, then dropped.
 
         Files are first written to a temporary folder inside ``out_dir`` and moved into place at
         the end, so an error halfway leaves no half-finished set of outputs behind.

@@ -268,3 +268,38 @@ def test_cuda_without_a_gpu_gives_the_get_device_message(checkpoint, monkeypatch
         Predictor.from_checkpoint(checkpoint, "cuda")
     with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
         Predictor(torch.nn.Linear(2, 2), get_config("quick"), device="cuda:0")
+
+
+def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_path):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    predictor.batch_size = 2
+    paths = resolve_images(sample_root / "surface" / "test" / "good")[:4]
+    broken = tmp_path / "zz_broken.png"
+    broken.write_bytes(b"not a png")
+    stream = predictor.iter_predict([*paths, broken])
+    first_two_batches = [next(stream) for _ in range(4)]  # the broken third batch is not read yet
+    assert [p.path for p in first_two_batches] == [str(p) for p in paths]
+    with pytest.raises(ValueError, match="zz_broken.png"):
+        next(stream)
+    whole = predictor.predict(paths)
+    streamed = list(predictor.iter_predict(paths))
+    assert [p.score for p in streamed] == pytest.approx([p.score for p in whole])
+
+
+def test_pixel_threshold_of_large_normals_comes_from_a_sample_of_their_pixels(checkpoint, monkeypatch):
+    from memseg_tutorial.inference import CALIBRATION_PIXELS_PER_IMAGE
+
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    rng = np.random.default_rng(1)
+    maps = [rng.random((480, 640), dtype=np.float32) ** (i + 1) for i in range(2)]  # 614400 pixels
+
+    def known_maps(images):
+        return [maps.pop(0) for _ in images], np.zeros(len(images), np.float32)
+
+    exact = np.percentile(np.concatenate([m.ravel() for m in maps]), 99.0)
+    monkeypatch.setattr(predictor, "maps_and_scores", known_maps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # too few normals: not the point here
+        thresholds = predictor.calibrate([np.zeros((480, 640, 3), np.uint8)] * 2, pixel_percentile=99.0)
+    assert 480 * 640 > 4 * CALIBRATION_PIXELS_PER_IMAGE
+    assert thresholds.pixel == pytest.approx(exact, abs=2e-3) and thresholds.pixel != exact
