@@ -9,9 +9,11 @@ is killed (or Ctrl-C is pressed) in the middle of ``torch.save``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import Any
 
 import torch
@@ -107,10 +109,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"or pass the checkpoint.pt of a run folder under runs/."
         )
     try:  # weights_only: tensors and plain Python values only, so a file cannot run code when read
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with _allow_paths():
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"Cannot read checkpoint {path}: {type(error).__name__}: {_first_line(error)}. "
+            f"Cannot read checkpoint {path}: {type(error).__name__}: {_reason(error)}. "
             f"The file may be truncated or not a checkpoint of this project."
         ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -125,12 +128,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key, kind in (("config", dict), ("model", dict), ("step", int)):
         if not isinstance(checkpoint.get(key), kind):
             raise ValueError(f"{path} is damaged: its '{key}' entry is missing or not of type {kind.__name__}.")
+    checkpoint["config"] = {key: os.fspath(value) if isinstance(value, PurePath) else value
+                            for key, value in checkpoint["config"].items()}  # older files held Paths
+    try:
+        Config.from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"The settings stored in {path} are not valid here: {error}") from error
     return checkpoint
 
 
-def _first_line(error: Exception) -> str:
-    """torch's unpickling errors run to a page of advice; the first line says what failed."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else ""
+def _allow_paths():
+    """Let weights_only read the pathlib objects that older versions stored in the config."""
+    classes = [PosixPath, PurePosixPath, PureWindowsPath, WindowsPath]
+    if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
+        return torch.serialization.safe_globals(classes)
+    torch.serialization.add_safe_globals(classes)
+    return contextlib.nullcontext()
+
+
+def _reason(error: Exception) -> str:
+    """torch's unpickling errors run to a page of advice with terminal colour codes; keep the line
+    that says what failed (e.g. "Unsupported global: ...")."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()
+    return lines[0] if lines else ""
 
 
 def load_model(

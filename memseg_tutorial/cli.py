@@ -78,7 +78,7 @@ def _dataset_root(args) -> tuple[Path, bool]:
     if args.data is not None:
         from .data import is_sample_dataset
 
-        root = Path(args.data).expanduser()
+        root = Path(args.data).expanduser().resolve()  # stored in the run: valid from any folder
         if not root.is_dir():
             raise CommandError(f"Dataset folder not found: {root} (expected MVTec AD layout).")
         return root, is_sample_dataset(root)
@@ -92,13 +92,13 @@ def _kind(args, is_sample: bool) -> str:
         return args.kind
     from .data import SAMPLE_CATEGORIES
 
-    if is_sample:
-        if args.category not in SAMPLE_CATEGORIES:
-            raise CommandError(
-                f"Unknown category {args.category!r} for the offline sample dataset; "
-                f"choose one of {', '.join(SAMPLE_CATEGORIES)}."
-            )
+    if is_sample and args.category in SAMPLE_CATEGORIES:
         return SAMPLE_CATEGORIES[args.category]
+    if is_sample and args.data is None:
+        raise CommandError(
+            f"Unknown category {args.category!r} for the offline sample dataset; "
+            f"choose one of {', '.join(SAMPLE_CATEGORIES)}."
+        )
     from .data.download import MVTEC_TEXTURES
 
     return "texture" if args.category in MVTEC_TEXTURES else "object"
@@ -116,8 +116,12 @@ def _check_run_name(name: str) -> str:
     return name
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run never mixes its files with an older run's: a used folder needs --overwrite."""
+def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """A new run never mixes its files with an older run's: a used folder needs --overwrite.
+
+    Returns whether the folder must be cleared; that happens only once the data, textures and
+    settings have been checked (``_train``), so a typo never costs the old run.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise CommandError(f"{run_dir} exists and is not a folder; choose another --name.")
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -126,27 +130,51 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
                 f"{run_dir} already holds a run: continue it with --resume {run_dir / 'checkpoint.pt'}, "
                 f"choose another --name, or pass --overwrite to replace it."
             )
-        shutil.rmtree(run_dir)
+        return True
+    return False
 
 
 DEMO_FILES = frozenset({"checkpoint.pt", "history.json", "loss_curve.png", "metrics.json", "overlays.png"})
 
 
+def _is_demo_run(folder: Path) -> bool:
+    """A demo run's metrics.json has its threshold figures, and its checkpoint the thresholds
+    (the checkpoint is asked only when an older ``evaluate`` overwrote metrics.json)."""
+    try:
+        if "test_detection_rate" in json.loads((folder / "metrics.json").read_text()):
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        import torch
+
+        checkpoint = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)
+        return "thresholds" in checkpoint.get("run", {})
+    except Exception:  # missing, damaged or foreign: not a demo run we may replace
+        return False
+
+
 def _check_demo_target(final_dir: Path) -> None:
-    """The demo replaces an earlier demo run of the same name, and nothing else."""
+    """The demo replaces an earlier demo run of the same name (with the evaluations made of it),
+    and nothing else: a user's own files in the folder are never deleted."""
     if not final_dir.exists():
         return
     if not final_dir.is_dir():
         raise CommandError(f"{final_dir} exists and is not a folder; choose another --name.")
-    names = {path.name for path in final_dir.iterdir()}
-    try:
-        earlier_demo = "test_detection_rate" in json.loads((final_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        earlier_demo = False
-    if not (earlier_demo and names <= DEMO_FILES):
+    foreign = sorted(
+        path.name + ("/" if path.is_dir() else "") for path in final_dir.iterdir()
+        if path.name not in DEMO_FILES and not path.name.startswith(".")  # e.g. .DS_Store
+        and not (path.name.startswith("evaluation_") and path.suffix == ".json")
+    )
+    if foreign:
         raise CommandError(
-            f"{final_dir} holds something other than an earlier demo run (the demo replaces only "
-            f"those); choose another --name or move the folder away."
+            f"{final_dir} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which the "
+            f"demo did not write; move it away or choose another --name."
+        )
+    if not _is_demo_run(final_dir):
+        raise CommandError(
+            f"{final_dir} holds a run that is not a demo run (the demo replaces only those); "
+            f"choose another --name or move the folder away."
         )
 
 
@@ -215,8 +243,9 @@ def cmd_download(args) -> int:
     return 0
 
 
-def _train(args, config, run_dir: Path, resume: Path | None = None):
-    """Train (or resume) into ``run_dir``; returns the trainer."""
+def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_dir: bool = False):
+    """Train (or resume) into ``run_dir``; returns the trainer. ``clear_run_dir`` (--overwrite)
+    empties the folder once everything has been checked and training is about to start."""
     from .data import MVTecDataset
     from .training import Trainer
 
@@ -234,12 +263,16 @@ def _train(args, config, run_dir: Path, resume: Path | None = None):
                           progress=not args.no_progress, run_info=run_info)
     print(f"training: {trainer.config.summary()} | {len(train)} normal images of "
           f"{args.category!r} ({trainer.kind}) | device {trainer.device}", flush=True)
+    if clear_run_dir:
+        shutil.rmtree(run_dir)
     try:
         trainer.fit()
     except KeyboardInterrupt:
+        if not trainer.checkpoint_path.is_file():  # stopped before the first step: nothing to resume
+            raise Interrupted("interrupted before training started; nothing was saved") from None
         raise Interrupted(
             f"interrupted at step {trainer.step}; checkpoint saved in {run_dir}; continue with "
-            f"--resume {run_dir / 'checkpoint.pt'}"
+            f"--resume {trainer.checkpoint_path}"
         ) from None
     return trainer
 
@@ -285,8 +318,8 @@ def cmd_train(args) -> int:
         args.category = config.category  # --category, else --set category=..., else the preset's
         name = args.name if args.name is not None else f"{config.category}_{config.preset}"
         run_dir = runs_dir() / _check_run_name(name)
-        _prepare_run_dir(run_dir, args.overwrite)
-    trainer = _train(args, config, run_dir, resume)
+        clear = _check_run_dir(run_dir, args.overwrite)
+    trainer = _train(args, config, run_dir, resume, clear_run_dir=resume is None and clear)
     _write_json({"history": trainer.history}, run_dir / "history.json")
     _save_figure(plot_loss_curve(trainer.history), run_dir / "loss_curve.png")
     print(f"done: {trainer.step} steps; checkpoint {trainer.checkpoint_path}")
@@ -359,6 +392,12 @@ def cmd_predict(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
+    earlier = _earlier_predictions(out)
+    if earlier and not args.overwrite:
+        raise CommandError(
+            f"--out {out} holds the results of an earlier predict ({len(earlier)} files: scores.csv and "
+            f"overlays); choose another --out, or pass --overwrite to replace them."
+        )
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
     if args.normals is not None:
         thresholds = _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)
@@ -374,12 +413,22 @@ def cmd_predict(args) -> int:
             results.append((prediction.score, prediction.is_anomalous, prediction.path))
             yield prediction
 
-    predictor.save_overlays(predictions(), out)
+    written = set(predictor.save_overlays(predictions(), out))
+    for stale in earlier - written:  # only after the new set is complete (--overwrite)
+        stale.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     for score, anomalous, path in results:
         print(f"{score:.4f}  {'ANOMALOUS' if anomalous else 'normal':<9}  {path}")
     print(f"{len(results)} images in {seconds:.1f} s (with the overlays); overlays and scores.csv in {out}")
     return 0
+
+
+def _earlier_predictions(out: Path) -> set[Path]:
+    """The files an earlier ``predict`` wrote into ``out`` (other files there are left alone)."""
+    if not out.is_dir():
+        return set()
+    return {path for path in out.iterdir()
+            if path.is_file() and (path.name == "scores.csv" or path.name.endswith("_overlay.png"))}
 
 
 def demo_config(args):
@@ -577,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image threshold = this percentile of the normal scores (default 99)")
     predict.add_argument("--pixel-percentile", type=float, default=99.9,
                          help="pixel threshold = this percentile of the normal pixels (default 99.9)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace the scores.csv and overlays of an earlier predict in --out")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     predict.set_defaults(handler=cmd_predict)
 

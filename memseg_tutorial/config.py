@@ -152,6 +152,9 @@ class Config:
         if unknown:
             raise ValueError(f"Unknown config keys {sorted(unknown)}; known keys: {sorted(known)}.")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        for item in dataclasses.fields(cls):  # older versions took 0/1 for True/False: read them
+            if isinstance(item.default, bool) and type(fixed.get(item.name)) is int and fixed[item.name] in (0, 1):
+                fixed[item.name] = bool(fixed[item.name])
         return cls(**fixed).validate()
 
     def summary(self) -> str:
@@ -193,7 +196,7 @@ _RANGES: dict[str, tuple] = {
     "focal_gamma": (lambda v: v >= 0, ">= 0"),
     "texture_probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "perlin_threshold": (lambda v: -1 <= v < 1, "in [-1, 1) (Perlin noise lies in about [-1, 1])"),
-    "structure_augmenters": (lambda v: 0 <= v <= 10, "between 0 and 10 (the SPEC's 10 augmenters)"),
+    "structure_augmenters": (lambda v: 1 <= v <= 10, "between 1 and 10 (the SPEC's 10 augmenters)"),
     "foreground_kernel": (lambda v: v >= 1, "at least 1"),
     "max_mask_tries": (lambda v: v >= 1, "at least 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),

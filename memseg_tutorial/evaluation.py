@@ -372,6 +372,12 @@ def evaluate(
         model, dataset, config, device, batch_size, progress, return_masks=True
     )
     seconds = time.perf_counter() - start
+    bad = int((~np.isfinite(maps).reshape(len(maps), -1).all(axis=1)).sum())
+    if bad:  # sklearn would only say "Input contains NaN"
+        raise ValueError(
+            f"The model produces non-finite anomaly maps (NaN or inf) for {bad} of {len(maps)} test "
+            f"images, probably from a diverged training run: train again with a lower learning rate."
+        )
     defects = list(dataset.defects)
     masks = binarize_masks(masks, size=maps.shape[1:])
     metrics = compute_metrics(labels, scores, masks, maps, config.aupro_fpr_limit,

@@ -29,6 +29,7 @@ import torch
 from .config import Config
 from .data.images import (
     IMAGE_EXTENSIONS,
+    has_image_signature,
     list_images,
     read_image_rgb,
     resize_image,
@@ -39,7 +40,7 @@ from .device import get_device, model_device
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
-SCORES_CSV_HEADER = ("file", "score", "anomalous", "image_threshold", "pixel_threshold")
+SCORES_CSV_HEADER = ("file", "score", "anomalous", "image_threshold", "pixel_threshold", "overlay")
 
 
 @contextmanager
@@ -98,7 +99,11 @@ class Prediction:
 
 
 def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """A folder, one image file, or a list of image files -> list of image paths (clear errors)."""
+    """A folder, one image file, or a list of image files -> list of image paths (clear errors).
+
+    Each file's first bytes are checked, so that a file which is no image stops the run before the
+    model has scored the others (a file that is damaged further in still fails when it is read).
+    """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     paths: list[Path] = []
@@ -115,6 +120,9 @@ def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> l
             raise FileNotFoundError(f"No such image file or folder: {item}")
     if not paths:
         raise ValueError("No input images were given.")
+    for path in paths:
+        if not has_image_signature(path):
+            raise ValueError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
     return paths
 
 
@@ -383,6 +391,7 @@ class Predictor:
         the end, so an error halfway leaves no half-finished set of outputs behind.
         """
         out_dir = Path(out_dir)
+        created = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
         try:
@@ -397,13 +406,17 @@ class Predictor:
                 names.append(name)
                 rows.append((prediction.path or name, f"{prediction.score:.6f}",
                              int(prediction.is_anomalous), f"{self.thresholds.image:.6f}",
-                             f"{self.thresholds.pixel:.6f}"))
+                             f"{self.thresholds.pixel:.6f}", name))
             (staging / "scores.csv").write_text(_csv_text(rows), encoding="utf-8", newline="")
             names.append("scores.csv")
             for name in names:
                 os.replace(staging / name, out_dir / name)
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if created:  # a folder this call made stays only with a complete result in it
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
         return [out_dir / name for name in names]
 
 

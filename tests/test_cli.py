@@ -9,6 +9,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from memseg_tutorial import cli, get_config
 from memseg_tutorial.checkpoint import load_checkpoint
@@ -193,6 +194,9 @@ def test_train_never_mixes_two_runs_in_one_folder(sample_root, tmp_path, monkeyp
     code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
     assert_one_line_error(code, err, "already holds a run", "--resume", "--overwrite")
     assert (tmp_path / "r" / "my_notes.txt").exists()
+    code, _, err = run(_train_argv(sample_root, "--name", "r", "--overwrite", "--textures",
+                                   str(tmp_path / "no_textures")), capsys)
+    assert code != 0 and (tmp_path / "r" / "my_notes.txt").exists()  # a typo never costs the old run
     code, _, err = run(_train_argv(sample_root, "--name", "r", "--overwrite"), capsys)
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoint.pt", "history.json",
@@ -218,6 +222,55 @@ def test_set_category_reaches_the_run_and_the_sample_is_recognised_through_data(
     assert "of 'surface' (texture)" in out  # the sample's surface is a texture, also via --data
     code, _, err = run(_train_argv(sample_root, "--set", "preset='full'"), capsys)
     assert_one_line_error(code, err, "--preset")
+
+
+def test_a_copy_of_the_sample_with_a_category_of_its_own_trains(sample_root, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    template = tmp_path / "template"
+    shutil.copytree(sample_root, template)  # with the sample's marker
+    shutil.copytree(sample_root / "object", template / "widget")
+    code, out, err = run(_train_argv(template, "--category", "widget", "--name", "w"), capsys)
+    assert code == 0, err
+    assert "of 'widget' (object)" in out
+
+
+def test_ctrl_c_before_the_first_step_says_nothing_was_saved(sample_root, tmp_path, monkeypatch, capsys):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(Trainer, "build_memory_bank", interrupted)
+    code, _, err = run(_train_argv(sample_root, "--name", "early"), capsys)
+    assert code == 130
+    assert_one_line_error(code, err, "before training started; nothing was saved")
+
+
+def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_results(
+    checkpoint, tmp_path, capsys
+):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(images / f"{name}.png"), np.full((40, 60, 3), 128, np.uint8))
+    (images / "c.png").write_text("not an image")
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, "c.png", "not a PNG, JPEG")
+    assert not (tmp_path / "out").exists()
+    (images / "c.png").unlink()
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    (images / "b.png").unlink()
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, "earlier predict", "--overwrite")
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out"),
+                        "--overwrite"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "mine.txt", "scores.csv"]
+    rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].endswith(",a_overlay.png")
 
 
 def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
@@ -253,16 +306,22 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
 def test_demo_replaces_an_earlier_demo_run_and_nothing_else(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
     earlier = tmp_path / "d"
-    earlier.mkdir()
+    (earlier / "predictions").mkdir(parents=True)
     (earlier / "metrics.json").write_text('{"test_detection_rate": 0.5}')
-    (earlier / "my_notes.txt").write_text("keep me")
+    (earlier / "evaluation_surface.json").write_text("{}")  # evaluate of the demo's checkpoint
+    (earlier / ".DS_Store").write_text("")
     code, _, err = run(["demo", "--steps", "1", "--no-progress", "--name", "d"], capsys)
-    assert_one_line_error(code, err, "something other than an earlier demo run")
-    assert (earlier / "my_notes.txt").exists()
-    (earlier / "my_notes.txt").unlink()
+    assert_one_line_error(code, err, "holds predictions/, which the demo did not write")
+    assert (earlier / "predictions").is_dir()
+    (earlier / "predictions").rmdir()
+    (earlier / "metrics.json").write_text('{"image_auroc": 0.5}')  # an older evaluate overwrote it
+    code, _, err = run(["demo", "--steps", "1", "--no-progress", "--name", "d"], capsys)
+    assert_one_line_error(code, err, "not a demo run")
+    torch.save({"run": {"thresholds": {"image": 0.5}}}, earlier / "checkpoint.pt")  # ... but a demo's
     code, _, err = run(["demo", "--preset", "quick", "--steps", "1", "--no-progress", "--name", "d"], capsys)
     assert code == 0, err
     assert json.loads((earlier / "metrics.json").read_text())["steps"] == 1
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(cli.DEMO_FILES)
 
 
 def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):

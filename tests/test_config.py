@@ -106,7 +106,7 @@ def test_a_value_of_the_wrong_type_is_named(key, value, message):
 @pytest.mark.parametrize("key, value", [
     ("score_top_k", 0), ("batch_synthetic", 0), ("lr", -1.0), ("lr", 0), ("warmup_fraction", 2.0),
     ("aupro_fpr_limit", 0.0), ("perlin_threshold", 5.0), ("seed", -1), ("structure_grid", (0, 0)),
-    ("structure_augmenters", 11), ("momentum", 1.0), ("checkpoint_every", -1),
+    ("structure_augmenters", 11), ("structure_augmenters", 0), ("momentum", 1.0), ("checkpoint_every", -1),
 ])
 def test_a_value_out_of_range_fails_when_the_config_is_built(key, value):
     with pytest.raises(ValueError, match=rf"^{key} "):
@@ -114,7 +114,7 @@ def test_a_value_out_of_range_fails_when_the_config_is_built(key, value):
 
 
 def test_edge_values_that_mean_something_are_accepted(tmp_path):
-    config = get_config("quick", checkpoint_every=0, memory_refresh_every=0, structure_augmenters=0,
+    config = get_config("quick", checkpoint_every=0, memory_refresh_every=0, structure_augmenters=1,
                         warmup_fraction=0.0, lr=1, backbone_weights=tmp_path / "w.pth")
     assert config.lr == 1 and config.backbone_weights == str(tmp_path / "w.pth")
     with pytest.raises(ValueError, match="cannot both be 0"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -407,3 +408,15 @@ def test_shared_mtd_split_counts():
     assert defect["mask"].sum() > 0 and set(defect["mask"].unique().tolist()) == {0.0, 1.0}
     grey = test.load_rgb(0)
     assert np.array_equal(grey[..., 0], grey[..., 2])  # grey tiles expanded to RGB
+
+
+def test_16_bit_data_in_a_small_part_of_the_range_is_announced():
+    from memseg_tutorial.data.images import to_uint8
+
+    twelve_bit = np.full((4, 4), 4095, np.uint16)
+    with pytest.warns(UserWarning, match=r"at most 1/16 of its range \(max 4095\).*x << 4"):
+        assert to_uint8(twelve_bit).max() == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert to_uint8(twelve_bit << 4).max() == 255
+        to_uint8(np.zeros((4, 4), np.uint16))  # black is black, not "12-bit"

@@ -237,3 +237,11 @@ def test_evaluation_needs_normal_and_defective_images():
     dataset.labels = [1] * len(dataset)
     with pytest.raises(ValueError, match="Image AUROC needs both normal and anomalous images"):
         evaluate(_BatchNormMaps(), dataset, _tiny_config())
+
+
+def test_a_model_with_non_finite_maps_is_named_as_diverged():
+    model = _BatchNormMaps()
+    with torch.no_grad():
+        model.norm.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite anomaly maps \(NaN or inf\) for 7 of 7 test images"):
+        evaluate(model, _TinyTestSet(), _tiny_config())

@@ -137,7 +137,13 @@ def test_failed_overlay_write_leaves_nothing(checkpoint, odd_images, tmp_path, m
     monkeypatch.setattr(cv2, "imwrite", failing_imwrite)
     with pytest.raises(OSError, match="disk full"):
         predictor.save_overlays(predictions, tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # the folder it made goes too
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("x")
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        predictor.save_overlays(predictions, tmp_path / "kept")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["mine.txt"]
 
 
 def test_bad_inputs_say_what_is_wrong(checkpoint, tmp_path):
@@ -215,8 +221,8 @@ def test_scores_csv_quotes_odd_file_names(tmp_path):
     predictor.save_overlays(_predictions(paths), tmp_path)
     with open(tmp_path / "scores.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.reader(file))
-    assert rows[0] == ["file", "score", "anomalous", "image_threshold", "pixel_threshold"]
-    assert rows[1:] == [[path, "0.250000", "0", "0.500000", "0.500000"] for path in paths]
+    assert rows[0] == ["file", "score", "anomalous", "image_threshold", "pixel_threshold", "overlay"]
+    assert [row[:5] for row in rows[1:]] == [[path, "0.250000", "0", "0.500000", "0.500000"] for path in paths]
 
 
 @pytest.mark.parametrize(
@@ -275,7 +281,7 @@ def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_pat
     predictor.batch_size = 2
     paths = resolve_images(sample_root / "surface" / "test" / "good")[:4]
     broken = tmp_path / "zz_broken.png"
-    broken.write_bytes(b"not a png")
+    broken.write_bytes(paths[0].read_bytes()[:40])  # a PNG cut short: found only when it is read
     stream = predictor.iter_predict([*paths, broken])
     first_two_batches = [next(stream) for _ in range(4)]  # the broken third batch is not read yet
     assert [p.path for p in first_two_batches] == [str(p) for p in paths]

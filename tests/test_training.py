@@ -303,9 +303,28 @@ def test_a_non_finite_loss_stops_training_before_it_reaches_the_weights(train_se
     trainer.criterion = nan_from_step_2
     trainer.fit(steps=1)
     after_one_step = {k: v.clone() for k, v in trainer.model.named_parameters()}
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2 .*Lower the learning rate"):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2 .*lower learning rate"):
         trainer.fit()
     assert trainer.step == 1 and len(trainer.history) == 1
     for name, value in trainer.model.named_parameters():  # no optimiser step with a NaN gradient
         assert torch.equal(value, after_one_step[name]), name
     assert load_checkpoint(tmp_path)["step"] == 1  # the last good checkpoint stays
+
+
+def test_checkpoints_of_older_versions_with_paths_and_0_1_flags_still_load(tmp_path):
+    import pathlib
+
+    from memseg_tutorial.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    from memseg_tutorial.config import Config
+
+    config = tiny_config().to_dict()
+    config.update(backbone_weights=pathlib.PosixPath("/weights/resnet18.pth"), per_image_standardization=1)
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": 3, "config": config,
+                "model": {}}, tmp_path / "checkpoint.pt")
+    loaded = Config.from_dict(load_checkpoint(tmp_path)["config"])
+    assert loaded.backbone_weights == "/weights/resnet18.pth" and loaded.per_image_standardization is True
+    config.update(backbone_weights="none", lr="fast")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": 3, "config": config,
+                "model": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"settings stored in .*checkpoint.pt are not valid here: lr must be"):
+        load_checkpoint(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,17 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
         raise FileNotFoundError(f"Image folder not found: {folder}")
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if is_image_file(p))
+
+
+# The first bytes of each accepted format: a text file renamed .png is refused before any work.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def has_image_signature(path: str | Path) -> bool:
+    """Whether the file starts like a PNG, JPEG, BMP, TIFF or WebP (16 bytes read, nothing decoded)."""
+    with open(path, "rb") as file:
+        head = file.read(16)
+    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -65,7 +77,14 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if np.issubdtype(image.dtype, np.integer):
-        values = np.maximum(image, 0).astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)
+        top = np.iinfo(image.dtype).max
+        if top > 255 and 0 < image.max() <= top // 16:
+            warnings.warn(
+                f"a {image.dtype} image uses at most 1/16 of its range (max {int(image.max())}), so it "
+                f"reads dark: if your camera stores 12-bit data in 16 bits, scale it up first (x << 4).",
+                stacklevel=2,
+            )
+        values = np.maximum(image, 0).astype(np.float32) * (255.0 / top)
     else:
         values = np.nan_to_num(image.astype(np.float32), nan=0.0)
         if values.min() >= -FLOAT_UNIT_TOLERANCE and values.max() <= 1.0 + FLOAT_UNIT_TOLERANCE:
