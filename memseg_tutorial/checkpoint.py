@@ -138,7 +138,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _allow_paths():
-    """Let weights_only read the pathlib objects that older versions stored in the config."""
+    """Let weights_only read the pathlib objects that older versions stored in the config.
+
+    On torch 2.4 (no ``safe_globals`` context) the allow-list entry stays for the process; it only
+    admits path objects. A Windows path pickled on Windows cannot be rebuilt on Linux, and the
+    reverse: such a file loads only on the kind of system that wrote it.
+    """
     classes = [PosixPath, PurePosixPath, PureWindowsPath, WindowsPath]
     if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
         return torch.serialization.safe_globals(classes)

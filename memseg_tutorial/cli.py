@@ -87,6 +87,17 @@ def _dataset_root(args) -> tuple[Path, bool]:
     return ensure_sample_dataset(), True
 
 
+def _run_data(run: dict) -> str | None:
+    """The data folder a run recorded, if it is still there; a clear error if it is gone (never a
+    silent switch to the sample). The offline sample's own folder is simply generated again."""
+    from .data import default_sample_root
+
+    root = run.get("data_root")
+    if not root or Path(root).is_dir() or Path(root) == default_sample_root():
+        return root if root and Path(root).is_dir() else None
+    raise CommandError(f"The run's data folder {root} is gone; pass --data with where the data is now.")
+
+
 def _kind(args, is_sample: bool) -> str:
     if getattr(args, "kind", None):
         return args.kind
@@ -126,9 +137,11 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
         raise CommandError(f"{run_dir} exists and is not a folder; choose another --name.")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
+            checkpoint = run_dir / "checkpoint.pt"
+            resume = f"continue it with --resume {checkpoint}, " if checkpoint.is_file() else ""
             raise CommandError(
-                f"{run_dir} already holds a run: continue it with --resume {run_dir / 'checkpoint.pt'}, "
-                f"choose another --name, or pass --overwrite to replace it."
+                f"{run_dir} is already in use: {resume}choose another --name, or pass --overwrite to "
+                f"replace it."
             )
         return True
     return False
@@ -137,20 +150,22 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
 DEMO_FILES = frozenset({"checkpoint.pt", "history.json", "loss_curve.png", "metrics.json", "overlays.png"})
 
 
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # written by file browsers
+
+
 def _is_demo_run(folder: Path) -> bool:
     """A demo run's metrics.json has its threshold figures, and its checkpoint the thresholds
     (the checkpoint is asked only when an older ``evaluate`` overwrote metrics.json)."""
+    from .checkpoint import load_checkpoint
+
     try:
         if "test_detection_rate" in json.loads((folder / "metrics.json").read_text()):
             return True
     except (OSError, ValueError):
         pass
     try:
-        import torch
-
-        checkpoint = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)
-        return "thresholds" in checkpoint.get("run", {})
-    except Exception:  # missing, damaged or foreign: not a demo run we may replace
+        return "thresholds" in load_checkpoint(folder).get("run", {})
+    except (OSError, ValueError):  # missing, damaged or foreign: not a demo run we may replace
         return False
 
 
@@ -163,7 +178,7 @@ def _check_demo_target(final_dir: Path) -> None:
         raise CommandError(f"{final_dir} exists and is not a folder; choose another --name.")
     foreign = sorted(
         path.name + ("/" if path.is_dir() else "") for path in final_dir.iterdir()
-        if path.name not in DEMO_FILES and not path.name.startswith(".")  # e.g. .DS_Store
+        if path.name not in DEMO_FILES | OS_LITTER
         and not (path.name.startswith("evaluation_") and path.suffix == ".json")
     )
     if foreign:
@@ -250,7 +265,7 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     from .training import Trainer
 
     root, is_sample = _dataset_root(args)
-    kind = _kind(args, is_sample)
+    kind = _kind(args, is_sample) if resume is None else None  # a resumed run keeps its own
     train = MVTecDataset(root, args.category, "train", image_size=config.image_size)
     textures = _texture_source(args.textures, config.image_size)
     run_info = {"data_root": str(root), "category": args.category,
@@ -298,10 +313,15 @@ def cmd_train(args) -> int:
 
         resume = checkpoint_file(args.resume)
         checkpoint = load_checkpoint(resume)  # clear error when missing
+        if resume.name != "checkpoint.pt" and (resume.parent / "checkpoint.pt").exists():
+            raise CommandError(
+                f"Resuming writes checkpoint.pt beside {resume.name}, and {resume.parent / 'checkpoint.pt'} "
+                f"exists: copy {resume.name} into a new run folder as checkpoint.pt and resume that."
+            )
         config = Config.from_dict(checkpoint["config"])
         run = checkpoint.get("run", {})
-        if args.data is None and run.get("data_root") and Path(run["data_root"]).is_dir():
-            args.data = run["data_root"]  # the run's own data (the sample root is such a folder)
+        if args.data is None:
+            args.data = _run_data(run)  # the run's own data (None: the offline sample)
         args.category = run.get("category", config.category)
         args.textures = args.textures or run.get("textures")
         run_dir = resume.parent
@@ -353,13 +373,9 @@ def cmd_evaluate(args) -> int:
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
     run = checkpoint.get("run", {})
     category = args.category or run.get("category") or config.category
-    if args.data is not None:
-        root, is_sample = _dataset_root(args)
-    elif run.get("data_root") and Path(run["data_root"]).is_dir():
-        root, is_sample = Path(run["data_root"]), False
-    else:
-        args.data = None
-        root, is_sample = _dataset_root(args)
+    if args.data is None:
+        args.data = _run_data(run)  # the run's own data (None: the offline sample)
+    root, is_sample = _dataset_root(args)
     if is_sample:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
@@ -413,9 +429,10 @@ def cmd_predict(args) -> int:
             results.append((prediction.score, prediction.is_anomalous, prediction.path))
             yield prediction
 
-    written = set(predictor.save_overlays(predictions(), out))
-    for stale in earlier - written:  # only after the new set is complete (--overwrite)
-        stale.unlink(missing_ok=True)
+    written = {path.name.casefold() for path in predictor.save_overlays(predictions(), out)}
+    for stale in earlier:  # only after the new set is complete (--overwrite); on a case-blind disk
+        if stale.name.casefold() not in written:  # IMG_overlay.png may now be the new img_overlay.png
+            stale.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     for score, anomalous, path in results:
         print(f"{score:.4f}  {'ANOMALOUS' if anomalous else 'normal':<9}  {path}")
@@ -424,11 +441,21 @@ def cmd_predict(args) -> int:
 
 
 def _earlier_predictions(out: Path) -> set[Path]:
-    """The files an earlier ``predict`` wrote into ``out`` (other files there are left alone)."""
-    if not out.is_dir():
+    """The files an earlier ``predict`` wrote into ``out``: its scores.csv and the overlays that it
+    lists (older versions had no overlay column: the first-choice names). Nothing else in ``out``."""
+    import csv
+
+    from .inference import SCORES_CSV_HEADER
+
+    scores = out / "scores.csv"
+    if not scores.is_file():
         return set()
-    return {path for path in out.iterdir()
-            if path.is_file() and (path.name == "scores.csv" or path.name.endswith("_overlay.png"))}
+    with open(scores, newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    if not rows or tuple(rows[0][:5]) != SCORES_CSV_HEADER[:5]:
+        raise CommandError(f"--out {out} holds a scores.csv that predict did not write; choose another --out.")
+    listed = {row[5] if len(row) > 5 else f"{Path(row[0]).stem}_overlay.png" for row in rows[1:] if row}
+    return {scores} | {out / name for name in listed if (out / name).is_file()}
 
 
 def demo_config(args):

@@ -84,6 +84,9 @@ class Config:
     def __post_init__(self) -> None:
         if isinstance(self.backbone_weights, os.PathLike):  # a pathlib.Path is as good as its string
             self.backbone_weights = os.fspath(self.backbone_weights)
+        for item in dataclasses.fields(self):  # --set structure_grid=[8, 8] means the tuple
+            if isinstance(item.default, tuple) and isinstance(getattr(self, item.name), list):
+                setattr(self, item.name, tuple(getattr(self, item.name)))
 
     @property
     def batch_size(self) -> int:
@@ -91,14 +94,7 @@ class Config:
 
     def validate(self) -> Config:
         """Fail early, with a message that says what to change."""
-        self._check_types()
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}: expected one of {PRESETS}.")
-        if self.image_size <= 0 or self.image_size % 32:
-            raise ValueError(
-                f"image_size must be a positive multiple of 32 (ResNet18 downsamples 32x), "
-                f"got {self.image_size}. Try 64, 128 or 256."
-            )
+        self._check_usable()
         lo, hi = self.perlin_scale_range
         if not 0 <= lo < hi:
             raise ValueError(f"perlin_scale_range must satisfy 0 <= min < max, got {(lo, hi)}.")
@@ -109,14 +105,27 @@ class Config:
             raise ValueError(f"transparency_range must lie in [0, 1], got {(d_lo, d_hi)}.")
         if min(self.structure_grid) < 1:
             raise ValueError(f"structure_grid needs at least 1 row and 1 column, got {self.structure_grid}.")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
         for name, (ok, rule) in _RANGES.items():
             if not ok(getattr(self, name)):
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}.")
         if self.l1_weight + self.focal_weight <= 0:
             raise ValueError("l1_weight and focal_weight cannot both be 0: there would be no loss to train on.")
+        return self
+
+    def _check_usable(self) -> Config:
+        """What any use of the settings needs (types, preset, size, choices). A saved run is held
+        to this only: ranges tightened later must not lock a trained model out of ``predict``."""
+        self._check_types()
+        if self.preset not in PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}: expected one of {PRESETS}.")
+        if self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(
+                f"image_size must be a positive multiple of 32 (ResNet18 downsamples 32x), "
+                f"got {self.image_size}. Try 64, 128 or 256."
+            )
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
         return self
 
     def _check_types(self) -> None:
@@ -146,7 +155,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
-        """Rebuild a config saved with :meth:`to_dict` (JSON turns tuples into lists)."""
+        """Rebuild a config saved with :meth:`to_dict` (JSON turns tuples into lists).
+
+        Checked for use, not for training: :meth:`validate` (the trainer calls it) adds the ranges.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -155,7 +167,7 @@ class Config:
         for item in dataclasses.fields(cls):  # older versions took 0/1 for True/False: read them
             if isinstance(item.default, bool) and type(fixed.get(item.name)) is int and fixed[item.name] in (0, 1):
                 fixed[item.name] = bool(fixed[item.name])
-        return cls(**fixed).validate()
+        return cls(**fixed)._check_usable()
 
     def summary(self) -> str:
         return (

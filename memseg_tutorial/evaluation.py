@@ -292,10 +292,24 @@ def format_results_table(per_defect: dict, overall: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def _batch_maps_and_scores(
+def require_finite(names: Sequence[str], maps: Sequence[np.ndarray], scores: np.ndarray) -> None:
+    """Refuse NaN/inf maps: ``score > threshold`` is False for NaN, so they would pass as normal,
+    and sklearn would only say "Input contains NaN"."""
+    bad = [name for name, anomaly_map, score in zip(names, maps, scores, strict=True)
+           if not (np.isfinite(score) and np.isfinite(anomaly_map).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more of {len(names)})" if len(bad) > 1 else ""
+        raise ValueError(
+            f"Non-finite score for {bad[0]}{more}: the model produces non-finite anomaly maps (NaN "
+            f"or inf), probably from a diverged training run: train again with a lower learning rate."
+        )
+
+
+def batch_maps_and_scores(
     model: torch.nn.Module, images: torch.Tensor, config: Config
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Anomaly maps (B, S, S) and image scores (B,) of one batch, as numpy."""
+    """Anomaly maps (B, S, S) at the model size and image scores (B,) of one batch, as numpy
+    (the model in eval mode): the one place where a map becomes a score."""
     from .model import image_scores
 
     batch_maps = model.anomaly_map(images).float()  # (B, S, S)
@@ -335,7 +349,7 @@ def predict_dataset(
     with eval_mode(model):
         for batch in loader:
             images = batch["image"].to(device)
-            batch_maps, batch_scores = _batch_maps_and_scores(model, images, config)
+            batch_maps, batch_scores = batch_maps_and_scores(model, images, config)
             maps.append(batch_maps)
             scores.append(batch_scores)
             if return_masks:
@@ -372,12 +386,7 @@ def evaluate(
         model, dataset, config, device, batch_size, progress, return_masks=True
     )
     seconds = time.perf_counter() - start
-    bad = int((~np.isfinite(maps).reshape(len(maps), -1).all(axis=1)).sum())
-    if bad:  # sklearn would only say "Input contains NaN"
-        raise ValueError(
-            f"The model produces non-finite anomaly maps (NaN or inf) for {bad} of {len(maps)} test "
-            f"images, probably from a diverged training run: train again with a lower learning rate."
-        )
+    require_finite(dataset.image_paths, maps, scores)
     defects = list(dataset.defects)
     masks = binarize_masks(masks, size=maps.shape[1:])
     metrics = compute_metrics(labels, scores, masks, maps, config.aupro_fpr_limit,

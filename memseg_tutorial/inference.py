@@ -37,6 +37,7 @@ from .data.images import (
     to_uint8,
 )
 from .device import get_device, model_device
+from .evaluation import batch_maps_and_scores, require_finite
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
@@ -188,19 +189,6 @@ def _pixel_sample(anomaly_map: np.ndarray, limit: int = CALIBRATION_PIXELS_PER_I
     return flat[np.random.default_rng(0).integers(0, flat.size, limit)]
 
 
-def _require_finite(names: Sequence[str], maps: Sequence[np.ndarray], scores: np.ndarray) -> None:
-    """Refuse NaN/inf maps: ``score > threshold`` is False for NaN, so they would pass as normal."""
-    bad = [name for name, anomaly_map, score in zip(names, maps, scores, strict=True)
-           if not (np.isfinite(score) and np.isfinite(anomaly_map).all())]
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(
-            f"Non-finite score for {bad[0]}{more}: the checkpoint's model produces non-finite "
-            f"anomaly maps (NaN or inf), probably from a diverged training run: lower the "
-            f"learning rate (--set lr=...) and train again."
-        )
-
-
 def _overlay_name(stem: str, index: int, used: set[str]) -> str:
     """``{stem}_overlay.png``, else numbered from ``index`` up until no other file has the name.
 
@@ -226,7 +214,7 @@ class Predictor:
     >>> predictor = Predictor.from_checkpoint("runs/demo/checkpoint.pt")
     >>> predictor.calibrate("data/.../train/good")        # thresholds from held-out normals
     >>> predictions = predictor.predict("my_images/")     # list[Prediction]
-    >>> predictor.save_overlays(predictions, "runs/demo/predictions")
+    >>> predictor.save_overlays(predictions, "predictions/")
     """
 
     def __init__(
@@ -280,15 +268,11 @@ class Predictor:
         self, chunk: Sequence[np.ndarray]
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """One batch of :meth:`maps_and_scores` (the model already in eval mode)."""
-        from .model import image_scores
-
         size = self.image_size
         batch = torch.stack([to_tensor(resize_image(im, size)) for im in chunk])  # (b, 3, S, S)
-        small = self.model.anomaly_map(batch.to(self.device)).float()  # (b, S, S)
-        top_k = min(self.config.score_top_k, size * size)
-        scores = image_scores(small, top_k, self.config.score_mode).cpu().numpy()
+        small, scores = batch_maps_and_scores(self.model, batch.to(self.device), self.config)
         maps = []
-        for image, small_map in zip(chunk, small.cpu().numpy(), strict=True):
+        for image, small_map in zip(chunk, small, strict=True):
             height, width = image.shape[:2]
             full = cv2.resize(small_map, (width, height), interpolation=cv2.INTER_LINEAR)
             maps.append(np.clip(full, 0.0, 1.0).astype(np.float32))  # (H, W)
@@ -314,7 +298,7 @@ class Predictor:
             maps, scores = self.maps_and_scores(images)
             names = [str(p) if p is not None else f"image array {start + i}"
                      for i, p in enumerate(chunk_paths)]
-            _require_finite(names, maps, scores)
+            require_finite(names, maps, scores)
             for path, image, anomaly_map, score in zip(chunk_paths, images, maps, scores, strict=True):
                 yield Prediction(
                     path=str(path) if path is not None else None,

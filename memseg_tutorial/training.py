@@ -352,8 +352,8 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"The loss became {loss} at step {self.step + 1} (learning rate {lr:g}): training "
-                f"diverged. Train again with a lower learning rate (--set lr=...; a new --name, or "
-                f"--overwrite): resuming would repeat the same steps at the same rate."
+                f"diverged. Train again with a lower learning rate (the config's lr; on the command "
+                f"line --set lr=... with a new --name): resuming would repeat the same steps."
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:

@@ -192,15 +192,21 @@ def test_train_never_mixes_two_runs_in_one_folder(sample_root, tmp_path, monkeyp
     assert code == 0, err
     (tmp_path / "r" / "my_notes.txt").write_text("keep me")
     code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
-    assert_one_line_error(code, err, "already holds a run", "--resume", "--overwrite")
+    assert_one_line_error(code, err, "is already in use", "--resume", "--overwrite")
     assert (tmp_path / "r" / "my_notes.txt").exists()
     code, _, err = run(_train_argv(sample_root, "--name", "r", "--overwrite", "--textures",
                                    str(tmp_path / "no_textures")), capsys)
-    assert code != 0 and (tmp_path / "r" / "my_notes.txt").exists()  # a typo never costs the old run
+    assert_one_line_error(code, err, "no_textures")
+    assert (tmp_path / "r" / "my_notes.txt").exists()  # a typo never costs the old run
     code, _, err = run(_train_argv(sample_root, "--name", "r", "--overwrite"), capsys)
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoint.pt", "history.json",
                                                                    "loss_curve.png"]
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "x.txt").write_text("no checkpoint here")
+    code, _, err = run(_train_argv(sample_root, "--name", "u"), capsys)
+    assert_one_line_error(code, err, "is already in use", "--overwrite")
+    assert "--resume" not in err  # nothing to resume in that folder
     (tmp_path / "f").write_text("a file")
     code, _, err = run(_train_argv(sample_root, "--name", "f"), capsys)
     assert_one_line_error(code, err, "not a folder")
@@ -262,15 +268,23 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
     code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
     assert code == 0, err
     (tmp_path / "out" / "mine.txt").write_text("keep me")
+    (tmp_path / "out" / "my_overlay.png").write_text("mine too: not listed in scores.csv")
     (images / "b.png").unlink()
     code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
     assert_one_line_error(code, err, "earlier predict", "--overwrite")
     code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out"),
                         "--overwrite"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "mine.txt", "scores.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_overlay.png", "mine.txt", "my_overlay.png", "scores.csv"]  # b's stale overlay is gone
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].endswith(",a_overlay.png")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "scores.csv").write_text("id,grade\n1,A\n")
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "other"),
+                        "--overwrite"], capsys)
+    assert_one_line_error(code, err, "scores.csv that predict did not write")
+    assert (tmp_path / "other" / "scores.csv").read_text() == "id,grade\n1,A\n"
 
 
 def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
@@ -303,21 +317,26 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     assert cv2.imread(str(tmp_path / "d" / "overlays.png")) is not None
 
 
-def test_demo_replaces_an_earlier_demo_run_and_nothing_else(tmp_path, monkeypatch, capsys):
+def test_demo_replaces_an_earlier_demo_run_and_nothing_else(checkpoint, tmp_path, monkeypatch, capsys):
+    checkpoint_path = checkpoint
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
     earlier = tmp_path / "d"
     (earlier / "predictions").mkdir(parents=True)
     (earlier / "metrics.json").write_text('{"test_detection_rate": 0.5}')
     (earlier / "evaluation_surface.json").write_text("{}")  # evaluate of the demo's checkpoint
     (earlier / ".DS_Store").write_text("")
+    (earlier / ".git").mkdir()
     code, _, err = run(["demo", "--steps", "1", "--no-progress", "--name", "d"], capsys)
-    assert_one_line_error(code, err, "holds predictions/, which the demo did not write")
+    assert_one_line_error(code, err, "holds .git/, predictions/, which the demo did not write")
+    (earlier / ".git").rmdir()
     assert (earlier / "predictions").is_dir()
     (earlier / "predictions").rmdir()
     (earlier / "metrics.json").write_text('{"image_auroc": 0.5}')  # an older evaluate overwrote it
     code, _, err = run(["demo", "--steps", "1", "--no-progress", "--name", "d"], capsys)
     assert_one_line_error(code, err, "not a demo run")
-    torch.save({"run": {"thresholds": {"image": 0.5}}}, earlier / "checkpoint.pt")  # ... but a demo's
+    demo_checkpoint = load_checkpoint(checkpoint_path)
+    demo_checkpoint["run"]["thresholds"] = {"image": 0.5, "pixel": 0.5, "source": "test"}
+    torch.save(demo_checkpoint, earlier / "checkpoint.pt")  # ... but the checkpoint is a demo's
     code, _, err = run(["demo", "--preset", "quick", "--steps", "1", "--no-progress", "--name", "d"], capsys)
     assert code == 0, err
     assert json.loads((earlier / "metrics.json").read_text())["steps"] == 1
@@ -337,3 +356,23 @@ def test_undefined_metrics_are_written_as_json_null(tmp_path):
                      "rate": np.float32(0.25)}, tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text()) == {
         "aupro": None, "per_defect": {"ghost": [None, 0.5]}, "rate": 0.25}
+
+
+def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_named(
+    sample_root, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    data = tmp_path / "mydata"
+    shutil.copytree(sample_root / "surface", data / "surface")
+    code, _, err = run(_train_argv(data, "--name", "r"), capsys)
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "r"
+    shutil.copy(run_dir / "checkpoint.pt", run_dir / "backup.pt")
+    code, _, err = run(["train", "--resume", str(run_dir / "backup.pt")], capsys)
+    assert_one_line_error(code, err, "checkpoint.pt", "exists", "new run folder")
+    shutil.rmtree(data)
+    for argv in (["train", "--resume", str(run_dir)], ["evaluate", str(run_dir)]):
+        code, _, err = run(argv, capsys)
+        assert_one_line_error(code, err, "data folder", "is gone", "--data")

@@ -119,3 +119,11 @@ def test_edge_values_that_mean_something_are_accepted(tmp_path):
     assert config.lr == 1 and config.backbone_weights == str(tmp_path / "w.pth")
     with pytest.raises(ValueError, match="cannot both be 0"):
         get_config("quick", l1_weight=0.0, focal_weight=0.0)
+
+
+def test_lists_mean_tuples_and_a_saved_config_is_held_to_use_not_to_training_ranges():
+    assert get_config("quick", structure_grid=[8, 8]).structure_grid == (8, 8)  # --set structure_grid=[8,8]
+    saved = {**get_config("quick").to_dict(), "batch_synthetic": 0}  # allowed by older versions
+    assert Config.from_dict(saved).batch_synthetic == 0  # still loads for predict and evaluate
+    with pytest.raises(ValueError, match="batch_synthetic must be at least 1"):
+        Config.from_dict(saved).validate()  # but does not train

@@ -385,3 +385,15 @@ def test_mtd_archive_with_wrong_content_is_kept_and_root_not_created(tmp_path, m
         download_module.download_mtd(keep_archive=False)
     assert (tmp_path / "data" / "downloads" / "mtd.zip").is_file()
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]
+
+
+def test_mtd_into_a_used_folder_is_refused_before_the_download(tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the root could not take the result")
+
+    monkeypatch.setattr(download_module, "download_and_extract", no_download)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("x")
+    with pytest.raises(DownloadError, match="holds no MTD copy: give an empty or new folder"):
+        download_module.download_mtd(tmp_path / "used")
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["notes.txt"]

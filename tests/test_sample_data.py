@@ -183,3 +183,13 @@ def test_unknown_category_or_defect():
         render_normal("bottle", make_rng(0))
     with pytest.raises(ValueError, match="missing"):
         make_defective("surface", "missing", make_rng(0))
+
+
+def test_a_category_added_beside_a_finished_sample_is_kept(tmp_path):
+    root = tmp_path / "sample"
+    ensure_sample_dataset(root)
+    (root / "widget" / "train" / "good").mkdir(parents=True)
+    (root / "widget" / "train" / "good" / "mine.png").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="widget"):
+        generate_sample_dataset(root)
+    assert (root / "widget" / "train" / "good" / "mine.png").read_bytes() == b"precious"

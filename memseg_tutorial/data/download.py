@@ -408,6 +408,8 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
 
     root = Path(root) if root is not None else data_dir() / "mtd"
     if not (root / "MT_Free").is_dir():
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
+            raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
         staging = root.parent / f".{root.name}.download"
         shutil.rmtree(staging, ignore_errors=True)
         download_and_extract(MTD, staging, keep_archive=keep_archive, content_problem=_mtd_problem)

@@ -386,17 +386,21 @@ def _foreign_paths(root: Path) -> Iterator[str]:
 def _check_replaceable(root: Path) -> None:
     """Raise unless ``root`` is absent or holds only a sample dataset, old or half-written.
 
-    A folder is a sample when it carries the sample's marker, or when every file in it is one
-    the generator writes (an interrupted, older non-atomic run). Folder names alone prove
-    nothing: a user's own ``surface/`` dataset must never be deleted.
+    A folder is a sample when every file in it is one the generator writes (an interrupted,
+    older non-atomic run), or, when it carries the sample's marker (maybe of an older version,
+    with other files), when its top level holds only the sample's categories and the marker: a
+    category a user added beside them is kept. Folder names alone prove nothing: a user's own
+    ``surface/`` dataset must never be deleted.
     """
     if not root.exists():
         return
     if not root.is_dir():
         raise FileExistsError(f"{root} exists and is a file, not a sample dataset folder.")
     if _read_marker(root) is not None:
-        return
-    foreign = list(itertools.islice(_foreign_paths(root), 3))
+        foreign = sorted(p.name for p in root.iterdir()
+                         if p.name not in SAMPLE_CATEGORIES and p.name != _MARKER)[:3]
+    else:
+        foreign = list(itertools.islice(_foreign_paths(root), 3))
     if foreign:
         raise FileExistsError(
             f"{root} exists and is not a memseg sample dataset (it holds {foreign}, which the "
