@@ -676,6 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_opencv() -> None:
+    """OpenCV prints its own "[ WARN ...]" line for a damaged image, beside the one-line error that
+    names the file; on the command line only that one line should appear."""
+    import cv2
+
+    cv2.setLogLevel(2)  # 2 = errors only (OpenCV's utils::logging::LOG_LEVEL_ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, 1 error, 2 bad command line, 130 Ctrl-C)."""
     parser = build_parser()
@@ -686,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _quiet_opencv()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

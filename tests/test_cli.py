@@ -376,3 +376,15 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
     for argv in (["train", "--resume", str(run_dir)], ["evaluate", str(run_dir)]):
         code, _, err = run(argv, capsys)
         assert_one_line_error(code, err, "data folder", "is gone", "--data")
+
+
+def test_a_truncated_image_gives_one_line_on_stderr_not_an_opencv_warning_too(checkpoint, tmp_path):
+    whole = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    (tmp_path / "cut.png").write_bytes(whole[:60])  # starts like a PNG, ends early
+    result = subprocess.run([sys.executable, "-m", "memseg_tutorial", "predict", str(checkpoint),
+                             str(tmp_path / "cut.png"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: Cannot read image {tmp_path / 'cut.png'}: the file is empty or not a valid image."]
+    assert not (tmp_path / "out").exists()

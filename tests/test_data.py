@@ -420,3 +420,19 @@ def test_16_bit_data_in_a_small_part_of_the_range_is_announced():
         warnings.simplefilter("error")
         assert to_uint8(twelve_bit << 4).max() == 255
         to_uint8(np.zeros((4, 4), np.uint16))  # black is black, not "12-bit"
+
+
+@pytest.mark.parametrize(("values", "dtype"), [((0, 255), np.uint8), ((0, 1), np.uint8), ((0, 1), np.uint16),
+                                                ((0, 65535), np.uint16)])
+def test_masks_read_the_same_whatever_their_encoding(tmp_path, values, dtype):
+    from memseg_tutorial.data.images import read_mask
+
+    mask = np.full((8, 10), values[0], dtype)
+    mask[2:5, 3:7] = values[1]
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    expected = np.zeros((8, 10), np.float32)
+    expected[2:5, 3:7] = 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), expected)
+    soft = np.full((8, 10), 100, np.uint8)  # a faint 8-bit mask stays below the 127 threshold
+    cv2.imwrite(str(tmp_path / "soft.png"), soft)
+    assert read_mask(tmp_path / "soft.png").max() == 0

@@ -93,15 +93,25 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -> np.ndarray:
-    """A binary float32 mask (H, W) in {0, 1}: grey > threshold, resized by nearest neighbour."""
+    """A binary float32 mask (H, W) in {0, 1}, resized by nearest neighbour.
+
+    Defect where the grey value is above ``threshold`` (on the 0-255 scale; a 16-bit mask is
+    compared on its own scale), except in a 0/1 label image (maximum exactly 1), where any 1 is a
+    defect: many segmentation datasets store masks that way, and "> 127" would read them empty.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Mask file not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH  # keeps 16 bits: 1 must not become 0
+    mask = cv2.imdecode(data, flags) if data.size else None
     if mask is None or mask.size == 0:
         raise ValueError(f"Cannot read mask {path}: the file is empty or not a valid image.")
-    binary = (mask > threshold).astype(np.float32)
+    if mask.max() == 1:
+        binary = (mask > 0).astype(np.float32)
+    else:
+        scale = np.iinfo(mask.dtype).max / 255.0 if np.issubdtype(mask.dtype, np.integer) else 1.0 / 255.0
+        binary = (mask > threshold * scale).astype(np.float32)
     if size is not None:
         binary = resize_mask(binary, size)
     return binary
