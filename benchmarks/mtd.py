@@ -31,7 +31,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from memseg_tutorial import get_config  # noqa: E402
-from memseg_tutorial.checkpoint import atomic_write_text  # noqa: E402
+from memseg_tutorial.checkpoint import atomic_write_json  # noqa: E402
 from memseg_tutorial.config import parse_overrides  # noqa: E402
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
@@ -379,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{evaluation.metrics['pixel_auroc']:.3f}  AUPRO@0.3 {evaluation.metrics['aupro']:.3f}  "
               f"train {result['train_images_per_s']:.2f} img/s  eval {evaluation.images_per_second:.2f} img/s")
     out = args.out or runs_dir() / ("mtd_validation.json" if args.validate else "mtd_benchmark.json")
-    atomic_write_text(json.dumps(result, indent=2), out)
+    atomic_write_json(result, out)
     print(f"wrote {out}")
     return 0
 

@@ -10,6 +10,8 @@ is killed (or Ctrl-C is pressed) in the middle of ``torch.save``.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import tempfile
@@ -61,6 +63,23 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_json(data: dict, path: str | os.PathLike) -> Path:
+    """A JSON record (metrics, history) the same all-or-nothing way. An undefined metric (NaN or
+    inf) is written as null: NaN is not valid JSON and strict readers reject the file."""
+    text = json.dumps(_finite_or_none(data), indent=2, default=float, allow_nan=False)
+    return atomic_write_text(text + "\n", path)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def make_checkpoint(

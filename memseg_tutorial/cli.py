@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -127,14 +126,18 @@ def _check_run_name(name: str) -> str:
     return name
 
 
+def _require_folder_or_absent(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{path} exists and is not a folder; choose another --name.")
+
+
 def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
     """A new run never mixes its files with an older run's: a used folder needs --overwrite.
 
     Returns whether the folder must be cleared; that happens only once the data, textures and
     settings have been checked (``_train``), so a typo never costs the old run.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CommandError(f"{run_dir} exists and is not a folder; choose another --name.")
+    _require_folder_or_absent(run_dir)
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             checkpoint = run_dir / "checkpoint.pt"
@@ -172,10 +175,9 @@ def _is_demo_run(folder: Path) -> bool:
 def _check_demo_target(final_dir: Path) -> None:
     """The demo replaces an earlier demo run of the same name (with the evaluations made of it),
     and nothing else: a user's own files in the folder are never deleted."""
+    _require_folder_or_absent(final_dir)
     if not final_dir.exists():
         return
-    if not final_dir.is_dir():
-        raise CommandError(f"{final_dir} exists and is not a folder; choose another --name.")
     foreign = sorted(
         path.name + ("/" if path.is_dir() else "") for path in final_dir.iterdir()
         if path.name not in DEMO_FILES | OS_LITTER
@@ -200,24 +202,6 @@ def _check_output_file(path: Path) -> Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise CommandError(f"Cannot write {path}: {path.parent} is not a folder.")
     return path
-
-
-def _write_json(data: dict, path: Path) -> None:
-    from .checkpoint import atomic_write_text
-
-    text = json.dumps(_nan_to_none(data), indent=2, default=float, allow_nan=False)
-    atomic_write_text(text + "\n", path)
-
-
-def _nan_to_none(value):
-    """A metric that is undefined (NaN) is written as JSON null: NaN is not valid JSON."""
-    if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(item) for item in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
-        value = value.item()
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _save_figure(figure, path: Path) -> None:
@@ -293,6 +277,7 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
 
 
 def cmd_train(args) -> int:
+    from .checkpoint import atomic_write_json
     from .paths import runs_dir
     from .plots import plot_loss_curve
 
@@ -340,7 +325,7 @@ def cmd_train(args) -> int:
         run_dir = runs_dir() / _check_run_name(name)
         clear = _check_run_dir(run_dir, args.overwrite)
     trainer = _train(args, config, run_dir, resume, clear_run_dir=resume is None and clear)
-    _write_json({"history": trainer.history}, run_dir / "history.json")
+    atomic_write_json({"history": trainer.history}, run_dir / "history.json")
     _save_figure(plot_loss_curve(trainer.history), run_dir / "loss_curve.png")
     print(f"done: {trainer.step} steps; checkpoint {trainer.checkpoint_path}")
     return 0
@@ -366,7 +351,7 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import checkpoint_file, load_model
+    from .checkpoint import atomic_write_json, checkpoint_file, load_model
     from .device import get_device
 
     out = _check_output_file(Path(args.out).expanduser()) if args.out else None
@@ -383,7 +368,7 @@ def cmd_evaluate(args) -> int:
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
         out = checkpoint_file(args.checkpoint).parent / f"evaluation_{category}.json"
-    _write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
+    atomic_write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
                                                  "data_root": str(root)}), out)
     print(f"metrics written to {out}")
     return 0
@@ -402,13 +387,13 @@ def _calibrate(predictor, normals, *percentiles):
 
 
 def cmd_predict(args) -> int:
-    from .inference import Predictor, resolve_images
+    from .inference import Predictor, earlier_outputs, resolve_images
 
     paths = resolve_images(args.inputs)  # errors before the model is loaded
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
-    earlier = _earlier_predictions(out)
+    earlier = earlier_outputs(out)  # a scores.csv that predict did not write: a clear error
     if earlier and not args.overwrite:
         raise CommandError(
             f"--out {out} holds the results of an earlier predict ({len(earlier)} files: scores.csv and "
@@ -440,24 +425,6 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _earlier_predictions(out: Path) -> set[Path]:
-    """The files an earlier ``predict`` wrote into ``out``: its scores.csv and the overlays that it
-    lists (older versions had no overlay column: the first-choice names). Nothing else in ``out``."""
-    import csv
-
-    from .inference import SCORES_CSV_HEADER
-
-    scores = out / "scores.csv"
-    if not scores.is_file():
-        return set()
-    with open(scores, newline="", encoding="utf-8") as file:
-        rows = list(csv.reader(file))
-    if not rows or tuple(rows[0][:5]) != SCORES_CSV_HEADER[:5]:
-        raise CommandError(f"--out {out} holds a scores.csv that predict did not write; choose another --out.")
-    listed = {row[5] if len(row) > 5 else f"{Path(row[0]).stem}_overlay.png" for row in rows[1:] if row}
-    return {scores} | {out / name for name in listed if (out / name).is_file()}
-
-
 def demo_config(args):
     """The quick preset with :data:`DEMO_STEPS`, unless ``--steps`` or another preset is given."""
     config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category)
@@ -468,7 +435,7 @@ def demo_config(args):
 
 def cmd_demo(args) -> int:
     """Offline sample -> train (quick) -> evaluate -> runs/<name>/ with metrics and figures."""
-    from .checkpoint import default_mode
+    from .checkpoint import atomic_write_json, default_mode
     from .data import SAMPLE_CATEGORIES, MVTecDataset, ensure_sample_dataset
     from .evaluation import evaluate
     from .inference import Predictor, expected_false_alarm_rate
@@ -523,8 +490,8 @@ def cmd_demo(args) -> int:
             "expected_false_alarm_rate": expected_false_alarm_rate(len(holdout), 99.0),
             "test_detection_rate": float(flagged[result.labels == 1].mean()),
         })
-        _write_json(record, staging / "metrics.json")
-        _write_json({"history": trainer.history}, staging / "history.json")
+        atomic_write_json(record, staging / "metrics.json")
+        atomic_write_json({"history": trainer.history}, staging / "history.json")
         _save_figure(plot_loss_curve(trainer.history), staging / "loss_curve.png")
         _save_figure(plot_test_overlays(result), staging / "overlays.png")
         os.chmod(staging, default_mode(directory=True))

@@ -163,7 +163,7 @@ class Config:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"Unknown config keys {sorted(unknown)}; known keys: {sorted(known)}.")
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        fixed = dict(values)  # lists from JSON become tuples in __post_init__
         for item in dataclasses.fields(cls):  # older versions took 0/1 for True/False: read them
             if isinstance(item.default, bool) and type(fixed.get(item.name)) is int and fixed[item.name] in (0, 1):
                 fixed[item.name] = bool(fixed[item.name])

@@ -201,6 +201,22 @@ def _overlay_name(stem: str, index: int, used: set[str]) -> str:
     return name
 
 
+def earlier_outputs(out_dir: str | os.PathLike) -> set[Path]:
+    """The files that :meth:`Predictor.save_overlays` wrote into ``out_dir`` earlier: its scores.csv
+    and the overlays listed there (older versions had no overlay column: the first-choice names).
+    Nothing else in the folder; a scores.csv that it did not write raises a ValueError."""
+    out_dir = Path(out_dir)
+    scores = out_dir / "scores.csv"
+    if not scores.is_file():
+        return set()
+    with open(scores, newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    if not rows or tuple(rows[0][:5]) != SCORES_CSV_HEADER[:5]:
+        raise ValueError(f"{out_dir} holds a scores.csv that predict did not write; choose another output folder.")
+    listed = {row[5] if len(row) > 5 else f"{Path(row[0]).stem}_overlay.png" for row in rows[1:] if row}
+    return {scores} | {out_dir / name for name in listed if (out_dir / name).is_file()}
+
+
 def _csv_text(rows: Iterable[Sequence]) -> str:
     """Rows -> CSV text; file names with commas, quotes or newlines are quoted."""
     buffer = io.StringIO()

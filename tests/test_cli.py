@@ -352,7 +352,9 @@ def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):
 
 
 def test_undefined_metrics_are_written_as_json_null(tmp_path):
-    cli._write_json({"aupro": float("nan"), "per_defect": {"ghost": [np.float64("nan"), 0.5]},
+    from memseg_tutorial.checkpoint import atomic_write_json
+
+    atomic_write_json({"aupro": float("nan"), "per_defect": {"ghost": [np.float64("nan"), 0.5]},
                      "rate": np.float32(0.25)}, tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text()) == {
         "aupro": None, "per_defect": {"ghost": [None, 0.5]}, "rate": 0.25}
