@@ -645,10 +645,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_opencv() -> None:
     """OpenCV prints its own "[ WARN ...]" line for a damaged image, beside the one-line error that
-    names the file; on the command line only that one line should appear."""
+    names the file; on the command line only that one line should appear.
+
+    The call differs between OpenCV builds (pip's opencv-python has ``cv2.setLogLevel``, others
+    only ``cv2.utils.logging.setLogLevel``), and quieter logs are never worth a crash.
+    """
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is first imported
     import cv2
 
-    cv2.setLogLevel(2)  # 2 = errors only (OpenCV's utils::logging::LOG_LEVEL_ERROR)
+    logging_module = getattr(getattr(cv2, "utils", None), "logging", None)
+    setter = getattr(logging_module, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
+    if setter is not None:
+        setter(2)  # 2 = errors only (OpenCV's utils::logging::LOG_LEVEL_ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -390,3 +390,22 @@ def test_a_truncated_image_gives_one_line_on_stderr_not_an_opencv_warning_too(ch
     assert result.stderr.strip().splitlines() == [
         f"error: Cannot read image {tmp_path / 'cut.png'}: the file is empty or not a valid image."]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("api", ["top-level", "utils.logging", "none"])
+def test_quieting_opencv_works_with_every_build_of_it(api, monkeypatch):
+    """OpenCV builds name the log-level call differently (a GPU image's build had only
+    ``cv2.utils.logging.setLogLevel``); the command line must run with any of them."""
+    import types
+
+    calls = []
+    fake = types.ModuleType("cv2")
+    if api == "top-level":
+        fake.setLogLevel = calls.append
+    elif api == "utils.logging":
+        fake.utils = types.SimpleNamespace(logging=types.SimpleNamespace(setLogLevel=calls.append))
+    monkeypatch.setitem(sys.modules, "cv2", fake)
+    from memseg_tutorial.cli import _quiet_opencv
+
+    _quiet_opencv()
+    assert calls == ([] if api == "none" else [2])
