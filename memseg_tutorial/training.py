@@ -165,6 +165,9 @@ class DatasetSubset(torch.utils.data.Dataset):
         return [self.dataset.defects[i] for i in self.indices]
 
 
+# The same number as MEMORY_MAP_KEY, by an early slip. Harmless: the two streams shuffle sets of
+# different sizes (all normals here, the kept ones there), and changing either key would change
+# the stored lesson outputs and the recorded benchmark figures.
 HOLDOUT_KEY = 4_000_037
 
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from memseg_tutorial import cli, get_config
-from memseg_tutorial.checkpoint import load_checkpoint
+from memseg_tutorial.checkpoint import load_checkpoint, load_model
 from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.evaluation import evaluate
+from memseg_tutorial.inference import Predictor, Thresholds
 from memseg_tutorial.training import Trainer
 
 COMMANDS = ("download", "train", "evaluate", "predict", "demo")
@@ -154,7 +156,10 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads(out_file.read_text())
     assert {"image_auroc", "pixel_auroc", "aupro", "per_defect"} <= set(metrics)
-    assert 0.0 <= metrics["aupro"] <= 1.0
+    model, config, _ = load_model(checkpoint)  # the numbers written are the evaluation's own
+    expected = evaluate(model, MVTecDataset(sample_root, "surface", "test", image_size=64), config).metrics
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-9), key
     assert "AUPRO@0.3" in out
 
 
@@ -315,6 +320,10 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     assert metrics["expected_false_alarm_rate"] == pytest.approx(1 / 7)  # 6 held-out normals
     assert "note: too few normal images (6)" in out and "expected from 6 normals" in out
     assert cv2.imread(str(tmp_path / "d" / "overlays.png")) is not None
+    # the thresholds chosen on the held-out normals travel with the checkpoint
+    saved = Predictor.from_checkpoint(tmp_path / "d" / "checkpoint.pt", "cpu").thresholds
+    assert (saved.image, saved.pixel) == (metrics["thresholds"]["image"], metrics["thresholds"]["pixel"])
+    assert (saved.image, saved.pixel) != (Thresholds().image, Thresholds().pixel)
 
 
 def test_demo_replaces_an_earlier_demo_run_and_nothing_else(checkpoint, tmp_path, monkeypatch, capsys):
@@ -409,3 +418,15 @@ def test_quieting_opencv_works_with_every_build_of_it(api, monkeypatch):
 
     _quiet_opencv()
     assert calls == ([] if api == "none" else [2])
+
+
+@pytest.mark.parametrize(("category", "data", "kind", "expected"), [
+    ("surface", None, None, "texture"), ("object", None, None, "object"),  # the sample data
+    ("carpet", "mvtec", None, "texture"), ("bottle", "mvtec", None, "object"),  # MVTec AD's own
+    ("my_parts", "mine", None, "object"), ("bottle", "mvtec", "texture", "texture"),  # --kind wins
+])
+def test_the_kind_of_a_run_follows_its_category(category, data, kind, expected):
+    import argparse
+
+    args = argparse.Namespace(category=category, data=data, kind=kind)
+    assert cli._kind(args, is_sample=data is None) == expected

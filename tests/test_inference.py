@@ -16,6 +16,7 @@ from memseg_tutorial.data.images import IMAGE_EXTENSIONS, read_image_rgb, resize
 from memseg_tutorial.inference import (
     Prediction,
     Predictor,
+    Thresholds,
     expected_false_alarm_rate,
     resolve_images,
 )
@@ -57,6 +58,16 @@ def test_maps_come_back_at_each_image_size(checkpoint, odd_images):
         x = to_tensor(resize_image(image, 64))[None]
         expected = image_scores(predictor.model.anomaly_map(x), 10)[0]
         assert p.score == pytest.approx(float(expected), abs=1e-6)
+    # the decisions read the thresholds: image ones the score, pixel ones the map
+    maps = np.concatenate([p.anomaly_map.ravel() for p in predictions])
+    predictor.thresholds = Thresholds(image=float(np.mean([p.score for p in predictions])),
+                                      pixel=float(maps.min() + maps.max()) / 2)
+    decided = predictor.predict(odd_images)
+    for p in decided:
+        assert p.is_anomalous == (p.score > predictor.thresholds.image)
+        np.testing.assert_array_equal(p.defect_mask, p.anomaly_map > predictor.thresholds.pixel)
+    flagged = np.concatenate([p.defect_mask.ravel() for p in decided])
+    assert 0 < flagged.mean() < 1  # the threshold splits the pixels
 
 
 def test_predictor_runs_where_the_model_is_unless_told():

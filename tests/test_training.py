@@ -68,6 +68,19 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
 
+def test_resume_keeps_an_object_runs_kind_and_foreground_setting(sample_root, texture_source, tmp_path):
+    """An object run simulates anomalies only on the (possibly inverted) foreground; a resume
+    that rebuilt it as a texture run would put them on the background."""
+    objects = MVTecDataset(sample_root, "object", "train", image_size=64)
+    first = Trainer(tiny_config(), objects, texture_source, kind="object", run_dir=tmp_path,
+                    invert_foreground=True, progress=False)
+    first.fit(steps=1)
+    resumed = Trainer.resume(first.save(), objects, texture_source, progress=False)
+    assert resumed.kind == "object" and resumed.synthesizer.kind == "object"
+    assert resumed.synthesizer.invert_foreground
+    assert torch.equal(resumed.batch(1)["mask"], first.batch(1)["mask"])
+
+
 def test_deterministic_mode_is_switched_on_and_trains(train_set, texture_source,
                                                       restore_determinism):
     torch.use_deterministic_algorithms(False)
@@ -83,6 +96,34 @@ def test_resume_with_bank_refresh_and_fixed_stem_continues_exactly(train_set, te
     straight, _, resumed = straight_and_resumed(config, train_set, texture_source, tmp_path)
     resumed.fit()  # the bank is rebuilt, but BatchNorm is not calibrated again
     assert_same_weights(straight, resumed)
+
+
+def test_bank_refresh_stores_the_trained_stems_features_without_recalibrating(train_set, texture_source):
+    """With a training stem the encoder moves; every refresh must hold the features it computes
+    now, while layer1-3 keep the BatchNorm statistics calibrated once before training."""
+    trainer = make_trainer(tiny_config(steps=3, memory_refresh_every=2, train_stem=True,
+                                       schedule="constant"), train_set, texture_source)
+    trainer.build_memory_bank()
+    first = [level.clone() for level in trainer.model.memory_bank.levels]
+    frozen_bn = {k: v.clone() for k, v in trainer.model.encoder.layer2.state_dict().items() if "running" in k}
+    trainer.fit(steps=2)  # the refresh runs after step 2
+    encoder = trainer.model.encoder
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        expected = encoder.memory_features(trainer._memory_images)
+    encoder.train(was_training)
+    for level, old, new in zip(expected, first, trainer.model.memory_bank.levels, strict=True):
+        assert not torch.equal(new, old)  # the stem trained, so the stored features moved
+        torch.testing.assert_close(new, level, rtol=0, atol=1e-6)
+    for key, value in trainer.model.encoder.layer2.state_dict().items():
+        if "running" in key:
+            assert torch.equal(value, frozen_bn[key]), key
+    unrefreshed = make_trainer(tiny_config(steps=3, train_stem=True, schedule="constant"), train_set,
+                               texture_source)
+    unrefreshed.build_memory_bank()
+    unrefreshed.fit(steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(unrefreshed.model.memory_bank.levels, first, strict=True))
 
 
 def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_set, texture_source):
@@ -173,6 +214,34 @@ def test_learning_rate_schedule():
     factors = [lr_factor(s, config) for s in range(10, 100)]
     assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
     assert lr_factor(42, tiny_config(schedule="constant")) == 1.0
+
+
+@pytest.mark.parametrize("options", [{"schedule": "cosine", "warmup_fraction": 0.25},
+                                     {"schedule": "constant", "optimizer": "sgd", "lr": 0.04}],
+                         ids=["cosine", "constant_sgd"])
+def test_the_trainer_follows_the_configured_schedule(train_set, texture_source, options):
+    """The lr logged at each step is the schedule's (so the scheduler really steps), with the
+    configured optimiser."""
+    from memseg_tutorial.training import learning_rates
+
+    config = tiny_config(steps=8, **options)
+    trainer = make_trainer(config, train_set, texture_source)
+    history = trainer.fit()
+    np.testing.assert_allclose([r["lr"] for r in history], learning_rates(config), rtol=1e-9)
+    assert type(trainer.optimizer).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[config.optimizer]
+
+
+def test_the_full_preset_builds_the_papers_optimizer():
+    from memseg_tutorial import get_config
+    from memseg_tutorial.model import MemSeg
+    from memseg_tutorial.training import build_optimizer
+
+    config = get_config("full", backbone_weights="none", image_size=64)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        optimizer = build_optimizer(MemSeg.from_config(config), config)
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.04, 0.9, 5e-4)
 
 
 def test_memory_images_are_distinct_and_seeded():
