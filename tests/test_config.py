@@ -113,10 +113,30 @@ def test_a_value_out_of_range_fails_when_the_config_is_built(key, value):
         get_config("quick", **{key: value})
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("perlin_scale_range", (3, 3), r"0 <= min < max, got \(3, 3\)"),  # empty range for randint
+    ("perlin_scale_range", (4, 2), r"0 <= min < max"),
+    ("perlin_scale_range", (-1, 2), r"0 <= min < max"),  # a scale of 2**-1 is no grid
+    ("perlin_rotation_range", (10.0, -10.0), r"min <= max, got \(10\.0, -10\.0\)"),
+    ("transparency_range", (0.6, 0.2), r"lie in \[0, 1\], got \(0\.6, 0\.2\)"),
+    ("transparency_range", (-0.1, 0.5), r"lie in \[0, 1\]"),
+    ("transparency_range", (0.2, 1.5), r"lie in \[0, 1\]"),
+], ids=["scale-empty", "scale-reversed", "scale-negative", "rotation-reversed", "transparency-reversed",
+        "transparency-below-0", "transparency-above-1"])
+def test_ranges_of_the_anomaly_synthesis_are_checked(key, value, message):
+    """The (min, max) pairs have their own checks in validate(): each case passes the type
+    check, so only that check can stop it."""
+    with pytest.raises(ValueError, match=rf"^{key} must .*{message}"):
+        get_config("quick", **{key: value})
+
+
 def test_edge_values_that_mean_something_are_accepted(tmp_path):
     config = get_config("quick", checkpoint_every=0, memory_refresh_every=0, structure_augmenters=1,
                         warmup_fraction=0.0, lr=1, backbone_weights=tmp_path / "w.pth")
     assert config.lr == 1 and config.backbone_weights == str(tmp_path / "w.pth")
+    ranges = get_config("quick", perlin_scale_range=(0, 1), perlin_rotation_range=(5.0, 5.0),
+                        transparency_range=(1.0, 1.0))  # the closed ends of each rule
+    assert ranges.perlin_scale_range == (0, 1) and ranges.transparency_range == (1.0, 1.0)
     with pytest.raises(ValueError, match="cannot both be 0"):
         get_config("quick", l1_weight=0.0, focal_weight=0.0)
 

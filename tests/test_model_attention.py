@@ -10,10 +10,25 @@ from memseg_tutorial.model import (
     MSFF,
     CoordinateAttention,
     Decoder,
+    MSFFBlock,
     UpConvBlock,
     coordinate_attention_width,
     spatial_attention_maps,
 )
+
+
+def up(t: torch.Tensor) -> torch.Tensor:
+    """The SPEC's bilinear x2, written out independently of the package's helper."""
+    return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def randomise_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics everywhere, then eval mode: a hand computation must get them right."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    return module.eval()
 
 
 @pytest.mark.parametrize(("channels", "mip"), [(64, 8), (128, 8), (256, 8), (512, 16), (1024, 32)])
@@ -90,3 +105,84 @@ def test_decoder_shapes(size):
     assert logits.shape == (1, 2, size, size)
     block = UpConvBlock(8, 4)
     assert block(torch.randn(1, 8, 5, 7)).shape == (1, 4, 10, 14)
+
+
+def test_msff_block_is_conv_times_coordinate_attention_then_two_reducing_convs():
+    """SPEC: conv3x3(x) * CA(x), then C -> C/2 -> C/2. A block without the attention gate, or one
+    that gates the conv output instead of the input, gives a different number."""
+    torch.manual_seed(4)
+    block = randomise_batchnorm(MSFFBlock(32))
+    x = torch.randn(2, 32, 6, 10)
+    with torch.no_grad():
+        out = block(x)
+        a_h, a_w = block.attention.attention_maps(x)  # CA(x) = x * a_h * a_w (tested above)
+        expected = block.reduce(block.conv(x) * (x * a_h * a_w))
+        ungated = block.reduce(block.conv(x))
+    assert out.shape == (2, 16, 6, 10)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, ungated, atol=1e-3)  # the gate matters for these inputs
+
+
+def test_msff_fuse_adds_the_upsampled_convolved_coarser_level():
+    """SPEC top-down path: level3 = block3(CI3), level2 = block2(CI2) + conv(up(level3)),
+    level1 = block1(CI1) + conv(up(level2)). Zeros or a dropped addition fail here."""
+    torch.manual_seed(5)
+    msff = randomise_batchnorm(MSFF())
+    ci = [torch.randn(1, 128, 8, 12), torch.randn(1, 256, 4, 6), torch.randn(1, 512, 2, 3)]
+    with torch.no_grad():
+        level1, level2, level3 = msff.fuse(ci)
+        own = [msff.block1(ci[0]), msff.block2(ci[1]), msff.block3(ci[2])]
+        expected3 = own[2]
+        expected2 = own[1] + msff.top_down3(up(expected3))
+        expected1 = own[0] + msff.top_down2(up(expected2))
+    torch.testing.assert_close(level3, expected3, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(level2, expected2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(level1, expected1, rtol=1e-5, atol=1e-6)
+    # The top-down terms are not negligible, so the comparison above can tell them apart.
+    assert float((level2 - own[1]).abs().max()) > 1e-2
+    assert float((level1 - own[0]).abs().max()) > 1e-2
+    # forward = fuse * spatial attention, per level.
+    di = [c[:, c.shape[1] // 2 :].abs() for c in ci]
+    with torch.no_grad():
+        attended = msff(ci, di)
+    for fused, m, a in zip((level1, level2, level3), spatial_attention_maps(di), attended, strict=True):
+        torch.testing.assert_close(a, fused * m)
+
+
+def test_decoder_equals_its_documented_composition():
+    """SPEC: up4(f4), cat MSFF3, up3, cat MSFF2, up2, cat MSFF1, up1, cat conv(f0), up0, head,
+    each UpConvBlock being conv(bilinear x2). A decoder that skips a skip input fails here."""
+    torch.manual_seed(6)
+    decoder = randomise_batchnorm(Decoder())
+    f4 = torch.randn(1, 512, 2, 3)
+    fused = [torch.randn(1, 64, 16, 24), torch.randn(1, 128, 8, 12), torch.randn(1, 256, 4, 6)]
+    f0 = torch.randn(1, 64, 32, 48)
+    with torch.no_grad():
+        logits = decoder(f4, fused, f0)
+        x = decoder.up4.conv(up(f4))
+        x = decoder.up3.conv(up(torch.cat([x, fused[2]], dim=1)))
+        x = decoder.up2.conv(up(torch.cat([x, fused[1]], dim=1)))
+        x = decoder.up1.conv(up(torch.cat([x, fused[0]], dim=1)))
+        x = decoder.up0.conv(up(torch.cat([x, decoder.stem_skip(f0)], dim=1)))
+        expected = decoder.head(x)
+    assert logits.shape == (1, 2, 64, 96)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["f4", "msff1", "msff2", "msff3", "f0"])
+def test_decoder_output_depends_on_every_input(which):
+    """Changing any one input (f4, each MSFF level, f0) must change the logits."""
+    torch.manual_seed(7)
+    decoder = randomise_batchnorm(Decoder())
+    inputs = {"f4": torch.randn(1, 512, 2, 2), "msff1": torch.randn(1, 64, 16, 16),
+              "msff2": torch.randn(1, 128, 8, 8), "msff3": torch.randn(1, 256, 4, 4),
+              "f0": torch.randn(1, 64, 32, 32)}
+
+    def run(values):
+        fused = [values["msff1"], values["msff2"], values["msff3"]]
+        with torch.no_grad():
+            return decoder(values["f4"], fused, values["f0"])
+
+    before = run(inputs)
+    changed = run({**inputs, which: torch.randn_like(inputs[which])})
+    assert float((changed - before).abs().max()) > 1e-3

@@ -6,6 +6,7 @@ import urllib.error
 
 import pytest
 import torch
+from torchvision.models import resnet18
 
 from memseg_tutorial.losses import MemSegLoss
 from memseg_tutorial.model import MemSeg, ResNet18Encoder, backbone
@@ -148,8 +149,39 @@ def test_missing_weights_file_is_named(tmp_path):
         ResNet18Encoder(missing)
 
 
-def test_wrong_weights_file_is_rejected(tmp_path):
+def test_partial_weights_file_is_rejected_with_the_missing_keys(tmp_path):
+    """A correctly shaped but incomplete state dict loads without torch complaining
+    (strict=False), so the package's own check must name what is missing."""
+    source = resnet18(weights=None).state_dict()
+    path = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in source.items() if k.startswith("conv1.")}, path)
+    with pytest.raises(ValueError, match=r"do not fit torchvision's ResNet18: missing \['bn1\.weight'") as info:
+        ResNet18Encoder(path)
+    assert "partial.pth" in str(info.value) and "Expected a ResNet18 state dict" in str(info.value)
+
+
+def test_weights_file_with_extra_keys_is_rejected(tmp_path):
+    """A complete ResNet18 plus keys of another network is not silently accepted either."""
+    state = resnet18(weights=None).state_dict()
+    state["layer5.0.conv1.weight"] = torch.zeros(1)
+    path = tmp_path / "extra.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['layer5\.0\.conv1\.weight'\]"):
+        ResNet18Encoder(path)
+
+
+def test_wrongly_shaped_weights_are_rejected_by_name(tmp_path):
+    """A tensor of the wrong shape (another network's file) is named, with the file."""
+    state = resnet18(weights=None).state_dict()
+    state["conv1.weight"] = torch.zeros(3)
     path = tmp_path / "other.pth"
-    torch.save({"conv1.weight": torch.zeros(3)}, path)
-    with pytest.raises((ValueError, RuntimeError)):
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"other\.pth.*wrong shapes \['conv1\.weight \(3,\) \(ResNet18: \(64, 3, 7, 7\)\)'\]"):
+        ResNet18Encoder(path)
+
+
+def test_a_weights_file_that_is_no_state_dict_is_rejected(tmp_path):
+    path = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(ValueError, match=r"tensor\.pth\) hold a Tensor, not a state dict"):
         ResNet18Encoder(path)

@@ -46,6 +46,37 @@ def test_shapes_at_every_stage(size):
     assert tuple(out["logits"].shape) == (2, 2, s, s)
 
 
+def test_stages_are_wired_as_documented():
+    """The fused levels come from MSFF on CI, and the decoder reads f4, the ATTENDED levels and
+    f0: a model that hands the decoder the levels before spatial attention fails here."""
+    model = make_model(64, memory=2, seed=3)
+    with torch.no_grad():
+        out = model.forward_with_intermediates(torch.randn(2, 3, 64, 64))
+        fused = model.msff.fuse(out["concatenated"])
+        attended = [f * m for f, m in zip(fused, out["spatial_maps"], strict=True)]
+        logits = model.decoder(out["features"]["f4"], attended, out["features"]["f0"])
+    for a, b in zip(out["fused"], fused, strict=True):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(out["attended"], attended, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(out["logits"], logits)
+
+
+@pytest.mark.parametrize("weight", ["block1.conv.0", "block2.reduce.1.0", "block3.conv.0",
+                                    "top_down3.0", "top_down2.0"])
+def test_every_msff_weight_reaches_the_logits(weight):
+    """Each MSFF block and each top-down conv must influence the logits (a fuse that returns
+    zeros, or drops the top-down path, leaves them unchanged)."""
+    model = make_model(64, memory=2, seed=4)
+    x = torch.randn(2, 3, 64, 64)
+    parameter = model.msff.get_submodule(weight).weight
+    with torch.no_grad():
+        before = model(x)
+        parameter.add_(0.5 * torch.randn_like(parameter))
+        after = model(x)
+    assert float((after - before).abs().max()) > 1e-4
+
+
 def test_state_dict_round_trip_restores_bank_and_outputs():
     model = make_model(64, memory=3, seed=1)
     x = torch.randn(2, 3, 64, 64)

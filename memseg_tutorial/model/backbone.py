@@ -68,6 +68,11 @@ def _local_state_dict(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"The backbone weights ({path}) hold a {type(state).__name__}, not a state dict of "
+            f"tensors. Expected a ResNet18 state dict (.pth), e.g. {IMAGENET_WEIGHTS_URL} saved locally."
+        )
     return state
 
 
@@ -96,6 +101,14 @@ def build_resnet18(weights: str | os.PathLike = "imagenet") -> nn.Module:
     else:
         state = _local_state_dict(Path(weights).expanduser())
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    expected = network.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (ResNet18: {tuple(expected[k].shape)})"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(
+            f"The backbone weights ({weights}) do not fit torchvision's ResNet18: wrong shapes "
+            f"{wrong[:3]}. Expected a ResNet18 state dict."
+        )
     missing, unexpected = network.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
