@@ -194,6 +194,9 @@ def test_torch_batch_synthesis_contract():
     assert set(torch.unique(masks).tolist()) == {0.0, 1.0}
     assert (masks.flatten(1).amax(dim=1) == 1).all() and (masks <= foregrounds).all()
     torch.testing.assert_close(out * (1 - masks), images * (1 - masks))  # untouched outside M
+    # ... and changed inside it: every sample carries a visible anomaly (measured >= 0.04).
+    change = ((out - images).abs() * masks).sum(dim=(1, 2, 3)) / (3 * masks.sum(dim=(1, 2, 3)))
+    assert (change > 0.02).all(), change
     again, masks_again = synthesize_batch_torch(
         images, textures, foregrounds, torch.Generator().manual_seed(0), config
     )
@@ -222,3 +225,57 @@ def test_synthesizer_survives_pickling(config):
     a, b = synthesizer.synth(image, make_rng(2, 9)), copy.synth(image, make_rng(2, 9))
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.mask, b.mask)
+
+
+class PlainTexture:
+    """A texture source of one constant colour: the expected blend is then known exactly."""
+
+    def __init__(self, colour: tuple[int, int, int] = (230, 25, 150), size: int = 48) -> None:
+        self.colour = np.array(colour, dtype=np.float64)
+        self.texture = np.empty((size, size, 3), dtype=np.uint8)
+        self.texture[:] = colour  # resized to the image by texture_source: still this colour
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        return self.texture
+
+
+@pytest.mark.parametrize("delta", [0.3, 1.0])
+def test_synth_blends_the_texture_with_the_configured_transparency(delta):
+    # texture_probability=1 and a fixed delta make every pixel of the result predictable: a
+    # blend that ignores the source, or a delta that ignores the config, shows up here.
+    config = get_config("quick", image_size=SIZE, texture_probability=1.0, transparency_range=(delta, delta))
+    textures = PlainTexture()
+    image = FakeObjects().load_rgb(0)
+    for i in range(4):
+        sample = AnomalySynthesizer(config, textures, kind="object").synth(image, make_rng(4, i))
+        assert sample.source == "texture" and sample.delta == pytest.approx(delta, abs=1e-12)
+        inside = sample.mask == 1
+        base, got = image.astype(np.float64), sample.image.astype(np.float64)
+        expected = base + delta * (textures.colour - base)
+        assert np.abs(got[inside] - expected[inside]).max() <= 0.5 + 1e-6  # uint8 rounding only
+        np.testing.assert_array_equal(sample.image[~inside], image[~inside])
+        assert np.abs(got[inside] - base[inside]).mean() > 8  # visibly pasted (measured: 22)
+
+
+def test_structure_sources_use_the_configured_transparency_too():
+    config = get_config("quick", image_size=SIZE, texture_probability=0.0, transparency_range=(0.3, 0.3))
+    synthesizer = AnomalySynthesizer(config, FakeTextures(), kind="texture")
+    for i in range(3):
+        sample = synthesizer.synth(FakeObjects().load_rgb(0), make_rng(8, i))
+        assert sample.source == "structure" and sample.delta == pytest.approx(0.3, abs=1e-12)
+
+
+@pytest.mark.parametrize("delta", [0.3, 1.0])
+def test_torch_batch_pastes_the_texture_with_the_configured_transparency(delta):
+    # The batched path returns no delta, but with a constant texture (resized from 40 to 64
+    # pixels, still constant) the blend is exact: image + delta * (texture - image) inside M.
+    config = get_config("quick", image_size=SIZE, texture_probability=1.0, transparency_range=(delta, delta))
+    images = torch.from_numpy(np.stack(FakeObjects(count=4).images)).permute(0, 3, 1, 2).float() / 255
+    colour = torch.tensor([0.9, 0.1, 0.6]).view(1, 3, 1, 1)
+    textures = colour.expand(2, 3, 40, 40).clone()
+    out, masks = synthesize_batch_torch(images, textures, None, torch.Generator().manual_seed(2), config)
+    expected = images + delta * (colour - images)
+    inside = masks.expand_as(images) == 1
+    torch.testing.assert_close(out[inside], expected[inside], atol=1e-5, rtol=0)
+    assert torch.equal(out[~inside], images[~inside])
+    assert (out - images)[inside].abs().mean() > 0.03  # the anomaly is really there (measured: 0.12)

@@ -14,10 +14,12 @@ from memseg_tutorial.synthesis import (
     fallback_ellipse_mask,
     foreground_mask,
     otsu_mask,
+    random_perlin_noise,
 )
 from memseg_tutorial.synthesis.torch_synthesis import (
     anomaly_masks_torch,
     fallback_ellipse_masks_torch,
+    random_perlin_noise_torch,
 )
 
 
@@ -86,3 +88,45 @@ def test_torch_masks_never_empty_and_inside_the_foreground():
     assert (normal.flatten(1).amax(dim=1) == 1).all() and (normal <= foregrounds[:5]).all()
     ellipses = fallback_ellipse_masks_torch(foregrounds[:5], generator)
     assert set(torch.unique(ellipses).tolist()) <= {0.0, 1.0}
+
+
+def test_default_masks_are_mostly_the_first_perlin_draw():
+    # At default settings a Perlin draw is rarely empty, so nearly every mask is the first draw
+    # (noise > threshold, same seed). A Perlin mask stubbed to zeros still returns valid-looking
+    # ellipses (tries == 11), which only these counts and the pixel comparison expose.
+    shape, threshold = (64, 64), get_config("quick").perlin_threshold
+    tries, covers = [], []
+    for seed in range(150):
+        mask, used = draw_anomaly_mask(shape, np.random.default_rng(seed))
+        tries.append(used)
+        covers.append(mask.mean())
+        if used == 1:
+            noise = random_perlin_noise(shape, np.random.default_rng(seed))
+            np.testing.assert_array_equal(mask, (noise > threshold).astype(np.float32))
+    tries = np.array(tries)
+    assert (tries == 1).mean() > 0.8 and tries.max() <= 4  # measured: ~95 % first draws, max 3
+    assert 0.02 < np.mean(covers) < 0.08  # measured: ~0.04 of the image on average
+    # With a foreground, a first-draw mask is the same Perlin mask cut to the foreground.
+    _, disc = disc_image()
+    for seed in range(20):
+        mask, used = draw_anomaly_mask(shape, np.random.default_rng(seed), disc)
+        if used == 1:
+            noise = random_perlin_noise(shape, np.random.default_rng(seed))
+            np.testing.assert_array_equal(mask, (noise > threshold).astype(np.float32) * disc)
+
+
+def test_default_torch_masks_are_mostly_the_first_perlin_draw():
+    # Same check for the batched path: rows whose first draw (the batched noise from the same
+    # generator, thresholded) is non-empty keep it; they are the large majority.
+    batch, shape = 64, (64, 64)
+    config = get_config("quick")
+    masks = anomaly_masks_torch(torch.ones(batch, *shape), torch.Generator().manual_seed(0), config)
+    noise = random_perlin_noise_torch(
+        batch, shape, torch.Generator().manual_seed(0), torch.device("cpu"),
+        config.perlin_scale_range, config.perlin_rotation_range,
+    )
+    first = (noise > config.perlin_threshold).float()
+    kept = first.flatten(1).amax(dim=1) == 1
+    assert kept.float().mean() > 0.8  # measured: ~95 %
+    assert torch.equal(masks[kept], first[kept])
+    assert 0.02 < masks.mean() < 0.08  # measured: ~0.04

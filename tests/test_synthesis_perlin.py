@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from memseg_tutorial.config import get_config
 from memseg_tutorial.synthesis import (
     draw_perlin_scale,
     fade,
@@ -110,3 +112,38 @@ def test_numpy_and_torch_masks_agree_in_distribution():
     q = [0.25, 0.5, 0.75]
     np.testing.assert_allclose(np.quantile(numpy_cover, q), np.quantile(torch_cover, q), atol=0.012)
     assert abs((numpy_cover == 0).mean() - (torch_cover == 0).mean()) < 0.05
+
+
+def default_threshold() -> float:
+    """The package's threshold: the config's value, which is also random_perlin_mask's default."""
+    threshold = get_config("quick").perlin_threshold
+    assert inspect.signature(random_perlin_mask).parameters["threshold"].default == threshold
+    return threshold
+
+
+def test_perlin_mask_is_its_noise_above_the_threshold():
+    # Same seed, same draws: the mask must be exactly noise > threshold. A mask stubbed to zeros
+    # or a flipped comparison (noise < threshold) still looks binary, so compare pixel by pixel.
+    shape, threshold = (61, 75), default_threshold()
+    for seed in range(6):
+        noise = random_perlin_noise(shape, np.random.default_rng(seed))
+        expected = (noise > threshold).astype(np.float32)
+        np.testing.assert_array_equal(random_perlin_mask(shape, np.random.default_rng(seed)), expected)
+        for other in (0.2, -0.3):
+            got = random_perlin_mask(shape, np.random.default_rng(seed), threshold=other)
+            np.testing.assert_array_equal(got, (noise > other).astype(np.float32))
+    # The seeds above are not degenerate: most masks are neither empty nor full.
+    covers = [random_perlin_mask(shape, np.random.default_rng(s)).mean() for s in range(6)]
+    assert sum(0.0 < c < 0.5 for c in covers) >= 4, covers
+
+
+def test_torch_perlin_masks_are_their_noise_above_the_threshold():
+    # The batched masks draw the same numbers as the batched noise from the same generator.
+    batch, shape, device = 8, (48, 56), torch.device("cpu")
+    threshold = default_threshold()
+    noise = random_perlin_noise_torch(batch, shape, torch.Generator().manual_seed(4), device)
+    for value, kwargs in ((threshold, {}), (-0.2, {"threshold": -0.2})):
+        masks = random_perlin_masks_torch(batch, shape, torch.Generator().manual_seed(4), device, **kwargs)
+        assert torch.equal(masks, (noise > value).float())
+    cover = (noise > threshold).float().mean(dim=(1, 2))
+    assert int(((cover > 0) & (cover < 0.5)).sum()) >= batch // 2, cover

@@ -18,7 +18,23 @@ from memseg_tutorial.synthesis import (
     structure_source,
     texture_source,
 )
-from memseg_tutorial.synthesis.torch_augment import equalize, hsv_to_rgb, posterize, rgb_to_hsv
+from memseg_tutorial.synthesis.torch_augment import (
+    add_hue_saturation,
+    autocontrast,
+    autocontrast_cutoff,
+    enhance_sharpness,
+    enhance_sharpness_factor,
+    equalize,
+    gamma_contrast,
+    hsv_to_rgb,
+    invert,
+    multiply_add_brightness,
+    posterize,
+    rgb_to_hsv,
+    rotate,
+    rotate_batch,
+    solarize,
+)
 
 # imgaug's pillike.Autocontrast passes PIL a 1-element array (numpy >= 1.25 warns); harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -27,6 +43,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim
 def cells_of(image: np.ndarray, rows: int, cols: int) -> list[bytes]:
     h, w = image.shape[0] // rows, image.shape[1] // cols
     return sorted(image[r * h : (r + 1) * h, c * w : (c + 1) * w].tobytes() for r in range(rows) for c in range(cols))
+
+
+def seeded_rand(seed: int, *shape: int) -> torch.Tensor:
+    """U[0, 1) images from their own generator: the same inputs in any test order."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("shape,grid", [((64, 64, 3), (4, 8)), ((64, 64, 3), (8, 8)), ((70, 67, 3), (4, 8))])
@@ -93,13 +114,22 @@ def test_texture_source_is_resized_to_the_image():
 def test_torch_augmenters_keep_shape_and_range():
     images = torch.rand(5, 3, 32, 40)
     generator = torch.Generator().manual_seed(0)
+    skewed = seeded_rand(1, 5, 3, 32, 40) ** 2
     for augmenter in TORCH_AUGMENTERS:
         out = augmenter(images, generator)
         assert out.shape == images.shape, augmenter.__name__
         assert 0.0 <= out.min() and out.max() <= 1.0, augmenter.__name__
+        # Not the identity, on a non-flat histogram (Equalize barely moves uniform noise).
+        changed = augmenter(skewed, torch.Generator().manual_seed(0))
+        assert (changed - skewed).abs().amax() > 0.05, augmenter.__name__
     out, chosen = apply_random_augmenters_torch(images, generator, 3)
     assert out.shape == images.shape and chosen.shape == (5, 3)
     assert all(len(set(row.tolist())) == 3 for row in chosen)
+    # With one augmenter per image, the rows that drew Invert are exactly 1 - x.
+    many = seeded_rand(2, 40, 3, 8, 8)
+    out, chosen = apply_random_augmenters_torch(many, generator, 1)
+    rows = chosen[:, 0] == TORCH_AUGMENTERS.index(invert)
+    assert rows.any() and torch.equal(out[rows], 1.0 - many[rows])
 
 
 def test_torch_equalize_matches_pil():
@@ -115,6 +145,7 @@ def test_torch_posterize_keeps_high_bits_and_hsv_round_trip():
     out = (posterize(images, torch.Generator().manual_seed(0)) * 255).round().long()
     levels = (images * 255).round().long()
     assert (out <= levels).all() and ((levels - out) < 128).all()
+    assert not torch.equal(out, levels)  # some image keeps fewer than 8 bits
     torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-5, rtol=0)
 
 
@@ -153,3 +184,134 @@ def test_torch_sharpness_matches_pil(factor):
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     got = (enhance_sharpness_factor(tensor, torch.tensor([factor])) * 255).round()[0].permute(1, 2, 0).numpy()
     assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def clone(generator: torch.Generator) -> torch.Generator:
+    """A generator in the same state: replays the draws an augmenter is about to make."""
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    return copy
+
+
+def test_torch_invert_is_one_minus_x():
+    images = seeded_rand(0, 3, 3, 8, 8)
+    assert torch.equal(invert(images, torch.Generator()), 1.0 - images)
+
+
+def test_torch_gamma_contrast_is_a_power_per_channel():
+    # out = x ** gamma with one gamma in [0.5, 2] per image and channel: log(out) / log(x) is
+    # constant over the pixels of a channel, differs between channels, and is not always 1.
+    images = 0.05 + 0.9 * seeded_rand(0, 6, 3, 12, 12)
+    out = gamma_contrast(images, torch.Generator().manual_seed(0))
+    ratio = torch.log(out) / torch.log(images)  # (N, 3, H, W)
+    gamma = ratio.mean(dim=(2, 3))
+    assert (ratio.amax(dim=(2, 3)) - ratio.amin(dim=(2, 3)) < 1e-3).all()
+    assert ((gamma >= 0.5 - 1e-4) & (gamma <= 2.0 + 1e-4)).all()
+    assert ((gamma - 1).abs() > 0.1).any()
+    assert ((gamma.amax(dim=1) - gamma.amin(dim=1)) > 0.05).any()  # per channel
+
+
+def test_torch_brightness_adds_one_affine_luma_change_to_all_channels():
+    # out = x + (mul - 1) * luma + add, the same in R, G and B (values kept away from clipping).
+    images = 0.3 + 0.4 * seeded_rand(0, 6, 3, 12, 12)
+    out = multiply_add_brightness(images, torch.Generator().manual_seed(1))
+    change = out - images
+    torch.testing.assert_close(change[:, 1:], change[:, :1].expand(-1, 2, -1, -1), atol=1e-6, rtol=0)
+    luma = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1)  # (N, H, W)
+    for n in range(len(images)):
+        design = torch.stack([luma[n].flatten(), torch.ones(luma[n].numel())], dim=1).double()
+        fit = torch.linalg.lstsq(design, change[n, 0].flatten().double()[:, None]).solution[:, 0]
+        slope, add = float(fit[0]), float(fit[1])
+        assert -0.2 - 1e-4 <= slope <= 0.2 + 1e-4  # mul in [0.8, 1.2]
+        assert abs(add * 255) <= 30 + 1e-3 and abs(add * 255 - round(add * 255)) < 1e-3
+        torch.testing.assert_close(change[n, 0], (slope * luma[n] + add).float(), atol=1e-5, rtol=0)
+    assert change.abs().amax() > 0.02
+
+
+def test_torch_sharpness_is_a_blend_with_the_smoothed_image():
+    # out = smooth + f * (x - smooth) with f in [0, 2] per image; fit f on unclipped pixels.
+    images = seeded_rand(0, 6, 3, 16, 16)
+    out = enhance_sharpness(images, torch.Generator().manual_seed(2))
+    smooth = enhance_sharpness_factor(images, torch.zeros(len(images)))
+    factors = []
+    for n in range(len(images)):
+        free = (out[n] > 1e-6) & (out[n] < 1 - 1e-6)
+        detail = (images[n] - smooth[n])[free]
+        factors.append(float(((out[n] - smooth[n])[free] * detail).sum() / (detail * detail).sum()))
+    factors = torch.tensor(factors)
+    assert ((factors >= -1e-4) & (factors <= 2 + 1e-4)).all()
+    assert ((factors - 1).abs() > 0.1).any()
+    torch.testing.assert_close(out, enhance_sharpness_factor(images, factors), atol=1e-4, rtol=0)
+
+
+def test_torch_hue_and_saturation_shift_by_one_value_per_image():
+    # In HSV: value kept, hue rotated by v / 255 of a turn, saturation moved by w / 255, with
+    # integers v, w in [-50, 50] per image; some image must really change in each.
+    images = seeded_rand(0, 8, 3, 12, 12)
+    out = add_hue_saturation(images, torch.Generator().manual_seed(3))
+    before, after = rgb_to_hsv(images), rgb_to_hsv(out)
+    torch.testing.assert_close(after[:, 2], before[:, 2], atol=1e-5, rtol=0)
+    hue_shifts, saturation_shifts = [], []
+    for n in range(len(images)):
+        coloured = (before[n, 1] > 0.3) & (after[n, 1] > 0.3)  # hue well defined before and after
+        turn = (after[n, 0] - before[n, 0])[coloured] % 1.0
+        turn = torch.where(turn > 0.5, turn - 1.0, turn)
+        assert turn.amax() - turn.amin() < 1e-3
+        unclipped = (after[n, 1] > 1e-3) & (after[n, 1] < 1 - 1e-3)
+        moved = (after[n, 1] - before[n, 1])[unclipped]
+        assert moved.amax() - moved.amin() < 1e-3
+        for shift in (turn.mean() * 255, moved.mean() * 255):
+            assert abs(shift) <= 50 + 0.1 and abs(shift - shift.round()) < 0.1
+        hue_shifts.append(float(turn.mean()))
+        saturation_shifts.append(float(moved.mean()))
+    assert max(abs(s) for s in hue_shifts) > 5 / 255
+    assert max(abs(s) for s in saturation_shifts) > 5 / 255
+
+
+def test_torch_solarize_inverts_the_values_above_a_threshold():
+    # Per image, either untouched or 1 - x exactly where x >= t, t in [32, 128] / 255 (p = 0.5).
+    images = seeded_rand(0, 16, 3, 12, 12)
+    out = solarize(images, torch.Generator().manual_seed(4))
+    applied = 0
+    for n in range(len(images)):
+        changed = out[n] != images[n]
+        if not changed.any():
+            continue
+        applied += 1
+        assert torch.equal(out[n][changed], 1.0 - images[n][changed])
+        lowest = images[n][changed].min()
+        assert torch.equal(changed, images[n] >= lowest)
+        assert 32 / 255 <= lowest <= 130 / 255
+    assert 0 < applied < len(images)
+
+
+def test_torch_posterize_keeps_the_high_bits_of_one_bit_depth_per_image():
+    # Levels become floor(level / 2**(8 - bits)) * 2**(8 - bits) with one bits in 1..8 per image.
+    images = seeded_rand(0, 16, 3, 8, 8)
+    out = (posterize(images, torch.Generator().manual_seed(5)) * 255).round().long()
+    levels = (images * 255).round().long()
+    steps = []
+    for n in range(len(images)):
+        fitting = [2**k for k in range(8) if torch.equal(out[n], levels[n] // 2**k * 2**k)]
+        assert fitting, n
+        steps.append(max(fitting))
+    assert max(steps) >= 8 and not torch.equal(out, levels)
+
+
+def test_torch_autocontrast_uses_a_cutoff_in_range():
+    # Every image is the stretch for some integer cutoff in [0, 20] %, and the images change.
+    images = 0.2 + 0.6 * seeded_rand(0, 6, 3, 16, 16)
+    out = autocontrast(images, torch.Generator().manual_seed(6))
+    candidates = [autocontrast_cutoff(images, torch.full((len(images),), c)) for c in range(21)]
+    for n in range(len(images)):
+        assert any(torch.equal(out[n], c[n]) for c in candidates), n
+    assert (out - images).abs().amax() > 0.1
+
+
+def test_torch_rotate_is_rotate_batch_by_an_angle_in_range():
+    images = seeded_rand(0, 5, 3, 20, 24)
+    generator = torch.Generator().manual_seed(7)
+    angles = -45.0 + 90.0 * torch.rand(5, generator=clone(generator))  # the draw it will make
+    out = rotate(images, generator)
+    torch.testing.assert_close(out, rotate_batch(images, angles))
+    assert (angles.abs() > 5).any() and not torch.allclose(out, images, atol=0.05)
