@@ -648,15 +648,23 @@ def _quiet_opencv() -> None:
     names the file; on the command line only that one line should appear.
 
     The call differs between OpenCV builds (pip's opencv-python has ``cv2.setLogLevel``, others
-    only ``cv2.utils.logging.setLogLevel``), and quieter logs are never worth a crash.
+    only ``cv2.utils.logging.setLogLevel``), and quieter logs are never worth a crash. A level
+    the user set in ``OPENCV_LOG_LEVEL`` wins.
     """
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is first imported
-    import cv2
-
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    os.environ["OPENCV_LOG_LEVEL"] = "ERROR"  # read when cv2 is first imported
+    try:
+        import cv2
+    finally:
+        del os.environ["OPENCV_LOG_LEVEL"]  # not passed on to notebooks or child processes
     logging_module = getattr(getattr(cv2, "utils", None), "logging", None)
     setter = getattr(logging_module, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
-    if setter is not None:
-        setter(2)  # 2 = errors only (OpenCV's utils::logging::LOG_LEVEL_ERROR)
+    try:
+        if setter is not None:
+            setter(2)  # 2 = errors only (OpenCV's utils::logging::LOG_LEVEL_ERROR)
+    except Exception:  # a build whose call takes other arguments: keep its logs
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

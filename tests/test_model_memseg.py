@@ -47,8 +47,9 @@ def test_shapes_at_every_stage(size):
 
 
 def test_stages_are_wired_as_documented():
-    """The fused levels come from MSFF on CI, and the decoder reads f4, the ATTENDED levels and
-    f0: a model that hands the decoder the levels before spatial attention fails here."""
+    """The fused levels come from MSFF on the concatenated information CI (features and their
+    differences to the memory), and the decoder reads f4, the ATTENDED levels and f0: a model
+    that hands the decoder the levels before spatial attention fails here."""
     model = make_model(64, memory=2, seed=3)
     with torch.no_grad():
         out = model.forward_with_intermediates(torch.randn(2, 3, 64, 64))

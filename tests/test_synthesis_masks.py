@@ -97,7 +97,7 @@ def test_default_masks_are_mostly_the_first_perlin_draw():
     shape, threshold = (64, 64), get_config("quick").perlin_threshold
     tries, covers = [], []
     for seed in range(150):
-        mask, used = draw_anomaly_mask(shape, np.random.default_rng(seed))
+        mask, used = draw_anomaly_mask(shape, np.random.default_rng(seed), threshold=threshold)
         tries.append(used)
         covers.append(mask.mean())
         if used == 1:
@@ -109,7 +109,7 @@ def test_default_masks_are_mostly_the_first_perlin_draw():
     # With a foreground, a first-draw mask is the same Perlin mask cut to the foreground.
     _, disc = disc_image()
     for seed in range(20):
-        mask, used = draw_anomaly_mask(shape, np.random.default_rng(seed), disc)
+        mask, used = draw_anomaly_mask(shape, np.random.default_rng(seed), disc, threshold=threshold)
         if used == 1:
             noise = random_perlin_noise(shape, np.random.default_rng(seed))
             np.testing.assert_array_equal(mask, (noise > threshold).astype(np.float32) * disc)

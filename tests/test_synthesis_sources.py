@@ -32,7 +32,6 @@ from memseg_tutorial.synthesis.torch_augment import (
     posterize,
     rgb_to_hsv,
     rotate,
-    rotate_batch,
     solarize,
 )
 
@@ -308,10 +307,20 @@ def test_torch_autocontrast_uses_a_cutoff_in_range():
     assert (out - images).abs().amax() > 0.1
 
 
-def test_torch_rotate_is_rotate_batch_by_an_angle_in_range():
+def test_torch_rotate_is_rotate_batch_by_an_angle_in_range(monkeypatch):
+    from memseg_tutorial.synthesis import torch_augment
+
+    drawn = []
+    real_rotate_batch = torch_augment.rotate_batch
+
+    def recording(images, angles):  # the angles rotate() drew, however it drew them
+        drawn.append(angles.clone())
+        return real_rotate_batch(images, angles)
+
+    monkeypatch.setattr(torch_augment, "rotate_batch", recording)
     images = seeded_rand(0, 5, 3, 20, 24)
-    generator = torch.Generator().manual_seed(7)
-    angles = -45.0 + 90.0 * torch.rand(5, generator=clone(generator))  # the draw it will make
-    out = rotate(images, generator)
-    torch.testing.assert_close(out, rotate_batch(images, angles))
+    out = rotate(images, torch.Generator().manual_seed(7))
+    (angles,) = drawn
+    assert angles.shape == (5,) and ((-45 <= angles) & (angles <= 45)).all()
+    torch.testing.assert_close(out, real_rotate_batch(images, angles))
     assert (angles.abs() > 5).any() and not torch.allclose(out, images, atol=0.05)

@@ -8,6 +8,7 @@ statistics never drift either. The stem (conv1 + bn1 + relu) and layer4 keep tra
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import sys
 import warnings
@@ -65,14 +66,21 @@ def _local_state_dict(path: Path) -> dict:
             f"backbone_weights={str(path)!r} is neither 'imagenet', 'none' nor an existing file. "
             f"Pass the path of a ResNet18 state dict (.pth), e.g. {IMAGENET_WEIGHTS_URL} saved locally."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    hint = f"Expected a ResNet18 state dict (.pth: torch.save(model.state_dict(), path)), e.g. {IMAGENET_WEIGHTS_URL}."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"Cannot read the backbone weights {path} ({first_line}). A whole saved model "
+                         f"is not accepted, only its state dict. {hint}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"The backbone weights ({path}) hold a {type(state).__name__}, not a state dict of "
-            f"tensors. Expected a ResNet18 state dict (.pth), e.g. {IMAGENET_WEIGHTS_URL} saved locally."
-        )
+    if not isinstance(state, dict):
+        raise ValueError(f"The backbone weights {path} hold a {type(state).__name__}, not a state dict. {hint}")
+    not_tensors = [f"{k!r} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"The backbone weights {path} hold entries that are not tensors: "
+                         f"{', '.join(not_tensors[:3])}. {hint}")
     return state
 
 
@@ -100,16 +108,14 @@ def build_resnet18(weights: str | os.PathLike = "imagenet") -> nn.Module:
         state = _imagenet_state_dict()
     else:
         state = _local_state_dict(Path(weights).expanduser())
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    expected = network.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (ResNet18: {tuple(expected[k].shape)})"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    if wrong:
-        raise ValueError(
-            f"The backbone weights ({weights}) do not fit torchvision's ResNet18: wrong shapes "
-            f"{wrong[:3]}. Expected a ResNet18 state dict."
-        )
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # any head: MemSeg drops it
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # torch's size check: a tensor of another network's shape
+        mismatches = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        raise ValueError(f"The backbone weights ({weights}) do not fit torchvision's ResNet18: "
+                         f"{' '.join(mismatches[:3]) or error}. Expected a ResNet18 state dict.") from error
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(
