@@ -18,6 +18,7 @@ from memseg_tutorial.inference import (
     Predictor,
     Thresholds,
     expected_false_alarm_rate,
+    overlay_panel,
     resolve_images,
 )
 from memseg_tutorial.model import image_scores
@@ -56,8 +57,13 @@ def test_maps_come_back_at_each_image_size(checkpoint, odd_images):
         # the score is the one of the model-size map (as in the evaluation)
         image = read_image_rgb(p.path)
         x = to_tensor(resize_image(image, 64))[None]
-        expected = image_scores(predictor.model.anomaly_map(x), 10)[0]
+        small_map = predictor.model.anomaly_map(x)
+        expected = image_scores(small_map, 10)[0]
         assert p.score == pytest.approx(float(expected), abs=1e-6)
+        # ... and the map is the model-size map stretched to (width, height), not flipped or transposed
+        height, width = image.shape[:2]
+        stretched = cv2.resize(small_map[0].numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(p.anomaly_map, np.clip(stretched, 0, 1), atol=1e-6)
     # the decisions read the thresholds: image ones the score, pixel ones the map
     maps = np.concatenate([p.anomaly_map.ravel() for p in predictions])
     predictor.thresholds = Thresholds(image=float(np.mean([p.score for p in predictions])),
@@ -134,6 +140,26 @@ def test_overlays_and_scores_written(checkpoint, odd_images, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("file,score")
 
 
+def test_overlay_panel_shows_image_heat_map_and_contour():
+    """Panel 1 is the image, panel 2 the heat map blended over it, panel 3 the image with the
+    defect's outline in red (and the score written in its top-left corner)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    anomaly_map = np.zeros((60, 80), np.float32)
+    anomaly_map[20:40, 30:60] = 0.9
+    prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.9,
+                            is_anomalous=True, defect_mask=anomaly_map > 0.5)
+    panel = overlay_panel(prediction, alpha=0.5)
+    first, heat, outlined = panel[:, :80], panel[:, 80:160], panel[:, 160:]
+    np.testing.assert_array_equal(first, image)
+    jet = cv2.cvtColor(cv2.applyColorMap((anomaly_map * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                       cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(heat, cv2.addWeighted(image, 0.5, jet, 0.5, 0.0))
+    assert (outlined[20, 30:60] == (255, 0, 0)).all() and (outlined[39, 30:60] == (255, 0, 0)).all()
+    np.testing.assert_array_equal(outlined[25:35, 35:55], image[25:35, 35:55])  # inside: untouched
+    np.testing.assert_array_equal(outlined[45:, :], image[45:, :])  # below the label, off the outline
+
+
 def test_failed_overlay_write_leaves_nothing(checkpoint, odd_images, tmp_path, monkeypatch):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     predictions = predictor.predict(odd_images)
@@ -155,6 +181,15 @@ def test_failed_overlay_write_leaves_nothing(checkpoint, odd_images, tmp_path, m
     with pytest.raises(OSError, match="disk full"):
         predictor.save_overlays(predictions, tmp_path / "kept")
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["mine.txt"]
+    # A failed write over an earlier complete result leaves that result as it was.
+    monkeypatch.undo()
+    earlier = predictor.save_overlays(predictions, tmp_path / "earlier")
+    before = {p.name: p.read_bytes() for p in earlier}
+    monkeypatch.setattr(cv2, "imwrite", failing_imwrite)
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        predictor.save_overlays(predictions[::-1], tmp_path / "earlier")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == before
 
 
 def test_bad_inputs_say_what_is_wrong(checkpoint, tmp_path):
