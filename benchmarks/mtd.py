@@ -364,18 +364,18 @@ def main(argv: list[str] | None = None) -> int:
         metrics = score_validation(trainer.model, validation, config)
         result.update(split=f"validation (80 held-out train normals + 80 with {args.validation_anomalies} defects)",
                       **metrics)
-        print(format_results_table(metrics["per_family"], metrics))
+        print(format_results_table(metrics["per_family"], metrics, config.aupro_fpr_limit))
         print(f"VALIDATION image AUROC {metrics['image_auroc']:.3f}  pixel AUROC "
-              f"{metrics['pixel_auroc']:.3f}  AUPRO@0.3 {metrics['aupro']:.3f}  image AUROC by score "
+              f"{metrics['pixel_auroc']:.3f}  AUPRO@{config.aupro_fpr_limit:g} {metrics['aupro']:.3f}  image AUROC by score "
               + " ".join(f"{k} {v:.3f}" for k, v in metrics["image_auroc_by_score"].items()))
     else:
         test = MTDDataset(args.root, "test", image_size=config.image_size)
         evaluation = evaluate(trainer.model, test, config, batch_size=16)
         result.update(split="test", eval_images_per_s=evaluation.images_per_second,
                       per_defect=evaluation.per_defect, **evaluation.metrics)
-        print(format_results_table(evaluation.per_defect, evaluation.metrics))
+        print(evaluation.table())
         print(f"TEST image AUROC {evaluation.metrics['image_auroc']:.3f}  pixel AUROC "
-              f"{evaluation.metrics['pixel_auroc']:.3f}  AUPRO@0.3 {evaluation.metrics['aupro']:.3f}  "
+              f"{evaluation.metrics['pixel_auroc']:.3f}  AUPRO@{evaluation.fpr_limit:g} {evaluation.metrics['aupro']:.3f}  "
               f"train {result['train_images_per_s']:.2f} img/s  eval {evaluation.images_per_second:.2f} img/s")
     out = args.out or runs_dir() / ("mtd_validation.json" if args.validate else "mtd_benchmark.json")
     atomic_write_json(result, out)

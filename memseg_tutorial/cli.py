@@ -506,7 +506,7 @@ def cmd_demo(args) -> int:
         f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min "
         f"(training {train_seconds:.0f} s, {trainer.images_per_second:.1f} images/s): "
         f"image AUROC {result.metrics['image_auroc']:.3f}, pixel AUROC "
-        f"{result.metrics['pixel_auroc']:.3f}, AUPRO@0.3 {result.metrics['aupro']:.3f}\n"
+        f"{result.metrics['pixel_auroc']:.3f}, AUPRO@{result.fpr_limit:g} {result.metrics['aupro']:.3f}\n"
         f"threshold from {DEMO_HOLDOUT} held-out normals: {record['test_detection_rate']:.0%} of "
         f"test defects flagged, {record['test_false_alarm_rate']:.0%} false alarms on test normals "
         f"(about {record['expected_false_alarm_rate']:.0%} expected from {DEMO_HOLDOUT} normals)\n"

@@ -215,10 +215,11 @@ class EvaluationResult:
     per_defect: dict = field(default_factory=dict)  # defect -> the same three numbers
     seconds: float = 0.0
     images_per_second: float = 0.0
+    fpr_limit: float = 0.3  # the FPR up to which AUPRO was integrated
 
     def table(self) -> str:
         """A plain-text table: one row per defect type, then all defects together."""
-        return format_results_table(self.per_defect, self.metrics)
+        return format_results_table(self.per_defect, self.metrics, self.fpr_limit)
 
 
 def _nan_if_undefined(metric, *args) -> float:
@@ -276,9 +277,9 @@ def _cell(value: float, width: int) -> str:
     return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
 
 
-def format_results_table(per_defect: dict, overall: dict | None = None) -> str:
+def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limit: float = 0.3) -> str:
     """One row per defect type, then "all"; n/a marks a metric the row's data cannot define."""
-    header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{'AUPRO@0.3':>11}"
+    header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{f'AUPRO@{fpr_limit:g}':>11}"
     lines = [header, "-" * len(header)]
     rows = list(per_defect.items())
     if overall:
@@ -403,6 +404,7 @@ def evaluate(
         per_defect=table,
         seconds=seconds,
         images_per_second=len(dataset) / max(seconds, 1e-9),
+        fpr_limit=config.aupro_fpr_limit,
     )
 
 

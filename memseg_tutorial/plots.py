@@ -227,11 +227,11 @@ def plot_test_overlays(result, per_defect: int = 1, normals: int = 2, max_rows: 
 
 
 def plot_per_defect_table(per_defect: dict, overall: dict | None = None,
-                          title: str = "Results per defect type") -> Figure:
+                          title: str = "Results per defect type", fpr_limit: float = 0.3) -> Figure:
     """The per-defect metrics as a grouped bar chart (one group per defect, three bars)."""
     names = list(per_defect) + (["all"] if overall else [])
     rows = [per_defect[n] for n in per_defect] + ([overall] if overall else [])
-    keys = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3"))
+    keys = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", f"AUPRO@{fpr_limit:g}"))
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3))
     for k, (key, label) in enumerate(keys):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from memseg_tutorial import get_config
+from memseg_tutorial.data.images import to_tensor
 from memseg_tutorial.seeding import make_rng
 from memseg_tutorial.synthesis import is_grey
 
@@ -73,6 +74,23 @@ def test_validation_split_holds_out_normals_only(mtd_script):
     kept_again, again = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
     assert kept_again == kept and np.array_equal(again["masks"], masks)
     assert again["families"] == validation["families"]
+
+
+def test_validation_tiles_are_not_trained_on(mtd_script):
+    """A held-out tile among the kept training tiles would leak the validation into training."""
+    tiles = GreyTiles(count=12)
+    config = get_config("quick", image_size=64)
+    kept, validation = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
+    originals = torch.stack([to_tensor(tiles.load_rgb(i)) for i in range(len(tiles))])
+    for normal in validation["images"][:3]:  # held-out normals are the tiles as they are
+        matches = [i for i in range(len(tiles)) if torch.equal(normal, originals[i])]
+        assert len(matches) == 1 and matches[0] not in kept
+    # Each held-out image, defect or not, comes from the tile it differs least from (the tiles
+    # are independent noise, a faded defect changes only part of one): all 12 tiles accounted for.
+    distance = (validation["images"][:, None] - originals[None]).abs().mean(dim=(2, 3, 4))
+    held = distance.argmin(dim=1).tolist()
+    assert len(set(held)) == 6 and set(held).isdisjoint(kept)
+    assert sorted(held + kept) == list(range(12))
 
 
 class MapsInOrder(torch.nn.Module):

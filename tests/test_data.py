@@ -374,11 +374,30 @@ def test_write_mtd_split_and_read_it(tmp_path):
     assert set(test.defects) == set(MTD_CLASSES.values())
     item = test[test.defects.index("crack")]
     assert item["image"].shape == (3, 32, 32)
-    raw_mask = cv2.imread(str(test.mask_paths[test.defects.index("crack")]), cv2.IMREAD_GRAYSCALE)
-    assert (raw_mask > 127).sum() == 100  # the 100-valued pixel is below the threshold
-    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}  # the threshold: see the next test
     assert test[test.labels.index(0)]["mask"].sum() == 0
     assert write_mtd_split(root, seed=0).read_text() == (root / "split.csv").read_text()
+
+
+def test_mtd_faint_mask_values_are_not_defects(tmp_path):
+    """MTD masks are anti-aliased: faint grey (~100) is no defect, only values above 127 are.
+
+    Bands of a quarter to a half of the image survive the nearest-neighbour resize to 32 px.
+    """
+    root = _tiny_mtd(tmp_path)
+    write_mtd_split(root, seed=0)
+    test = MTDDataset(root, "test", image_size=32)
+    index = test.defects.index("crack")
+    h, w = cv2.imread(str(test.image_paths[index]), cv2.IMREAD_GRAYSCALE).shape
+    mask = np.zeros((h, w), np.uint8)
+    mask[: h // 2, w // 4 :] = 255  # the defect: top half, right of a clear quarter
+    mask[h // 2 :, w // 4 :] = 100  # faint anti-aliasing: bottom half
+    _write(test.mask_paths[index], mask)
+    for item_mask in (test[index]["mask"][0].numpy(), test.load_mask(index)):
+        assert item_mask.shape == (32, 32)
+        assert (item_mask[:12, 12:] == 1).all()  # the 255 region is defect
+        assert (item_mask[20:, :] == 0).all()  # the faint band is not
+        assert (item_mask[:, :6] == 0).all()  # background stays background
 
 
 def test_mtd_missing_root_explains(tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 import urllib.error
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -223,6 +224,132 @@ def test_tar_link_inside_is_allowed(tmp_path):
         tar.addfile(link)
     out = safe_extract(path, tmp_path / "out")
     assert (out / "top" / "alias.txt").read_bytes() == b"real"
+
+
+# The package's own member checks. On Python >= 3.11.4 tarfile's "data" filter refuses most of
+# these by itself, so the tests above would pass with no check of ours; Python 3.10 (supported)
+# may have no filter at all. These call the check directly, or extract with the filter turned off.
+def _tar_of(path: Path, members: list[tuple[str, bytes, str]]) -> Path:
+    """A tar of (name, type, link target) members, after a harmless regular file."""
+    with tarfile.open(path, "w") as tar:
+        real = tarfile.TarInfo("top/real.txt")
+        real.size = 4
+        tar.addfile(real, io.BytesIO(b"real"))
+        for name, kind, linkname in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, linkname
+            tar.addfile(info)
+    return path
+
+
+def _check_tar(path: Path) -> None:
+    with tarfile.open(path) as tar:
+        download_module._check_tar_members(tar, path)
+
+
+UNSAFE_NAMES = ["../evil.txt", "top/../../evil.txt", "/tmp/memseg_evil_abs.txt", "C:/evil.txt",
+                "C:evil.txt", "c:\\evil.txt", "\\tmp\\evil.txt", "top\\..\\..\\evil.txt"]
+OUTSIDE_LINKS = [
+    ("top/link", tarfile.SYMTYPE, "../../etc/passwd"),
+    ("top/link", tarfile.SYMTYPE, "/etc/passwd"),
+    ("link", tarfile.SYMTYPE, "../outside.txt"),  # one level up from the root is already outside
+    ("top/link", tarfile.SYMTYPE, "sub/../../../outside.txt"),
+    ("top/link", tarfile.LNKTYPE, "../outside.txt"),  # hard links are relative to the archive root
+    ("top/link", tarfile.LNKTYPE, "/etc/passwd"),
+]
+SPECIAL_FILES = [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_own_check_rejects_escaping_member_names(tmp_path, name):
+    """'..', absolute paths and Windows drives ('C:') are refused by our check, not only tarfile's."""
+    with pytest.raises(UnsafeArchiveError, match="member " + re.escape(repr(name)) + ".*outside the target"):
+        download_module._check_member_path(name, tmp_path / "evil.tar")
+    path = _tar_of(tmp_path / "evil.tar", [(name, tarfile.REGTYPE, "")])
+    with pytest.raises(UnsafeArchiveError, match=re.escape(repr(name)) + ".*outside the target"):
+        _check_tar(path)
+
+
+@pytest.mark.parametrize(("name", "kind", "target"), OUTSIDE_LINKS,
+                         ids=[f"{'sym' if k == tarfile.SYMTYPE else 'hard'}link:{t}" for _, k, t in OUTSIDE_LINKS])
+def test_own_check_rejects_links_pointing_outside(tmp_path, name, kind, target):
+    path = _tar_of(tmp_path / "links.tar", [(name, kind, target)])
+    with pytest.raises(UnsafeArchiveError, match=f"link {re.escape(repr(name))} points outside"):
+        _check_tar(path)
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES, ids=["char-device", "block-device", "fifo"])
+def test_own_check_rejects_devices_and_pipes(tmp_path, kind):
+    path = _tar_of(tmp_path / "special.tar", [("top/dev", kind, "")])
+    with pytest.raises(UnsafeArchiveError, match="'top/dev' is a device or pipe"):
+        _check_tar(path)
+
+
+def test_own_check_accepts_a_harmless_archive(tmp_path):
+    """Folders, files and links that stay inside (also through '..') must pass."""
+    path = _tar_of(tmp_path / "fine.tar", [
+        ("top/sub", tarfile.DIRTYPE, ""),
+        ("top/sub/alias.txt", tarfile.SYMTYPE, "../real.txt"),
+        ("top/hard.txt", tarfile.LNKTYPE, "top/real.txt"),
+        ("top/a..b.txt", tarfile.REGTYPE, ""),  # dots in a name are not a '..' part
+    ])
+    _check_tar(path)  # does not raise
+    for name in ("top/real.txt", "top/a..b.txt", "top/sub/x.png"):
+        assert download_module._check_member_path(name, path) == PurePosixPath(name)
+
+
+def remove_tar_filters(monkeypatch) -> None:
+    """tarfile as on a Python without extraction filters: only the package's checks remain."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    if hasattr(tarfile, "fully_trusted_filter"):  # no default filter either (3.14's is "data")
+        monkeypatch.setattr(tarfile.TarFile, "extraction_filter",
+                            staticmethod(tarfile.fully_trusted_filter))
+
+
+@pytest.fixture
+def no_tar_filter(monkeypatch):
+    remove_tar_filters(monkeypatch)
+
+
+@pytest.mark.parametrize("member", [("../evil.txt", tarfile.REGTYPE, ""),
+                                    ("top/../../evil.txt", tarfile.REGTYPE, ""),
+                                    *OUTSIDE_LINKS[:1], *OUTSIDE_LINKS[-2:-1],
+                                    ("top/fifo", tarfile.FIFOTYPE, "")],
+                         ids=["dotdot", "nested-dotdot", "symlink", "hardlink", "fifo"])
+def test_unsafe_tar_is_rejected_without_tarfile_filter(tmp_path, no_tar_filter, member):
+    """With no extraction filter, safe_extract still refuses before writing anything."""
+    path = _tar_of(tmp_path / "evil.tar", [member])
+    destination = tmp_path / "a" / "b" / "out"
+    with pytest.raises(UnsafeArchiveError, match="outside|device or pipe"):
+        safe_extract(path, destination)
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == ["a", "a/b", "evil.tar"]
+
+
+@pytest.mark.parametrize("with_filter", [False, True], ids=["no-tarfile-filter", "tarfile-filter"])
+def test_member_through_a_symlink_cannot_escape(tmp_path, monkeypatch, with_filter):
+    """A link that looks inside on its own (l1/l2 -> .. from l1 -> .) leads outside through the
+    earlier one; the package refuses any member under a symbolic link, filter or not."""
+    if not with_filter:
+        remove_tar_filters(monkeypatch)
+    path = tmp_path / "chain.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, target in (("l1", "."), ("l1/l2", "..")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        info = tarfile.TarInfo("l2/evil.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"pwned"))
+    with pytest.raises(UnsafeArchiveError, match=r"'l1/l2' lies under the symbolic link 'l1'"):
+        safe_extract(path, tmp_path / "a" / "b" / "out")
+    assert not (tmp_path / "a" / "b" / "evil.txt").exists() and not (tmp_path / "a" / "b" / "out").exists()
+
+
+def test_harmless_tar_extracts_without_tarfile_filter(tmp_path, no_tar_filter):
+    path = _tar_of(tmp_path / "fine.tar", [("top/sub", tarfile.DIRTYPE, ""),
+                                           ("top/sub/alias.txt", tarfile.SYMTYPE, "../real.txt")])
+    out = safe_extract(path, tmp_path / "out")
+    assert (out / "top" / "sub" / "alias.txt").read_bytes() == b"real"
 
 
 def test_zip_escaping_member_is_rejected(tmp_path):

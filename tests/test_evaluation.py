@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -136,13 +137,26 @@ def test_aupro_perfect_and_random():
     assert 0.10 < random_score < 0.20
 
 
-def test_masks_resized_with_nearest_and_binarised():
+@pytest.mark.parametrize("kind", ["0/255 binary", "0..1 grey"])
+def test_masks_resized_with_nearest_and_binarised(kind):
+    """Non-square masks to a non-square (H, W): nearest neighbour (bilinear would invent grey
+    edges that move the cut) in cv2's (W, H) order, then > 0.5 (0/255 masks scaled first)."""
+    rng = np.random.default_rng(3)
+    if kind == "0/255 binary":
+        values = (rng.random((2, 6, 7)) > 0.5).astype(np.float32)
+        masks = (values * 255).astype(np.uint8)
+    else:
+        values = masks = rng.random((2, 6, 7)).astype(np.float32)  # the 0.5 cut matters here
+    big = binarize_masks(masks, size=(10, 15))
+    assert big.dtype == bool and big.shape == (2, 10, 15)
+    expected = np.stack(
+        [cv2.resize(v, (15, 10), interpolation=cv2.INTER_NEAREST) for v in values]
+    ) > 0.5
+    np.testing.assert_array_equal(big, expected)
+
+
+def test_masks_of_another_size_than_the_maps_are_resized_first():
     mask = np.array([[[0, 255], [255, 0]]], dtype=np.uint8)
-    big = binarize_masks(mask, size=(4, 4))
-    assert big.dtype == bool and big.shape == (1, 4, 4)
-    np.testing.assert_array_equal(big[0, :2, 2:], True)
-    np.testing.assert_array_equal(big[0, :2, :2], False)
-    # maps of another size than the masks are compared after that resize
     maps = np.zeros((1, 4, 4))
     maps[0, :2, 2:] = maps[0, 2:, :2] = 1.0
     assert pixel_auroc(mask, maps) == pytest.approx(1.0)
@@ -161,8 +175,57 @@ def test_per_defect_rows_use_all_normals():
     assert table["a"]["image_auroc"] == pytest.approx(0.75)  # 0.9 beats both, 0.3 beats one
     assert table["b"]["image_auroc"] == pytest.approx(1.0)
     overall = compute_metrics(labels, scores, masks, maps)
-    text = format_results_table(table, overall)
-    assert "all" in text and "AUPRO@0.3" in text
+    rows = {line.split()[0]: line.split()[1:]
+            for line in format_results_table(table, overall).splitlines()[2:]}
+    names = ("image_auroc", "pixel_auroc", "aupro")
+    assert rows["a"] == ["2", *(f"{table['a'][name]:.3f}" for name in names)]
+    assert rows["all"] == [f"{overall[name]:.3f}" for name in names]
+
+
+def test_results_table_puts_each_number_under_its_own_column():
+    """A different number in every cell, so a swapped or shifted column shows up."""
+    per_defect = {"crack": {"image_auroc": 0.1, "pixel_auroc": 0.2, "aupro": 0.3, "count": 2}}
+    overall = {"image_auroc": 0.4, "pixel_auroc": 0.5, "aupro": float("nan")}
+    header, _, *rows = format_results_table(per_defect, overall).splitlines()
+    assert rows == [
+        "crack               2        0.100        0.200      0.300",
+        "all                          0.400        0.500        n/a",
+    ]
+    # each number is right-aligned under its heading
+    ends = [header.index(name) + len(name) for name in ("images", "image AUROC", "pixel AUROC")]
+    for end, cell in zip([*ends, len(header)], ["2", "0.100", "0.200", "0.300"], strict=True):
+        assert rows[0][:end].endswith(cell)
+
+
+def _two_limits_case():
+    """A normal image and two defect types (the hand case is "a"): AUPRO differs between FPR
+    limits 0.05 and 0.3, so a limit that is not passed on shows up."""
+    mask, anomaly_map = _hand_case()
+    masks = np.zeros((3, 3, 4))
+    masks[1] = mask[0]
+    masks[2, 0:2, 1:3] = 1
+    maps = np.zeros((3, 3, 4))
+    maps[0] = np.linspace(0.0, 0.4, 12).reshape(3, 4)  # normal pixels at many scores
+    maps[1] = anomaly_map[0]
+    maps[2] = np.linspace(0.7, 0.0, 12).reshape(3, 4)  # b's region is found only partly at first
+    labels, scores, defects = np.array([0, 1, 1]), np.array([0.2, 0.9, 0.6]), ["good", "a", "b"]
+    for chosen in ([0, 1, 2], [0, 1], [0, 2]):
+        assert aupro(masks[chosen], maps[chosen], 0.05) != pytest.approx(
+            aupro(masks[chosen], maps[chosen], 0.3))
+    return labels, scores, masks, maps, defects
+
+
+def test_compute_metrics_passes_the_fpr_limit_on():
+    labels, scores, masks, maps, _ = _two_limits_case()
+    metrics = compute_metrics(labels, scores, masks, maps, fpr_limit=0.05)
+    assert metrics["aupro"] == pytest.approx(aupro(masks, maps, 0.05))
+
+
+def test_per_defect_metrics_passes_the_fpr_limit_on():
+    labels, scores, masks, maps, defects = _two_limits_case()
+    table = per_defect_metrics(labels, scores, masks, maps, defects, fpr_limit=0.05)
+    assert table["a"]["aupro"] == pytest.approx(aupro(masks[:2], maps[:2], 0.05))
+    assert table["b"]["aupro"] == pytest.approx(aupro(masks[[0, 2]], maps[[0, 2]], 0.05))
 
 
 def test_missing_class_messages_name_the_right_unit():
@@ -205,8 +268,8 @@ class _TinyTestSet(torch.utils.data.Dataset):
         return {"image": self.images[index], "mask": self.masks[index]}
 
 
-def _tiny_config():
-    return get_config("quick", image_size=64, score_top_k=4, num_workers=0)
+def _tiny_config(**overrides):
+    return get_config("quick", **{"image_size": 64, "score_top_k": 4, "num_workers": 0, **overrides})
 
 
 def test_predict_dataset_scores_in_eval_mode_and_restores_the_mode():
@@ -229,7 +292,31 @@ def test_a_defect_type_with_empty_masks_gets_nan_pixel_metrics():
     assert dent["pixel_auroc"] == pytest.approx(1.0) and dent["aupro"] == pytest.approx(1.0)
     assert all(np.isfinite(value) for value in result.metrics.values())  # overall: dent's masks
     ghost_row = next(line for line in result.table().splitlines() if line.startswith("ghost"))
-    assert ghost_row.split()[-2:] == ["n/a", "n/a"]
+    assert ghost_row == "ghost               2        1.000          n/a        n/a"
+
+
+@pytest.mark.parametrize("mode", ["max", "topk_mean"])
+def test_evaluation_scores_follow_the_configured_score_mode(mode):
+    """The image score is the per-image max, or the mean of the top score_top_k pixels, as the
+    config says: evaluation must score images the way training and inference do."""
+    result = evaluate(_BatchNormMaps(), _TinyTestSet(), _tiny_config(score_mode=mode, score_top_k=4))
+    ranked = -np.sort(-result.maps.reshape(len(result.maps), -1), axis=1)  # descending per image
+    top_max, top_4 = ranked[:, 0], ranked[:, :4].mean(axis=1)
+    assert not np.allclose(top_max, top_4) and not np.allclose(top_4, ranked.mean(axis=1))
+    np.testing.assert_allclose(result.scores, top_max if mode == "max" else top_4, rtol=1e-6)
+
+
+def test_evaluate_uses_the_configured_aupro_fpr_limit():
+    dataset = _TinyTestSet()
+    dataset.images[3, :, 2:5, 2:5] -= 1.9  # one faint dent: the maps are no longer perfect
+    result = evaluate(_BatchNormMaps(), dataset, _tiny_config(aupro_fpr_limit=0.05))
+    masks, maps = result.masks, result.maps
+    dent = [i for i, d in enumerate(result.defects) if d in ("good", "dent")]
+    assert aupro(masks, maps, 0.05) != pytest.approx(aupro(masks, maps, 0.3))
+    assert aupro(masks[dent], maps[dent], 0.05) != pytest.approx(aupro(masks[dent], maps[dent], 0.3))
+    assert result.metrics["aupro"] == pytest.approx(aupro(masks, maps, 0.05))
+    assert result.per_defect["dent"]["aupro"] == pytest.approx(aupro(masks[dent], maps[dent], 0.05))
+    assert result.table().splitlines()[0].endswith("AUPRO@0.05")  # the heading names the limit used
 
 
 def test_evaluation_needs_normal_and_defective_images():

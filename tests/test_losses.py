@@ -54,6 +54,22 @@ def test_total_is_weighted_sum_and_softmax_applied_once():
     torch.testing.assert_close(total, 0.6 * parts["l1"] + 0.4 * parts["focal"])
 
 
+def test_configured_gamma_and_weights_are_used():
+    """Non-default gamma and weights: a loss that hard-codes gamma 4 or the 0.6 / 0.4 weights,
+    or a from_config that drops them, shows up here (the defaults alone cannot tell)."""
+    logits, mask = toy(4)
+    config = get_config("full", l1_weight=0.25, focal_weight=1.5, focal_gamma=2.0)
+    loss = MemSegLoss.from_config(config)
+    assert (loss.l1_weight, loss.focal_weight, loss.gamma) == (0.25, 1.5, 2.0)
+    total, parts = loss(logits, mask)
+    probs = logits.softmax(dim=1)
+    torch.testing.assert_close(parts["focal"], focal_loss(probs, mask, 2.0), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(total, 0.25 * l1_loss(probs, mask) + 1.5 * parts["focal"])
+    _, default_parts = MemSegLoss()(logits, mask)  # gamma 4
+    assert parts["focal"] > default_parts["focal"] + 0.05  # gamma 2 down-weights less
+    torch.testing.assert_close(parts["l1"], default_parts["l1"])  # gamma leaves L1 alone
+
+
 def test_extreme_logits_stay_finite_with_finite_gradients():
     mask = torch.tensor([[[[1.0, 0.0]]]])
     logits = torch.tensor([[[[200.0, -200.0]], [[-200.0, 200.0]]]], requires_grad=True)  # all wrong

@@ -100,6 +100,8 @@ def test_per_defect_bars_carry_each_metric_in_order():
     assert heights == [[0.9, 0.6, 0.75], [0.8, 0.5, 0.65], [0.7, 0.4, 0.55]]
     assert [label.get_text() for label in ax.get_xticklabels()] == ["crack", "hole", "all"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["image AUROC", "pixel AUROC", "AUPRO@0.3"]
+    ax = plot_per_defect_table(per_defect, overall, fpr_limit=0.05).axes[0]
+    assert ax.get_legend().get_texts()[2].get_text() == "AUPRO@0.05"
 
 
 def test_to_display_accepts_a_one_channel_tensor():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -138,6 +140,43 @@ def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     ensure_sample_dataset(root)
     assert json.loads((root / ".complete").read_text())["seed"] == 0
     assert len(MVTecDataset(root, "surface", "train", image_size=32)) == 40
+
+
+KILLED_CHILD = """
+import os, sys
+from pathlib import Path
+from memseg_tutorial.data import sample
+
+real_write, second, written = sample._write_png, list(sample.SAMPLE_CATEGORIES)[1], []
+
+def write_then_die(path, array):
+    real_write(path, array)
+    written.append(path)
+    if sum(second in Path(p).parts for p in written) == 3:
+        os._exit(17)  # a kill: no exception, no finally, no cleanup
+
+sample._write_png = write_then_die
+sample.generate_sample_dataset(sys.argv[1])
+"""
+
+
+def test_killed_generation_is_not_taken_as_complete(tmp_path, sample_root):
+    """A process killed mid-way (no except/finally runs) must not leave a folder that passes as done."""
+    script = tmp_path / "killed_child.py"
+    script.write_text(KILLED_CHILD)
+    work = tmp_path / "work"
+    work.mkdir()
+    root = work / "sample"
+    result = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 17, result.stderr  # killed where intended, not finished or crashed
+    written = list(work.rglob("*.png"))
+    assert len(written) > 40  # one category and a bit of the next lie on disk
+    assert not sample_module._is_complete(root) and not sample_module._is_complete(root, seed=0)
+    assert not sample_module.is_sample_dataset(root)
+    ensure_sample_dataset(root)  # regenerates instead of reusing the partial files
+    assert sample_module._is_complete(root, seed=0)
+    assert _files(root) == _files(sample_root)  # nothing of the killed run remains in the dataset
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):

@@ -223,8 +223,18 @@ def _check_member_path(name: str, archive: Path) -> PurePosixPath:
 
 
 def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
+    symlinks: set[PurePosixPath] = set()  # a path through one is not checked by the rules below
     for member in tar.getmembers():
         path = _check_member_path(member.name, archive)
+        normal = PurePosixPath(os.path.normpath(str(path)))
+        through = next((parent for parent in normal.parents if parent in symlinks), None)
+        if through is not None:
+            raise UnsafeArchiveError(
+                f"Refusing to extract {archive}: member {member.name!r} lies under the symbolic link "
+                f"{str(through)!r}, which could lead outside the target folder."
+            )
+        if member.issym():
+            symlinks.add(normal)
         if member.issym() or member.islnk():
             link = PurePosixPath(member.linkname.replace("\\", "/"))
             resolved = link if member.islnk() else path.parent / link
