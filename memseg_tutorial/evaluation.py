@@ -279,7 +279,9 @@ def _cell(value: float, width: int) -> str:
 
 def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limit: float = 0.3) -> str:
     """One row per defect type, then "all"; n/a marks a metric the row's data cannot define."""
-    header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{f'AUPRO@{fpr_limit:g}':>11}"
+    aupro_label = f"AUPRO@{fpr_limit:g}"
+    width = max(11, len(aupro_label) + 2)
+    header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{aupro_label:>{width}}"
     lines = [header, "-" * len(header)]
     rows = list(per_defect.items())
     if overall:
@@ -288,7 +290,7 @@ def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limi
         count = m.get("count", "")
         lines.append(
             f"{name:<14}{count!s:>7}{_cell(m['image_auroc'], 13)}{_cell(m['pixel_auroc'], 13)}"
-            f"{_cell(m['aupro'], 11)}"
+            f"{_cell(m['aupro'], width)}"
         )
     return "\n".join(lines)
 

@@ -10,6 +10,13 @@ from memseg_tutorial.data import MVTecDataset, TextureSource, generate_sample_da
 from memseg_tutorial.training import Trainer
 
 
+@pytest.fixture(autouse=True)
+def no_debug_tracebacks(monkeypatch):
+    """MEMSEG_DEBUG in a developer's shell turns one-line errors into tracebacks; tests expect
+    what users see."""
+    monkeypatch.delenv("MEMSEG_DEBUG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory):
     """The offline sample dataset (MVTec layout, categories "surface" and "object") in a tmp dir."""

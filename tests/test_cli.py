@@ -153,8 +153,8 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys, monk
     computed = []
     evaluate_run = cli._evaluate_run
 
-    def recorded(*args):
-        computed.append(evaluate_run(*args))
+    def recorded(*args, **kwargs):
+        computed.append(evaluate_run(*args, **kwargs))
         return computed[-1]
 
     monkeypatch.setattr(cli, "_evaluate_run", recorded)
@@ -399,7 +399,8 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
 def test_a_truncated_image_gives_one_line_on_stderr_not_an_opencv_warning_too(checkpoint, tmp_path):
     whole = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
     (tmp_path / "cut.png").write_bytes(whole[:60])  # starts like a PNG, ends early
-    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}  # main() must quieten it
+    env = {k: v for k, v in os.environ.items()  # main() must quieten OpenCV; one-line errors
+           if k not in ("OPENCV_LOG_LEVEL", "MEMSEG_DEBUG")}
     result = subprocess.run([sys.executable, "-m", "memseg_tutorial", "predict", str(checkpoint),
                              str(tmp_path / "cut.png"), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300, env=env)

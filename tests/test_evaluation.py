@@ -186,15 +186,17 @@ def test_results_table_puts_each_number_under_its_own_column():
     """A different number in every cell, so a swapped or shifted column shows up."""
     per_defect = {"crack": {"image_auroc": 0.1, "pixel_auroc": 0.2, "aupro": 0.3, "count": 2}}
     overall = {"image_auroc": 0.4, "pixel_auroc": 0.5, "aupro": float("nan")}
-    header, _, *rows = format_results_table(per_defect, overall).splitlines()
-    assert rows == [
-        "crack               2        0.100        0.200      0.300",
-        "all                          0.400        0.500        n/a",
-    ]
-    # each number is right-aligned under its heading
-    ends = [header.index(name) + len(name) for name in ("images", "image AUROC", "pixel AUROC")]
-    for end, cell in zip([*ends, len(header)], ["2", "0.100", "0.200", "0.300"], strict=True):
-        assert rows[0][:end].endswith(cell)
+    for limit, label in ((0.3, "AUPRO@0.3"), (0.0001, "AUPRO@0.0001")):
+        header, _, *rows = format_results_table(per_defect, overall, limit).splitlines()
+        assert [row.split() for row in rows] == [["crack", "2", "0.100", "0.200", "0.300"],
+                                                 ["all", "0.400", "0.500", "n/a"]]
+        # each number is right-aligned under its heading, which the limit names
+        names = ("images", "image AUROC", "pixel AUROC", label)
+        ends = [header.index(name) + len(name) for name in names]
+        assert ends[-1] == len(header) and header.split()[-1] == label
+        for end, cell in zip(ends, ["2", "0.100", "0.200", "0.300"], strict=True):
+            assert rows[0][:end].endswith(cell) and rows[0][:end][-len(cell) - 1] == " "
+        assert rows[1].endswith("n/a") and len(rows[1]) == len(header)
 
 
 def _two_limits_case():
@@ -292,7 +294,7 @@ def test_a_defect_type_with_empty_masks_gets_nan_pixel_metrics():
     assert dent["pixel_auroc"] == pytest.approx(1.0) and dent["aupro"] == pytest.approx(1.0)
     assert all(np.isfinite(value) for value in result.metrics.values())  # overall: dent's masks
     ghost_row = next(line for line in result.table().splitlines() if line.startswith("ghost"))
-    assert ghost_row == "ghost               2        1.000          n/a        n/a"
+    assert ghost_row.split() == ["ghost", "2", "1.000", "n/a", "n/a"]
 
 
 @pytest.mark.parametrize("mode", ["max", "topk_mean"])

@@ -191,10 +191,10 @@ def test_a_weights_file_that_is_no_state_dict_is_named_with_what_it_holds(tmp_pa
         expected = r"not tensors: 'model' \((dict|OrderedDict)\), 'epoch' \(int\)"
     elif content == "whole model":
         torch.save(resnet18(weights=None), path)
-        expected = r"Cannot read the backbone weights .*w\.pth.*only its state dict"
+        expected = r"Cannot read the backbone weights .*w\.pth: it holds a whole saved model"
     else:
         path.write_bytes(b"not a checkpoint at all")
-        expected = r"Cannot read the backbone weights .*w\.pth"
+        expected = r"Cannot read the backbone weights .*w\.pth: it is truncated or not a file written by torch\.save"
     with pytest.raises(ValueError, match=expected):
         ResNet18Encoder(path)
 

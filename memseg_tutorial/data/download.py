@@ -222,31 +222,58 @@ def _check_member_path(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
+def _key(path: PurePosixPath | str) -> str:
+    """A member path as the file system may see it: normalised and case-blind (macOS, Windows)."""
+    return os.path.normpath(str(path)).casefold()
+
+
 def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
-    symlinks: set[PurePosixPath] = set()  # a path through one is not checked by the rules below
-    for member in tar.getmembers():
+    """Refuse any member that could write outside the target folder, before anything is written.
+
+    Links are the hard part: a link that points inside on its own can lead outside through
+    another link, so no path may pass through a symbolic link of the archive (in any order), no
+    file may replace one, and a hard link may only alias a regular file listed before it.
+    """
+    members = tar.getmembers()
+    symlinks = {_key(_check_member_path(m.name, archive)) for m in members if m.issym()}
+    files: set[str] = set()
+
+    def refuse(problem: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(f"Refusing to extract {archive}: {problem}, which could lead outside "
+                                  f"the target folder.")
+
+    def first_symlink_on(path: PurePosixPath) -> str | None:
+        """The first symbolic link that ``path`` passes through (its own name excluded)."""
+        return next((str(p) for p in reversed(path.parents) if str(p) != "." and _key(p) in symlinks), None)
+
+    for member in members:
         path = _check_member_path(member.name, archive)
-        normal = PurePosixPath(os.path.normpath(str(path)))
-        through = next((parent for parent in normal.parents if parent in symlinks), None)
+        through = first_symlink_on(PurePosixPath(os.path.normpath(str(path))))
         if through is not None:
-            raise UnsafeArchiveError(
-                f"Refusing to extract {archive}: member {member.name!r} lies under the symbolic link "
-                f"{str(through)!r}, which could lead outside the target folder."
-            )
+            raise refuse(f"member {member.name!r} lies under the symbolic link {through!r}")
+        if not member.issym() and _key(path) in symlinks:
+            raise refuse(f"member {member.name!r} has the name of a symbolic link in the archive")
         if member.issym():
-            symlinks.add(normal)
-        if member.issym() or member.islnk():
             link = PurePosixPath(member.linkname.replace("\\", "/"))
-            resolved = link if member.islnk() else path.parent / link
-            if link.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(resolved))).parts:
-                raise UnsafeArchiveError(
-                    f"Refusing to extract {archive}: link {member.name!r} points outside the target "
-                    f"folder ({member.linkname!r})."
-                )
-        elif not (member.isfile() or member.isdir()):
-            raise UnsafeArchiveError(
-                f"Refusing to extract {archive}: member {member.name!r} is a device or pipe."
-            )
+            target = path.parent / link  # as written: every step of it must be a real folder
+            if link.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(target))).parts:
+                raise refuse(f"link {member.name!r} points outside the target folder ({member.linkname!r})")
+            for step in (target.parents[i] for i in range(len(target.parts) - 1)):
+                if _key(step) in symlinks and step != path:
+                    raise refuse(f"link {member.name!r} points through the symbolic link {str(step)!r}")
+            if _key(target) in symlinks:
+                raise refuse(f"link {member.name!r} points to the symbolic link {member.linkname!r}")
+        elif member.islnk():
+            target = PurePosixPath(member.linkname.replace("\\", "/"))
+            if target.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(target))).parts:
+                raise refuse(f"link {member.name!r} points outside the target folder ({member.linkname!r})")
+            if _key(target) not in files:
+                raise refuse(f"hard link {member.name!r} does not point to a regular file listed before it "
+                             f"({member.linkname!r})")
+        elif member.isfile():
+            files.add(_key(path))
+        elif not member.isdir():
+            raise UnsafeArchiveError(f"Refusing to extract {archive}: member {member.name!r} is a device or pipe.")
 
 
 def _bad_archive(archive: Path, problem: str) -> DownloadError:

@@ -70,9 +70,11 @@ def _local_state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"Cannot read the backbone weights {path} ({first_line}). A whole saved model "
-                         f"is not accepted, only its state dict. {hint}") from error
+        if "Unsupported global" in str(error):  # weights_only met a class: a pickled model
+            problem = "it holds a whole saved model (or other Python objects), not only its weights"
+        else:
+            problem = "it is truncated or not a file written by torch.save"
+        raise ValueError(f"Cannot read the backbone weights {path}: {problem}. {hint}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
