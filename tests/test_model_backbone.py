@@ -160,23 +160,19 @@ def test_partial_weights_file_is_rejected_with_the_missing_keys(tmp_path):
     assert "partial.pth" in str(info.value) and "Expected a ResNet18 state dict" in str(info.value)
 
 
-def test_weights_file_with_extra_keys_is_rejected(tmp_path):
-    """A complete ResNet18 plus keys of another network is not silently accepted either."""
+@pytest.mark.parametrize(("change", "expected"), [
+    (("layer5.0.conv1.weight", torch.zeros(1)), r"missing \[\], unexpected \['layer5\.0\.conv1\.weight'\]"),
+    (("conv1.weight", torch.zeros(3)), r"other\.pth.*size mismatch for conv1\.weight"),
+], ids=["extra key", "wrong shape"])
+def test_weights_of_another_network_are_rejected_by_name(tmp_path, change, expected):
+    """A ResNet18 plus another network's key, or with a tensor of another shape, is named with
+    the file, never loaded in part."""
     state = resnet18(weights=None).state_dict()
-    state["layer5.0.conv1.weight"] = torch.zeros(1)
-    path = tmp_path / "extra.pth"
-    torch.save(state, path)
-    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['layer5\.0\.conv1\.weight'\]"):
-        ResNet18Encoder(path)
-
-
-def test_wrongly_shaped_weights_are_rejected_by_name(tmp_path):
-    """A tensor of the wrong shape (another network's file) is named, with the file."""
-    state = resnet18(weights=None).state_dict()
-    state["conv1.weight"] = torch.zeros(3)
+    key, value = change
+    state[key] = value
     path = tmp_path / "other.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"other\.pth.*size mismatch for conv1\.weight"):
+    with pytest.raises(ValueError, match=expected):
         ResNet18Encoder(path)
 
 

@@ -222,6 +222,11 @@ def _check_member_path(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
+def _escapes(path: PurePosixPath) -> bool:
+    """Whether a path relative to the target folder (a member's link target) leads out of it."""
+    return path.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(path))).parts
+
+
 def _key(path: PurePosixPath | str) -> str:
     """A member path as the file system may see it: normalised and case-blind (macOS, Windows)."""
     return os.path.normpath(str(path)).casefold()
@@ -256,16 +261,16 @@ def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
         if member.issym():
             link = PurePosixPath(member.linkname.replace("\\", "/"))
             target = path.parent / link  # as written: every step of it must be a real folder
-            if link.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(target))).parts:
+            if link.is_absolute() or _escapes(target):
                 raise refuse(f"link {member.name!r} points outside the target folder ({member.linkname!r})")
-            for step in (target.parents[i] for i in range(len(target.parts) - 1)):
+            for step in target.parents[:-1]:  # every folder on the way, not "." itself
                 if _key(step) in symlinks and step != path:
                     raise refuse(f"link {member.name!r} points through the symbolic link {str(step)!r}")
             if _key(target) in symlinks:
                 raise refuse(f"link {member.name!r} points to the symbolic link {member.linkname!r}")
         elif member.islnk():
             target = PurePosixPath(member.linkname.replace("\\", "/"))
-            if target.is_absolute() or ".." in PurePosixPath(os.path.normpath(str(target))).parts:
+            if _escapes(target):
                 raise refuse(f"link {member.name!r} points outside the target folder ({member.linkname!r})")
             if _key(target) not in files:
                 raise refuse(f"hard link {member.name!r} does not point to a regular file listed before it "
