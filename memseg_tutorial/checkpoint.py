@@ -14,13 +14,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path, PosixPath, PurePath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import Any
 
 import torch
 
 from .config import Config
+from .staging import remove_abandoned, temporary_file
 
 CHECKPOINT_FORMAT = "memseg-tutorial-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -37,8 +37,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    remove_abandoned(path, "tmp")
+    temporary = temporary_file(path, "tmp")
     try:
         torch.save(obj, temporary)
         os.chmod(temporary, default_mode())
@@ -53,9 +53,10 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file (metrics.json, scores.csv) the same all-or-nothing way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_abandoned(path, "tmp")
+    temporary = temporary_file(path, "tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        with open(temporary, "w", encoding="utf-8") as file:
             file.write(text)
         os.chmod(temporary, default_mode())
         os.replace(temporary, path)

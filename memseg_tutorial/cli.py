@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -208,9 +207,10 @@ def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from .checkpoint import default_mode
+    from .staging import remove_abandoned, temporary_file
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
+    remove_abandoned(path, "tmp")
+    temporary = temporary_file(path, "tmp", suffix=".png")  # matplotlib reads the format off the suffix
     try:
         figure.savefig(temporary, dpi=90, bbox_inches="tight")
         os.chmod(temporary, default_mode())
@@ -441,6 +441,7 @@ def cmd_demo(args) -> int:
     from .inference import Predictor, expected_false_alarm_rate
     from .paths import runs_dir
     from .plots import plot_loss_curve, plot_test_overlays
+    from .staging import remove_abandoned, temporary_dir
     from .training import Trainer, split_holdout
 
     if args.category not in SAMPLE_CATEGORIES:
@@ -459,7 +460,8 @@ def cmd_demo(args) -> int:
     test = MVTecDataset(root, args.category, "test", image_size=config.image_size)
     textures = _texture_source(None, config.image_size)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final_dir.parent))
+    remove_abandoned(final_dir, "partial")
+    staging = temporary_dir(final_dir, "partial")
     try:
         # No run_dir: the demo is all-or-nothing, so no checkpoints along the way (one write at the end).
         trainer = Trainer(config, train, textures, kind=SAMPLE_CATEGORIES[args.category],

@@ -14,7 +14,6 @@ import io
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,9 +37,11 @@ from .data.images import (
 )
 from .device import get_device, model_device
 from .evaluation import batch_maps_and_scores, require_finite
+from .staging import remove_abandoned, temporary_dir
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
+PREDICTIONS_NAME = "predictions"  # the staging folder of a set of outputs: .predictions.partial-...
 SCORES_CSV_HEADER = ("file", "score", "anomalous", "image_threshold", "pixel_threshold", "overlay")
 
 
@@ -393,7 +394,8 @@ class Predictor:
         out_dir = Path(out_dir)
         created = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
+        remove_abandoned(out_dir / PREDICTIONS_NAME, "partial")
+        staging = temporary_dir(out_dir / PREDICTIONS_NAME, "partial")
         try:
             names, rows = [], [SCORES_CSV_HEADER]
             used: set[str] = set()

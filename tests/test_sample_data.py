@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,9 +175,12 @@ def test_killed_generation_is_not_taken_as_complete(tmp_path, sample_root):
     assert len(written) > 40  # one category and a bit of the next lie on disk
     assert not sample_module._is_complete(root) and not sample_module._is_complete(root, seed=0)
     assert not sample_module.is_sample_dataset(root)
+    (left,) = [p for p in work.iterdir() if p.name.startswith(".sample.partial-")]  # the killed staging
     ensure_sample_dataset(root)  # regenerates instead of reusing the partial files
     assert sample_module._is_complete(root, seed=0)
     assert _files(root) == _files(sample_root)  # nothing of the killed run remains in the dataset
+    if os.name != "nt":  # the killed process's staging folder is recognised as abandoned and removed
+        assert not left.exists() and [p.name for p in work.iterdir()] == ["sample"]
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..paths import data_dir
+from ..staging import remove_abandoned, staging_path
 
 CHUNK_SIZE = 1 << 20
 # What reading a truncated or corrupt archive raises (tarfile.TarError includes ReadError).
@@ -175,7 +176,8 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
     if target.is_file():
         verify_checksum(target, info.sha256)
         return target
-    partial = folder / f".{info.filename}.part-{os.getpid()}"
+    remove_abandoned(target, "part")
+    partial = staging_path(target, "part")
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
@@ -317,7 +319,8 @@ def safe_extract(archive: str | Path, destination: str | Path,
     """
     archive, destination = Path(archive), Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.extract-{os.getpid()}"
+    remove_abandoned(destination, "extract")
+    staging = staging_path(destination, "extract")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         try:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..paths import data_dir
 from ..seeding import make_rng
+from ..staging import remove_abandoned, staging_path
 
 SAMPLE_CATEGORIES: dict[str, str] = {"surface": "texture", "object": "object"}
 SAMPLE_DEFECTS: dict[str, tuple[str, ...]] = {
@@ -424,7 +425,8 @@ def generate_sample_dataset(root: str | Path | None = None, seed: int = 0) -> Pa
     root = Path(root).expanduser() if root is not None else default_sample_root()
     _check_replaceable(root)  # before spending any time drawing
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.partial-{os.getpid()}"
+    remove_abandoned(root, "partial")
+    staging = staging_path(root, "partial")
     if staging.exists():
         shutil.rmtree(staging)
     try:
