@@ -405,6 +405,25 @@ def test_mtd_missing_root_explains(tmp_path):
         MTDDataset(tmp_path / "mtd")
 
 
+def test_mtd_default_root_finds_the_shared_copy_then_a_downloaded_one(tmp_path, monkeypatch):
+    from memseg_tutorial.data import mtd as mtd_module
+
+    monkeypatch.setattr(mtd_module, "shared_data_dir", lambda: None)
+    monkeypatch.setenv("MEMSEG_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError, match=r"neither a shared data folder(.|\n)*data/mtd(.|\n)*download_mtd"):
+        MTDDataset(split="test")
+    downloaded = _tiny_mtd(tmp_path / "data" / "mtd")  # where download_mtd() puts it
+    assert mtd_module.default_mtd_root() is None  # no split.csv yet: not a finished download
+    write_mtd_split(downloaded)
+    assert MTDDataset(split="test", image_size=32).root == downloaded
+    shared = tmp_path / "shared"
+    write_mtd_split(_tiny_mtd(shared / "mtd", n_free=5))
+    monkeypatch.setattr(mtd_module, "shared_data_dir", lambda: shared)
+    assert MTDDataset(split="test", image_size=32).root == shared / "mtd"  # the benchmark copy first
+    monkeypatch.setattr(mtd_module, "shared_data_dir", lambda: tmp_path / "empty_shared")
+    assert MTDDataset(split="test", image_size=32).root == downloaded  # a shared folder without MTD
+
+
 def test_mtd_without_split_file(tmp_path):
     root = _tiny_mtd(tmp_path, n_free=2, n_defect=1)
     with pytest.raises(FileNotFoundError, match="split.csv"):

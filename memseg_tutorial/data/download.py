@@ -455,7 +455,8 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     if not (root / "MT_Free").is_dir():
         if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
-        staging = root.parent / f".{root.name}.download"
+        remove_abandoned(root, "download")
+        staging = staging_path(root, "download")
         shutil.rmtree(staging, ignore_errors=True)
         download_and_extract(MTD, staging, keep_archive=keep_archive, content_problem=_mtd_problem)
         source = _mtd_source(staging)

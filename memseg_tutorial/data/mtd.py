@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..paths import shared_data_dir
+from ..paths import data_dir, shared_data_dir
 from ..seeding import make_rng
 from .images import list_images
 from .mvtec import NORMAL, SPLITS, AnomalyDataset, ImageRecord
@@ -35,9 +35,14 @@ EXPOSURE_NAME = re.compile(r"exp(\d+)_num_(\d+)")  # MTD file names: exposure, t
 
 
 def default_mtd_root() -> Path | None:
-    """``shared_data_dir()/mtd`` when the benchmark data sits beside the checkout, else None."""
+    """Where MTD is found without a root: the benchmark copy beside the checkout
+    (``shared_data_dir()/mtd``, with the fixed benchmark split), else the folder
+    :func:`~memseg_tutorial.data.download_mtd` fills (``data_dir()/mtd``), else None."""
     shared = shared_data_dir()
-    return shared / "mtd" if shared is not None else None
+    if shared is not None and (shared / "mtd").is_dir():
+        return shared / "mtd"
+    downloaded = data_dir() / "mtd"
+    return downloaded if (downloaded / SPLIT_FILE).is_file() else None
 
 
 def read_split(root: str | Path) -> list[dict[str, str]]:
@@ -67,9 +72,10 @@ class MTDDataset(AnomalyDataset):
             root = default_mtd_root()
             if root is None:
                 raise FileNotFoundError(
-                    "MTD not found: no root was given and there is no shared data folder "
-                    "(../shared/data or $MEMSEG_SHARED_DATA). Download it with "
-                    "memseg_tutorial.data.download_mtd() and pass its folder as root."
+                    f"MTD not found: no root was given, and neither a shared data folder "
+                    f"(../shared/data or $MEMSEG_SHARED_DATA) nor {data_dir() / 'mtd'} holds it. "
+                    "Download it with memseg_tutorial.data.download_mtd() (into that folder), or pass "
+                    "the folder of a copy as root."
                 )
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
