@@ -87,6 +87,18 @@ class Thresholds:
     pixel: float = DEFAULT_THRESHOLD
     source: str = "default (0.5, not calibrated)"
 
+    @classmethod
+    def from_saved(cls, saved: dict, origin: str) -> Thresholds:
+        """The thresholds a checkpoint stored; keys a later version may add are ignored, and a value
+        that is not a finite number is an error naming ``origin`` (the checkpoint)."""
+        values = {}
+        for name in ("image", "pixel"):
+            value = saved.get(name, DEFAULT_THRESHOLD)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{origin}: the saved {name} threshold is {value!r}, not a finite number.")
+            values[name] = float(value)
+        return cls(**values, source=str(saved.get("source", "saved in the checkpoint")))
+
 
 @dataclass
 class Prediction:
@@ -259,7 +271,7 @@ class Predictor:
         device = checked_device(device)
         model, config, checkpoint = load_model(path, device)
         saved = checkpoint.get("run", {}).get("thresholds")
-        thresholds = Thresholds(**saved) if saved else None
+        thresholds = Thresholds.from_saved(saved, str(path)) if saved else None
         return cls(model, config, device, thresholds)
 
     @property

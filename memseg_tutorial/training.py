@@ -66,7 +66,8 @@ def lr_factor(step: int, config: Config, total_steps: int | None = None) -> floa
     """Multiplier of the base learning rate at ``step`` (0-based).
 
     cosine: linear warm-up over the first ``warmup_fraction`` of the steps (from 1/warmup up to
-    1), then half a cosine down to 0 at the last step. constant: always 1.
+    1), then half a cosine that would reach 0 one step after the last, so the last step trains at
+    a small positive rate (the quick preset: 2.5e-6). constant: always 1.
     """
     if config.schedule == "constant":
         return 1.0

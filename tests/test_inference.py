@@ -356,3 +356,27 @@ def test_pixel_threshold_of_large_normals_comes_from_a_sample_of_their_pixels(ch
         thresholds = predictor.calibrate([np.zeros((480, 640, 3), np.uint8)] * 2, pixel_percentile=99.0)
     assert 480 * 640 > 4 * CALIBRATION_PIXELS_PER_IMAGE
     assert thresholds.pixel == pytest.approx(exact, abs=2e-3) and thresholds.pixel != exact
+
+
+def test_saved_thresholds_ignore_unknown_keys_and_reject_non_numbers():
+    saved = {"image": 0.25, "pixel": 1, "source": "90th percentile of 6 normals", "method": "later version"}
+    thresholds = Thresholds.from_saved(saved, "run/last.pt")
+    assert thresholds == Thresholds(image=0.25, pixel=1.0, source="90th percentile of 6 normals")
+    assert isinstance(thresholds.pixel, float)
+    for bad in ({"image": "0.3"}, {"pixel": float("nan")}, {"image": None}, {"pixel": True}):
+        with pytest.raises(ValueError, match=r"run/last\.pt: the saved (image|pixel) threshold"):
+            Thresholds.from_saved(bad, "run/last.pt")
+
+
+def test_from_checkpoint_reads_thresholds_saved_with_a_key_it_does_not_know(checkpoint, tmp_path):
+    from memseg_tutorial.checkpoint import atomic_save, load_checkpoint
+
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    state.setdefault("run", {})["thresholds"] = {"image": 0.4, "pixel": 0.6, "source": "held-out normals",
+                                                 "image_percentile": 99.0}
+    path = atomic_save(state, tmp_path / "later_version.pt")
+    assert Predictor.from_checkpoint(path, "cpu").thresholds == Thresholds(0.4, 0.6, "held-out normals")
+    state["run"]["thresholds"]["pixel"] = "high"
+    atomic_save(state, path)
+    with pytest.raises(ValueError, match="later_version.pt: the saved pixel threshold is 'high'"):
+        Predictor.from_checkpoint(path, "cpu")
