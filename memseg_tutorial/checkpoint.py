@@ -133,8 +133,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"Cannot read checkpoint {path}: {type(error).__name__}: {_reason(error)}. "
-            f"The file may be truncated or not a checkpoint of this project."
+            f"Cannot read checkpoint {path}: {torch_load_problem(error)}. "
+            f"Pass the checkpoint.pt that a run of this project wrote (or its run folder)."
         ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
@@ -171,15 +171,17 @@ def _allow_paths():
     return contextlib.nullcontext()
 
 
-def _reason(error: Exception) -> str:
-    """torch's unpickling errors run to a page of advice with terminal colour codes; keep the line
-    that says what failed (e.g. "Unsupported global: ...")."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
-    lines = [line for line in lines if line]
-    for line in lines:
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()
-    return lines[0] if lines else ""
+def torch_load_problem(error: BaseException) -> str:
+    """What a failed ``torch.load(..., weights_only=True)`` means, in a few words.
+
+    torch's own text runs to a page of advice with terminal colour codes, and an empty file gives
+    an ``EOFError`` with no text at all.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
+    if found:  # weights_only met a class: a pickled object (e.g. a whole model), which could run code
+        return f"it holds Python objects ({found.group(1)}), which are not read because that could run code"
+    return "it is empty, truncated, or not a file written by torch.save"
 
 
 def load_model(

@@ -228,6 +228,8 @@ def _save_figure(figure, path: Path) -> None:
 def cmd_download(args) -> int:
     from .data import download
 
+    if args.category is not None and args.dataset != "mvtec":
+        raise CommandError(f"--category is for mvtec only; {args.dataset} is downloaded whole.")
     if args.dataset == "sample":
         from .data import generate_sample_dataset
 
@@ -265,7 +267,7 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     if clear_run_dir:
         shutil.rmtree(run_dir)
     try:
-        trainer.fit()
+        trainer.fit(report_interrupt=False)  # the error line below says it
     except KeyboardInterrupt:
         if not trainer.checkpoint_path.is_file():  # stopped before the first step: nothing to resume
             raise Interrupted("interrupted before training started; nothing was saved") from None
@@ -522,9 +524,10 @@ def cmd_demo(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, default_preset: str) -> None:
     parser.add_argument("--preset", choices=("quick", "full"), default=None,
-                        help="quick (CPU, 128 px, minutes) or full (paper, GPU); default: $MEMSEG_PRESET")
+                        help="quick (CPU, 128 px, minutes) or full (paper, GPU); "
+                             f"default: $MEMSEG_PRESET, else {default_preset}")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to run (default: the preset's)")
 
@@ -534,6 +537,17 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                         help="dataset root in MVTec AD layout (default: the offline sample dataset)")
     parser.add_argument("--category", default=None,
                         help="category folder inside the root (sample: surface or object; default surface)")
+
+
+def _percentile(text: str) -> float:
+    """An argparse type: a number from 0 to 100 (the flag is named in argparse's message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentile from 0 to 100")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -557,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("dataset", choices=("sample", "mvtec", "dtd", "mtd"),
                           help="sample = offline generated data; mvtec = MVTec AD; dtd = textures; "
                                "mtd = Magnetic Tile Defects")
-    download.add_argument("--category", default=None, help="MVTec AD category only (e.g. bottle)")
+    download.add_argument("--category", default=None,
+                          help="mvtec only: one category (e.g. bottle, 0.1-0.5 GB); without it the whole "
+                               "4.9 GB archive")
     download.add_argument("--root", default=None, help="target folder (default under data/)")
     download.set_defaults(handler=cmd_download)
 
@@ -570,14 +586,15 @@ def build_parser() -> argparse.ArgumentParser:
                "bottle --textures data/dtd/images\n"
                "  python -m memseg_tutorial train --resume runs/surface_quick/checkpoint.pt",
     )
-    _add_common(train)
+    _add_common(train, "full")
     _add_data(train)
     train.add_argument("--textures", default=None, metavar="DIR",
                        help="folder of texture images for texture anomalies (default: scikit-image's)")
     train.add_argument("--kind", choices=("texture", "object"), default=None,
                        help="texture (anomalies anywhere) or object (only on the foreground)")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
-    train.add_argument("--image-size", type=int, default=None, help="input side, multiple of 32")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="input side, a multiple of 32 (default: the preset's, quick 128, full 256)")
     train.add_argument("--weights", default=None, metavar="W",
                        help="encoder weights: imagenet, none or a .pth path (default: preset)")
     train.add_argument("--name", default=None, help="run folder name (default <category>_<preset>)")
@@ -601,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--category", default=None, help="category (default: the run's)")
     evaluate.add_argument("--out", default=None,
                           help="metrics JSON (default: evaluation_<category>.json beside the checkpoint)")
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                          help="where to run (default: auto, a CUDA GPU when one is visible)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser(
@@ -617,14 +635,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     predict.add_argument("--normals", default=None, metavar="DIR",
-                         help="held-out normal images to set the thresholds")
-    predict.add_argument("--image-percentile", type=float, default=99.0,
+                         help="held-out normal images to set the thresholds (default: the thresholds "
+                              "a demo run saved in its checkpoint, else 0.5, not calibrated)")
+    predict.add_argument("--image-percentile", type=_percentile, default=99.0,
                          help="image threshold = this percentile of the normal scores (default 99)")
-    predict.add_argument("--pixel-percentile", type=float, default=99.9,
+    predict.add_argument("--pixel-percentile", type=_percentile, default=99.9,
                          help="pixel threshold = this percentile of the normal pixels (default 99.9)")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace the scores.csv and overlays of an earlier predict in --out")
-    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                         help="where to run (default: auto, a CUDA GPU when one is visible)")
     predict.set_defaults(handler=cmd_predict)
 
     demo = commands.add_parser(
@@ -636,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  python -m memseg_tutorial demo\n"
                "  python -m memseg_tutorial demo --category object --steps 30 --name demo_object",
     )
-    _add_common(demo)
+    _add_common(demo, "quick")
     demo.add_argument("--category", default="surface", help="surface (texture) or object")
     demo.add_argument("--steps", type=int, default=None, help=f"training steps (default {DEMO_STEPS} in the quick preset)")
     demo.add_argument("--name", default="demo", help="run folder under runs/ (default demo)")
@@ -676,9 +696,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    if args.command is None:
+    if args.command is None:  # a malformed command line: the help, and exit code 2
         parser.print_help()
-        return 0
+        print(f"error: choose a command (see {parser.prog} --help)", file=sys.stderr)
+        return 2
     _quiet_opencv()
     try:
         return int(args.handler(args) or 0)

@@ -388,11 +388,13 @@ class Trainer:
         self,
         steps: int | None = None,
         callback: Callable[[Trainer, dict], None] | None = None,
+        report_interrupt: bool = True,
     ) -> list[dict]:
         """Train until ``config.steps`` (or for ``steps`` more steps); returns the loss history.
 
         Saves ``run_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. Ctrl-C
-        saves a checkpoint first, then re-raises KeyboardInterrupt (resume with
+        saves a checkpoint first, says where (unless ``report_interrupt`` is False: the command line
+        says it in its own error line), then re-raises KeyboardInterrupt (resume with
         :meth:`Trainer.resume`).
         """
         if self.model.memory_bank.is_empty:
@@ -426,7 +428,8 @@ class Trainer:
         except KeyboardInterrupt:
             if self.run_dir is not None:
                 path = self.save()
-                print(f"\nInterrupted at step {self.step}; checkpoint saved to {path}.")
+                if report_interrupt:
+                    print(f"\nInterrupted at step {self.step}; checkpoint saved to {path}.")
             raise
         finally:
             if bar is not None:

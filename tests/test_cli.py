@@ -71,6 +71,27 @@ def test_malformed_command_line(capsys):
     assert_one_line_error(code, err, "invalid choice")
     code, _, err = run(["train", "--steps", "many"], capsys)
     assert_one_line_error(code, err, "--steps")
+    for flag, value, needle in (("--image-percentile", "150", "not a percentile from 0 to 100"),
+                                ("--pixel-percentile", "-1", "not a percentile from 0 to 100"),
+                                ("--image-percentile", "high", "'high' is not a number")):
+        code, _, err = run(["predict", "run.pt", "x.png", flag, value], capsys)
+        assert code == 2  # refused by the parser: before the model is loaded and the normals scored
+        assert_one_line_error(code, err, flag, needle)
+    code, out, err = run([], capsys)  # no command: the help, then the one error line
+    assert code == 2 and out.startswith("usage: python -m memseg_tutorial")
+    assert_one_line_error(code, err, "choose a command")
+
+
+def test_download_category_is_for_mvtec_only(tmp_path, capsys):
+    code, _, err = run(["download", "dtd", "--category", "bottle", "--root", str(tmp_path / "dtd")], capsys)
+    assert_one_line_error(code, err, "--category is for mvtec only", "dtd")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, preset", [("train", "full"), ("demo", "quick")])
+def test_preset_help_names_the_default_without_the_environment_variable(command, preset, capsys):
+    _, out, _ = run([command, "--help"], capsys)
+    assert f"default: $MEMSEG_PRESET, else {preset}" in " ".join(out.split())
 
 
 def test_missing_checkpoint(tmp_path, capsys):
@@ -265,6 +286,24 @@ def test_ctrl_c_before_the_first_step_says_nothing_was_saved(sample_root, tmp_pa
     assert_one_line_error(code, err, "before training started; nothing was saved")
 
 
+def test_ctrl_c_during_training_is_reported_once_with_the_resume_command(sample_root, tmp_path, monkeypatch,
+                                                                         capsys):
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self, batch):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    code, out, err = run(_train_argv(sample_root, "--name", "cut", "--steps", "4"), capsys)
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    assert_one_line_error(code, err, "interrupted at step 2", f"--resume {checkpoint}")
+    assert code == 130 and "nterrupted" not in out  # said once, on stderr
+    assert load_checkpoint(checkpoint)["step"] == 2
+
+
 def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_results(
     checkpoint, tmp_path, capsys
 ):
@@ -396,17 +435,23 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
         assert_one_line_error(code, err, "data folder", "is gone", "--data")
 
 
-def test_a_truncated_image_gives_one_line_on_stderr_not_an_opencv_warning_too(checkpoint, tmp_path):
-    whole = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
-    (tmp_path / "cut.png").write_bytes(whole[:60])  # starts like a PNG, ends early
+@pytest.mark.parametrize("name, keep, reason", [
+    ("cut.png", 60, "the PNG file is truncated (it has no end chunk)"),  # the header only: OpenCV's warning
+    ("half.png", 0.5, "the PNG file is truncated (it has no end chunk)"),  # pixel data cut: libpng's own line
+    ("half.jpg", 0.5, "the file is damaged or not a valid image"),
+])
+def test_a_truncated_image_gives_one_line_on_stderr_not_a_decoder_message_too(checkpoint, tmp_path, name,
+                                                                             keep, reason):
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    whole = cv2.imencode(os.path.splitext(name)[1], noise)[1].tobytes()
+    (tmp_path / name).write_bytes(whole[: keep if isinstance(keep, int) else int(len(whole) * keep)])
     env = {k: v for k, v in os.environ.items()  # main() must quieten OpenCV; one-line errors
            if k not in ("OPENCV_LOG_LEVEL", "MEMSEG_DEBUG")}
     result = subprocess.run([sys.executable, "-m", "memseg_tutorial", "predict", str(checkpoint),
-                             str(tmp_path / "cut.png"), "--out", str(tmp_path / "out")],
+                             str(tmp_path / name), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: Cannot read image {tmp_path / 'cut.png'}: the file is empty or not a valid image."]
+    assert result.stderr.strip().splitlines() == [f"error: Cannot read image {tmp_path / name}: {reason}."]
     assert not (tmp_path / "out").exists()
 
 

@@ -109,7 +109,7 @@ def test_download_checksum_mismatch_keeps_nothing(tmp_path):
     info = _info(source, sha256=hashlib.sha256(b"original").hexdigest(), name="blob.bin")
     with pytest.raises(ChecksumError, match="mismatch"):
         download_file(info, tmp_path / "downloads", progress=False)
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert not (tmp_path / "downloads").exists()  # nothing kept, not even the folder it made
 
 
 def test_missing_url_says_what_to_download_by_hand(tmp_path):
@@ -119,7 +119,7 @@ def test_missing_url_says_what_to_download_by_hand(tmp_path):
     message = str(caught.value)
     assert info.url in message and str(tmp_path / "downloads" / "gone.tar.gz") in message
     assert "by hand" in message
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert not (tmp_path / "downloads").exists()  # nothing kept, not even the folder it made
 
 
 def test_network_failure_gives_manual_instructions(tmp_path, monkeypatch):
@@ -130,6 +130,7 @@ def test_network_failure_gives_manual_instructions(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match=r"name resolution(.|\n)*dtd-r1\.0\.1\.tar\.gz"):
         download_dtd()
     assert not (tmp_path / "data" / "dtd").exists()
+    assert not (tmp_path / "data" / "downloads").exists()  # no empty folder made for nothing
 
 
 def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -149,7 +150,12 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
     info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.gz", None, "toy.tar.gz")
     with pytest.raises(KeyboardInterrupt):
         download_file(info, tmp_path / "downloads", progress=False)
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert not (tmp_path / "downloads").exists()  # nothing kept, not even the folder it made
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "other.tar.gz").write_bytes(b"kept")
+    with pytest.raises(KeyboardInterrupt):
+        download_file(info, tmp_path / "downloads", progress=False)
+    assert [p.name for p in (tmp_path / "downloads").iterdir()] == ["other.tar.gz"]  # a folder it found stays
 
 
 def test_unknown_url_scheme_is_a_download_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 
 import pytest
@@ -121,8 +122,9 @@ def test_calibrate_batchnorm_normalises_random_layers_and_touches_nothing_else()
     assert f3.std(dim=(0, 2, 3)).max() < 10 * f3.std(dim=(0, 2, 3)).median()
 
 
-def test_imagenet_offline_fails_with_instructions(monkeypatch):
+def test_imagenet_offline_fails_with_instructions(monkeypatch, capfd):
     def offline(*args, **kwargs):
+        sys.stderr.write(f'Downloading: "{backbone.IMAGENET_WEIGHTS_URL}"\n')  # as torch.hub does
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(backbone, "load_state_dict_from_url", offline)
@@ -131,7 +133,18 @@ def test_imagenet_offline_fails_with_instructions(monkeypatch):
     message = str(info.value)
     assert backbone.IMAGENET_WEIGHTS_URL in message
     assert str(backbone.imagenet_cache_path()) in message
-    assert "backbone_weights=" in message and "'none'" in message
+    assert "backbone_weights='none'" in message and "--weights none" in message  # Python and command line
+    assert "Downloading" not in capfd.readouterr().err  # the error says it all
+
+
+def test_imagenet_download_notice_is_shown_once_it_worked(monkeypatch, capfd):
+    def online(*args, **kwargs):
+        sys.stderr.write('Downloading: "..." to cache\n')
+        return backbone.build_resnet18("none").state_dict()
+
+    monkeypatch.setattr(backbone, "load_state_dict_from_url", online)
+    ResNet18Encoder("imagenet")
+    assert 'Downloading: "..." to cache' in capfd.readouterr().err
 
 
 def test_local_weights_file_is_loaded(tmp_path):
@@ -187,10 +200,10 @@ def test_a_weights_file_that_is_no_state_dict_is_named_with_what_it_holds(tmp_pa
         expected = r"not tensors: 'model' \((dict|OrderedDict)\), 'epoch' \(int\)"
     elif content == "whole model":
         torch.save(resnet18(weights=None), path)
-        expected = r"Cannot read the backbone weights .*w\.pth: it holds a whole saved model"
+        expected = r"Cannot read the backbone weights .*w\.pth: it holds Python objects \(torchvision\.models\.resnet\.ResNet\)"
     else:
         path.write_bytes(b"not a checkpoint at all")
-        expected = r"Cannot read the backbone weights .*w\.pth: it is truncated or not a file written by torch\.save"
+        expected = r"Cannot read the backbone weights .*w\.pth: it is empty, truncated, or not a file written by torch\.save"
     with pytest.raises(ValueError, match=expected):
         ResNet18Encoder(path)
 

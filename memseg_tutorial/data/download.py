@@ -13,6 +13,7 @@ A truncated, corrupt or wrong archive raises :class:`DownloadError` saying to de
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import lzma
@@ -171,6 +172,7 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
     A file already at the final name is verified and reused.
     """
     folder = Path(folder) if folder is not None else downloads_dir()
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / info.filename
     if target.is_file():
@@ -208,6 +210,9 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
         ) from error
     finally:
         partial.unlink(missing_ok=True)  # gone after a success (renamed); removed after any failure
+        if created and not target.exists():  # a failed first download leaves no empty folder
+            with contextlib.suppress(OSError):  # not empty (another download), or already gone
+                folder.rmdir()
     return target
 
 

@@ -46,8 +46,8 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
 
     Upright: a JPEG's EXIF orientation is applied, as photo viewers do. Other bit depths are
     converted by a fixed rule (:func:`to_uint8`), never stretched to the image's own range:
-    anomaly detection depends on absolute brightness. Resized to ``size`` x ``size`` with area
-    interpolation when given. Raises a ValueError that names the file when it cannot be decoded.
+    anomaly detection depends on absolute brightness. Resized to ``size`` x ``size`` when given
+    (area interpolation when shrinking, linear when enlarging: :func:`resize_image`). Raises a ValueError that names the file when it cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
@@ -56,13 +56,30 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     # Not IMREAD_UNCHANGED, which skips EXIF orientation. These flags keep 16-bit and float
     # depths and give 1 or 3 channels (the decoder drops alpha).
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-    image = cv2.imdecode(data, flags) if data.size else None
-    if image is None or image.size == 0:
-        raise ValueError(f"Cannot read image {path}: the file is empty or not a valid image.")
+    image = _decode(data, flags, f"Cannot read image {path}")
     image = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
     if size is not None:
         image = resize_image(image, size)
     return np.ascontiguousarray(image)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
+    """``cv2.imdecode`` with one clear ValueError (``failure`` + the reason) instead of None.
+
+    A PNG cut short is recognised before decoding (its closing IEND chunk is missing): libpng
+    would print its own "libpng error" line on stderr, beside the package's one-line error.
+    """
+    if not data.size:
+        raise ValueError(f"{failure}: the file is empty.")
+    if data[:8].tobytes() == PNG_SIGNATURE and data.tobytes().rfind(b"IEND") < 0:
+        raise ValueError(f"{failure}: the PNG file is truncated (it has no end chunk).")
+    image = cv2.imdecode(data, flags)
+    if image is None or image.size == 0:
+        raise ValueError(f"{failure}: the file is damaged or not a valid image.")
+    return image
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -104,9 +121,7 @@ def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -
         raise FileNotFoundError(f"Mask file not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
     flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH  # keeps 16 bits: 1 must not become 0
-    mask = cv2.imdecode(data, flags) if data.size else None
-    if mask is None or mask.size == 0:
-        raise ValueError(f"Cannot read mask {path}: the file is empty or not a valid image.")
+    mask = _decode(data, flags, f"Cannot read mask {path}")
     if mask.max() == 1:
         binary = (mask > 0).astype(np.float32)
     else:

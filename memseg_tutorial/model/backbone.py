@@ -7,8 +7,9 @@ statistics never drift either. The stem (conv1 + bn1 + relu) and layer4 keep tra
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import pickle
 import socket
 import sys
 import warnings
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 from torch.hub import load_state_dict_from_url
 from torchvision.models import ResNet18_Weights, resnet18
+
+from ..checkpoint import torch_load_problem
 
 IMAGENET_WEIGHTS_URL = ResNet18_Weights.IMAGENET1K_V1.url
 FROZEN_LAYERS = ("layer1", "layer2", "layer3")
@@ -44,19 +47,24 @@ def _socket_timeout(seconds: float):
 
 
 def _imagenet_state_dict() -> dict:
+    # torch.hub writes a "Downloading: ..." line to stderr: shown once the download has worked, and
+    # dropped when it failed, where the error below says everything (one line on the command line).
+    notice = io.StringIO()
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            return load_state_dict_from_url(IMAGENET_WEIGHTS_URL, progress=False, check_hash=True)
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stderr(notice):
+            state = load_state_dict_from_url(IMAGENET_WEIGHTS_URL, progress=False, check_hash=True)
+        sys.stderr.write(notice.getvalue())
+        return state
     except Exception as error:  # URLError, TimeoutError, hash mismatch, ...
         raise RuntimeError(
             f"Could not get the ImageNet weights of ResNet18 ({type(error).__name__}: {error}).\n"
             f"This machine seems to be offline. On a machine with internet, download\n"
             f"    {IMAGENET_WEIGHTS_URL}\n"
             f"and either save it as {imagenet_cache_path()} (torchvision's cache, found "
-            f"automatically next time) or anywhere and pass its path:\n"
-            f"    MemSeg(backbone_weights='/path/to/resnet18-f37072fd.pth')  or  "
-            f"get_config(backbone_weights='/path/to/resnet18-f37072fd.pth').\n"
-            f"Without it, use backbone_weights='none' (random weights; results far from the paper)."
+            f"automatically next time) or anywhere and pass its path: --weights PATH on the command "
+            f"line, backbone_weights='PATH' in get_config(...) or MemSeg(...).\n"
+            f"Without it, use random weights: --weights none, or backbone_weights='none' "
+            f"(results far from the paper)."
         ) from error
 
 
@@ -69,11 +77,8 @@ def _local_state_dict(path: Path) -> dict:
     hint = f"Expected a ResNet18 state dict (.pth: torch.save(model.state_dict(), path)), e.g. {IMAGENET_WEIGHTS_URL}."
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        if "Unsupported global" in str(error):  # weights_only met a class: a pickled model
-            problem = "it holds a whole saved model (or other Python objects), not only its weights"
-        else:
-            problem = "it is truncated or not a file written by torch.save"
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError...
+        problem = torch_load_problem(error)
         raise ValueError(f"Cannot read the backbone weights {path}: {problem}. {hint}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
