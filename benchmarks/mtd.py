@@ -76,7 +76,7 @@ BENCHMARK_SETTINGS = dict(
     # Fifth round (lesson 08): the stem trains, so a bank built once holds features the encoder no
     # longer computes; rebuilt every 25 steps (2 % of the time), with the memory map below.
     memory_refresh_every=25,
-    train_stem=True,  # the SPEC; a fixed stem was 14 % faster but worse on validation pixels
+    train_stem=True,  # as in lesson 04; a fixed stem was 14 % faster but worse on validation pixels
     calibrate_batchnorm=True,
     grey_sources=True,
     # Validation with wide bands (lesson 08): structure anomalies 4 times in 5 instead of 1 in 2
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-refresh", type=int, default=None,
                         help="rebuild the bank every k steps (default 25 while any encoder part trains, else 0)")
     parser.add_argument("--train-stem", choices=("on", "off"), default="on" if BENCHMARK_SETTINGS["train_stem"] else "off",
-                        help="train the stem as the SPEC says (on) or keep the random stem fixed (off)")
+                        help="train the stem as the model of lesson 04 does (on) or keep the random stem fixed (off)")
     parser.add_argument("--calibrate-bn", choices=("on", "off"),
                         default="on" if BENCHMARK_SETTINGS["calibrate_batchnorm"] else "off",
                         help="BatchNorm statistics of the random stem..layer3 from normal images")

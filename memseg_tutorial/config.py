@@ -1,7 +1,8 @@
 """One configuration object for the whole tutorial, with the `quick` and `full` presets.
 
-Every number that the SPEC fixes lives here once, so a notebook, the trainer and the command
-line all read the same value. Pick a preset by argument or with the ``MEMSEG_PRESET``
+Every number of the recipe lives here once (those of the MemSeg paper, Yang et al., 2022, the public
+re-implementation's alternatives and this tutorial's own choices), so a notebook, the trainer and the
+command line all read the same value. Pick a preset by argument or with the ``MEMSEG_PRESET``
 environment variable (CI and ``make test`` use ``quick``).
 """
 
@@ -27,28 +28,29 @@ class Config:
     image_size: int = 256  # square input side; must be divisible by 32 (ResNet18 stride)
     category: str = "surface"  # category of the dataset root (offline sample: surface, object)
 
-    # --- anomaly synthesis (SPEC section 1) -------------------------------------------------
+    # --- anomaly synthesis (lessons 01-03) ---------------------------------------------------
     perlin_scale_range: tuple[int, int] = (0, 6)  # scale 2**k per axis, k uniform in [min, max)
     perlin_threshold: float = 0.5
     perlin_rotation_range: tuple[float, float] = (-90.0, 90.0)  # degrees
     texture_probability: float = 0.5  # texture source vs structure source
     structure_grid: tuple[int, int] = (4, 8)  # rows x columns (the paper; re-implementation: 8x8)
-    structure_augmenters: int = 3  # distinct augmenters drawn from the 10 of the SPEC
+    structure_augmenters: int = 3  # distinct augmenters drawn from the 10 of lesson 03
     transparency_range: tuple[float, float] = (0.15, 1.0)  # delta ~ U(min, max)
     foreground_kernel: int = 5  # opening/closing kernel side for the foreground mask
     max_mask_tries: int = 10  # redraws of an empty anomaly mask before the fallback
     grey_sources: bool = True  # grey image -> grey anomaly source (else colour alone marks it)
 
-    # --- model (SPEC section 2) --------------------------------------------------------------
+    # --- model (lessons 04-07) ----------------------------------------------------------------
     backbone_weights: str = "imagenet"  # "imagenet", "none" (random) or a path to a .pth file
     memory_size: int = 30  # normal training images stored in the memory bank
     per_image_standardization: bool = False  # random weights: each image to mean 0, std 1 first
 
-    # --- training (SPEC section 3) ------------------------------------------------------------
+    # --- training (lessons 07-08) ---------------------------------------------------------------
     batch_normal: int = 4
     batch_synthetic: int = 4
     steps: int = 2700
-    optimizer: str = "sgd"  # "sgd" (paper) or "adamw" (public re-implementation)
+    # lr 0.04 and 2700 steps are the paper's; SGD with momentum 0.9 and weight decay 5e-4 are this preset's.
+    optimizer: str = "sgd"  # "sgd" (with the paper's lr 0.04) or "adamw" (public re-implementation)
     lr: float = 0.04
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -61,13 +63,13 @@ class Config:
     amp_dtype: str = "float16"  # CUDA autocast: "float16" (any GPU) or "bfloat16" (H100: 10 % faster)
     checkpoint_every: int = 500
     train_encoder: bool = False  # also train layer1..3 (only sensible with random weights)
-    train_stem: bool = True  # SPEC: the stem trains; False keeps a random stem fixed (bank stays exact)
+    train_stem: bool = True  # the stem trains (lesson 04); False keeps a random stem fixed (bank stays exact)
     calibrate_batchnorm: bool = True  # random weights: BN statistics of stem..layer3 from normal images
     memory_refresh_every: int = 0  # rebuild the memory bank every k steps (0 = once, paper)
     gpu_synthesis: bool = True  # on CUDA, simulate anomalies on the GPU (synthesize_batch_torch)
     cpu_bf16: bool = False  # bf16 autocast on the CPU (only fast on CPUs with native bf16)
 
-    # --- evaluation (SPEC section 4) -----------------------------------------------------------
+    # --- evaluation (lesson 09) ------------------------------------------------------------------
     score_top_k: int = 100  # image score = mean of the top-k pixels of the anomaly map
     score_mode: str = "topk_mean"  # "topk_mean" (paper) or "max"
     aupro_fpr_limit: float = 0.3
@@ -208,7 +210,7 @@ _RANGES: dict[str, tuple] = {
     "focal_gamma": (lambda v: v >= 0, ">= 0"),
     "texture_probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "perlin_threshold": (lambda v: -1 <= v < 1, "in [-1, 1) (Perlin noise lies in about [-1, 1])"),
-    "structure_augmenters": (lambda v: 1 <= v <= 10, "between 1 and 10 (the SPEC's 10 augmenters)"),
+    "structure_augmenters": (lambda v: 1 <= v <= 10, "between 1 and 10 (the 10 augmenters of lesson 03)"),
     "foreground_kernel": (lambda v: v >= 1, "at least 1"),
     "max_mask_tries": (lambda v: v >= 1, "at least 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),

@@ -1,6 +1,7 @@
 """How good is a model? Image AUROC, pixel AUROC and AUPRO, overall and per defect type.
 
-Three questions, three numbers (SPEC section 4):
+Three questions, three numbers (lesson 09; the MemSeg paper reports the two AUROCs, and AUPRO is
+the standard region-level metric):
 
 - image AUROC: does the image score (mean of the top-k pixels of the anomaly map) rank every
   defective image above every normal one? Threshold-free, 0.5 = chance, 1.0 = perfect.
@@ -234,7 +235,7 @@ def _nan_if_undefined(metric, *args) -> float:
 def compute_metrics(
     labels, scores, masks, maps, fpr_limit: float = 0.3, undefined_as_nan: bool = False
 ) -> dict[str, float]:
-    """The three numbers of the SPEC for one set of images.
+    """Image AUROC, pixel AUROC and AUPRO (lesson 09) for one set of images.
 
     A metric the data cannot define (no normal or no anomalous images/pixels) raises a
     :class:`MissingClassError`, or is NaN with ``undefined_as_nan``.

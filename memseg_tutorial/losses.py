@@ -1,4 +1,4 @@
-"""MemSeg's loss: 0.6 * L1(p_anomalous, M) + 0.4 * Focal(p, M), gamma = 4 (SPEC section 3).
+"""MemSeg's loss: 0.6 * L1(p_anomalous, M) + 0.4 * Focal(p, M), gamma = 4 (lesson 07).
 
 Both terms read the SAME softmax probabilities of the 2 logits (normal, anomalous); the focal
 term takes probabilities, so softmax is applied exactly once. L1 pushes the whole map towards

@@ -1,4 +1,4 @@
-"""Anomaly simulation (SPEC section 1): Perlin masks, foreground masks, sources, blending.
+"""Anomaly simulation (lessons 01-03): Perlin masks, foreground masks, sources, blending.
 
 The numpy path (:class:`AnomalySynthesizer`, :class:`TrainingSampleDataset`) runs per image on
 the CPU inside DataLoader workers; :func:`synthesize_batch_torch` runs the same recipe batched on

@@ -1,4 +1,4 @@
-"""Transparency blending of the anomaly source into the image (SPEC 1.4).
+"""Transparency blending of the anomaly source into the image (lesson 03).
 
     I_a = (1 - M) * I + delta * (M * In) + (1 - delta) * (M * I),   delta ~ U(0.15, 1.0)
 

@@ -1,4 +1,4 @@
-"""The training stream: batches of normal and simulated-anomaly samples in equal numbers (SPEC 1.5).
+"""The training stream: batches of normal and simulated-anomaly samples in equal numbers (4 + 4 in the paper).
 
 Item i is a pure function of (seed, i): its image choice, whether it is synthetic, and every draw
 of the synthesis come from ``make_rng(seed, i)``. So a DataLoader with any number of workers, or a

@@ -1,4 +1,4 @@
-"""Foreground masks and the final anomaly mask M = Mp * Mi (SPEC 1.2).
+"""Foreground masks and the final anomaly mask M = Mp * Mi (lesson 02).
 
 For object categories (a screw, a hazelnut) a defect painted on the background would teach the
 model that background texture can be anomalous, which it never is at test time. The foreground

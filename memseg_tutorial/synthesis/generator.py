@@ -1,4 +1,4 @@
-"""The whole anomaly simulation for one image: mask, source, blend (SPEC section 1)."""
+"""The whole anomaly simulation for one image: mask, source, blend (lessons 01-03)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class SyntheticSample:
 
 
 class AnomalySynthesizer:
-    """Turns a normal image into (anomalous image, mask) with the SPEC recipe.
+    """Turns a normal image into (anomalous image, mask) with the recipe of lessons 01-03.
 
     ``kind="object"`` restricts anomalies to the foreground mask of the image (computed here
     unless the caller passes a cached one); ``kind="texture"`` allows them everywhere.

@@ -1,4 +1,4 @@
-"""Perlin noise masks: where a simulated anomaly goes (SPEC 1.1).
+"""Perlin noise masks: where a simulated anomaly goes (lesson 01).
 
 Perlin (gradient) noise places a random unit gradient on every corner of a coarse lattice and,
 for each pixel, interpolates the dot products between those gradients and the pixel's offsets

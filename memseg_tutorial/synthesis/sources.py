@@ -1,4 +1,4 @@
-"""Anomaly sources In: what is pasted under the mask (SPEC 1.3).
+"""Anomaly sources In: what is pasted under the mask (lesson 03).
 
 * texture source: a texture image unrelated to the product (DTD in the paper);
 * structure source: the normal image itself, colour- and geometry-augmented by 3 of the 10
@@ -22,7 +22,7 @@ from einops import rearrange
 
 from ..seeding import derive_seed
 
-# The 10 augmenters of the SPEC, in the SPEC's order.
+# The 10 augmenters of lesson 03, in the order that build_structure_augmenters follows.
 STRUCTURE_AUGMENTER_NAMES: tuple[str, ...] = (
     "GammaContrast",
     "MultiplyAndAddToBrightness",
@@ -62,7 +62,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def build_structure_augmenters() -> list[iaa.Augmenter]:
-    """The 10 imgaug augmenters with the SPEC parameters (same order as the names above)."""
+    """The 10 imgaug augmenters with the parameters of lesson 03 (same order as the names above)."""
     return [
         iaa.GammaContrast((0.5, 2.0), per_channel=True),
         iaa.MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30)),

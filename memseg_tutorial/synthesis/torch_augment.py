@@ -1,4 +1,4 @@
-"""The 10 structure augmenters of the SPEC as batched torch functions, for the GPU path.
+"""The 10 structure augmenters of lesson 03 as batched torch functions, for the GPU path.
 
 Each function takes images (N, 3, H, W) float in [0, 1] and a ``torch.Generator`` and returns
 augmented images of the same shape, drawing one set of parameters per image (per channel where
