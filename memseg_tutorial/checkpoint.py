@@ -20,49 +20,25 @@ from typing import Any
 import torch
 
 from .config import Config
-from .staging import remove_abandoned, temporary_file
+from .staging import atomic_target
 
 CHECKPOINT_FORMAT = "memseg-tutorial-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def default_mode(directory: bool = False) -> int:
-    """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp alone give 0600/0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(path, "tmp")
-    temporary = temporary_file(path, "tmp")
-    try:
+    with atomic_target(path) as temporary:
         torch.save(obj, temporary)
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a half-written file behind
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file (metrics.json, scores.csv) the same all-or-nothing way."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(path, "tmp")
-    temporary = temporary_file(path, "tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 
@@ -177,11 +153,15 @@ def torch_load_problem(error: BaseException) -> str:
     torch's own text runs to a page of advice with terminal colour codes, and an empty file gives
     an ``EOFError`` with no text at all.
     """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
     if found:  # weights_only met a class: a pickled object (e.g. a whole model), which could run code
         return f"it holds Python objects ({found.group(1)}), which are not read because that could run code"
-    return "it is empty, truncated, or not a file written by torch.save"
+    if isinstance(error, OSError):  # permission denied, a folder, a disk error: say that
+        return error.strerror or f"{type(error).__name__}: {text}"
+    if isinstance(error, RuntimeError) and text and "PytorchStreamReader" not in text:
+        return text.splitlines()[0]  # e.g. a CUDA tensor on a machine without CUDA: torch says it well
+    return "it is empty, truncated, or not a file written by torch.save"  # EOFError, unpickling errors
 
 
 def load_model(

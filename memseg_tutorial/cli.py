@@ -206,17 +206,12 @@ def _check_output_file(path: Path) -> Path:
 def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from .checkpoint import default_mode
-    from .staging import remove_abandoned, temporary_file
+    from .staging import atomic_target
 
-    remove_abandoned(path, "tmp")
-    temporary = temporary_file(path, "tmp", suffix=".png")  # matplotlib reads the format off the suffix
     try:
-        figure.savefig(temporary, dpi=90, bbox_inches="tight")
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
+        with atomic_target(path, suffix=".png") as temporary:  # matplotlib reads the format off the suffix
+            figure.savefig(temporary, dpi=90, bbox_inches="tight")
     finally:
-        Path(temporary).unlink(missing_ok=True)
         plt.close(figure)
 
 
@@ -437,13 +432,13 @@ def demo_config(args):
 
 def cmd_demo(args) -> int:
     """Offline sample -> train (quick) -> evaluate -> runs/<name>/ with metrics and figures."""
-    from .checkpoint import atomic_write_json, default_mode
+    from .checkpoint import atomic_write_json
     from .data import SAMPLE_CATEGORIES, MVTecDataset, ensure_sample_dataset
     from .evaluation import evaluate
     from .inference import Predictor, expected_false_alarm_rate
     from .paths import runs_dir
     from .plots import plot_loss_curve, plot_test_overlays
-    from .staging import remove_abandoned, temporary_dir
+    from .staging import default_mode, staging_dir
     from .training import Trainer, split_holdout
 
     if args.category not in SAMPLE_CATEGORIES:
@@ -462,9 +457,7 @@ def cmd_demo(args) -> int:
     test = MVTecDataset(root, args.category, "test", image_size=config.image_size)
     textures = _texture_source(None, config.image_size)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(final_dir, "partial")
-    staging = temporary_dir(final_dir, "partial")
-    try:
+    with staging_dir(final_dir) as staging:  # locked while it is written, removed unless renamed into place
         # No run_dir: the demo is all-or-nothing, so no checkpoints along the way (one write at the end).
         trainer = Trainer(config, train, textures, kind=SAMPLE_CATEGORIES[args.category],
                           progress=not args.no_progress,
@@ -503,8 +496,6 @@ def cmd_demo(args) -> int:
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(staging, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(result.table())
     print(
         f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min "
@@ -572,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="sample = offline generated data; mvtec = MVTec AD; dtd = textures; "
                                "mtd = Magnetic Tile Defects")
     download.add_argument("--category", default=None,
-                          help="mvtec only: one category (e.g. bottle, 0.1-0.5 GB); without it the whole "
-                               "4.9 GB archive")
+                          help="mvtec only: one category (e.g. bottle, a fraction of the whole); without it "
+                               "the whole 4.9 GB archive")
     download.add_argument("--root", default=None, help="target folder (default under data/)")
     download.set_defaults(handler=cmd_download)
 

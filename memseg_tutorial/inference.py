@@ -37,7 +37,7 @@ from .data.images import (
 )
 from .device import get_device, model_device
 from .evaluation import batch_maps_and_scores, require_finite
-from .staging import remove_abandoned, temporary_dir
+from .staging import staging_dir
 
 # Without calibration: the softmax decision boundary (p_anomalous > 0.5) for both.
 DEFAULT_THRESHOLD = 0.5
@@ -93,7 +93,7 @@ class Thresholds:
         that is not a finite number is an error naming ``origin`` (the checkpoint)."""
         values = {}
         for name in ("image", "pixel"):
-            value = saved.get(name, DEFAULT_THRESHOLD)
+            value = saved.get(name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"{origin}: the saved {name} threshold is {value!r}, not a finite number.")
             values[name] = float(value)
@@ -406,31 +406,28 @@ class Predictor:
         out_dir = Path(out_dir)
         created = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
-        remove_abandoned(out_dir / PREDICTIONS_NAME, "partial")
-        staging = temporary_dir(out_dir / PREDICTIONS_NAME, "partial")
         try:
-            names, rows = [], [SCORES_CSV_HEADER]
-            used: set[str] = set()
-            for index, prediction in enumerate(predictions):
-                stem = Path(prediction.path).stem if prediction.path else f"image_{index:04d}"
-                name = _overlay_name(stem, index, used)
-                panel = overlay_panel(prediction)
-                if not cv2.imwrite(str(staging / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
-                    raise OSError(f"Could not write {out_dir / name}.")
-                names.append(name)
-                rows.append((prediction.path or name, f"{prediction.score:.6f}",
-                             int(prediction.is_anomalous), f"{self.thresholds.image:.6f}",
-                             f"{self.thresholds.pixel:.6f}", name))
-            (staging / "scores.csv").write_text(_csv_text(rows), encoding="utf-8", newline="")
-            names.append("scores.csv")
-            for name in names:
-                os.replace(staging / name, out_dir / name)
+            with staging_dir(out_dir / PREDICTIONS_NAME) as staging:  # locked; removed at the end
+                names, rows = [], [SCORES_CSV_HEADER]
+                used: set[str] = set()
+                for index, prediction in enumerate(predictions):
+                    stem = Path(prediction.path).stem if prediction.path else f"image_{index:04d}"
+                    name = _overlay_name(stem, index, used)
+                    panel = overlay_panel(prediction)
+                    if not cv2.imwrite(str(staging / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+                        raise OSError(f"Could not write {out_dir / name}.")
+                    names.append(name)
+                    rows.append((prediction.path or name, f"{prediction.score:.6f}",
+                                 int(prediction.is_anomalous), f"{self.thresholds.image:.6f}",
+                                 f"{self.thresholds.pixel:.6f}", name))
+                (staging / "scores.csv").write_text(_csv_text(rows), encoding="utf-8", newline="")
+                names.append("scores.csv")
+                for name in names:
+                    os.replace(staging / name, out_dir / name)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
             if created:  # a folder this call made stays only with a complete result in it
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
-        shutil.rmtree(staging, ignore_errors=True)
         return [out_dir / name for name in names]
 
 

@@ -436,8 +436,9 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
 
 
 @pytest.mark.parametrize("name, keep, reason", [
-    ("cut.png", 60, "the PNG file is truncated (it has no end chunk)"),  # the header only: OpenCV's warning
-    ("half.png", 0.5, "the PNG file is truncated (it has no end chunk)"),  # pixel data cut: libpng's own line
+    ("cut.png", 60, "the PNG file is truncated (it has no complete end chunk)"),  # the header only: OpenCV's warning
+    ("half.png", 0.5, "the PNG file is truncated (it has no complete end chunk)"),  # pixel data cut: libpng's line
+    ("crc.png", -4, "the PNG file is truncated (it has no complete end chunk)"),  # only the last checksum cut
     ("half.jpg", 0.5, "the file is damaged or not a valid image"),
 ])
 def test_a_truncated_image_gives_one_line_on_stderr_not_a_decoder_message_too(checkpoint, tmp_path, name,
@@ -445,6 +446,7 @@ def test_a_truncated_image_gives_one_line_on_stderr_not_a_decoder_message_too(ch
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     whole = cv2.imencode(os.path.splitext(name)[1], noise)[1].tobytes()
     (tmp_path / name).write_bytes(whole[: keep if isinstance(keep, int) else int(len(whole) * keep)])
+    assert (tmp_path / name).stat().st_size < len(whole)
     env = {k: v for k, v in os.environ.items()  # main() must quieten OpenCV; one-line errors
            if k not in ("OPENCV_LOG_LEVEL", "MEMSEG_DEBUG")}
     result = subprocess.run([sys.executable, "-m", "memseg_tutorial", "predict", str(checkpoint),

@@ -151,11 +151,13 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         download_file(info, tmp_path / "downloads", progress=False)
     assert not (tmp_path / "downloads").exists()  # nothing kept, not even the folder it made
+    with pytest.raises(KeyboardInterrupt):  # every folder it made goes, up to the one that was there
+        download_file(info, tmp_path / "new" / "deeper" / "downloads", progress=False)
+    assert not (tmp_path / "new").exists()
     (tmp_path / "downloads").mkdir()
-    (tmp_path / "downloads" / "other.tar.gz").write_bytes(b"kept")
     with pytest.raises(KeyboardInterrupt):
         download_file(info, tmp_path / "downloads", progress=False)
-    assert [p.name for p in (tmp_path / "downloads").iterdir()] == ["other.tar.gz"]  # a folder it found stays
+    assert list((tmp_path / "downloads").iterdir()) == []  # a folder it found stays, even empty
 
 
 def test_unknown_url_scheme_is_a_download_error(tmp_path):
@@ -517,6 +519,7 @@ def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
     monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", counts)
     root = download_module.download_mtd()
     assert root == tmp_path / "data" / "mtd"
+    assert sorted(p.name for p in root.parent.iterdir()) == ["downloads", "mtd"]  # no staging left
     lines = (root / "split.csv").read_text().splitlines()
     assert lines[0] == "split,label,image,mask" and len(lines) == 1 + 10
     assert sum(line.startswith("train,good") for line in lines) == 4  # floor(0.8 * 5)
@@ -547,3 +550,24 @@ def test_mtd_into_a_used_folder_is_refused_before_the_download(tmp_path, monkeyp
     with pytest.raises(DownloadError, match="holds no MTD copy: give an empty or new folder"):
         download_module.download_mtd(tmp_path / "used")
     assert [p.name for p in (tmp_path / "used").iterdir()] == ["notes.txt"]
+
+
+def test_mtd_extraction_stages_inside_the_download_staging_folder(tmp_path, monkeypatch):
+    """A killed download_mtd leaves one staging folder (removed by the next run), not two."""
+    seen = []
+
+    def interrupted_unpack(archive, staging):
+        seen.append(staging)
+        raise KeyboardInterrupt
+
+    path = tmp_path / "mtd.zip"
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("Magnetic-tile-defect-datasets.-master/README.md", b"x")
+    monkeypatch.setattr(download_module, "MTD", _info(path, sha256=None, name="mtd.zip"))
+    monkeypatch.setattr(download_module, "_unpack", interrupted_unpack)
+    with pytest.raises(KeyboardInterrupt):
+        download_module.download_mtd()
+    (extract_staging,) = seen
+    outer = extract_staging.parent
+    assert outer.parent == tmp_path / "data" and outer.name.startswith(".mtd.download-")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]  # Ctrl-C cleaned up

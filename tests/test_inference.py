@@ -363,7 +363,8 @@ def test_saved_thresholds_ignore_unknown_keys_and_reject_non_numbers():
     thresholds = Thresholds.from_saved(saved, "run/last.pt")
     assert thresholds == Thresholds(image=0.25, pixel=1.0, source="90th percentile of 6 normals")
     assert isinstance(thresholds.pixel, float)
-    for bad in ({"image": "0.3"}, {"pixel": float("nan")}, {"image": None}, {"pixel": True}):
+    for bad in ({"image": "0.3", "pixel": 0.5}, {"image": 0.5, "pixel": float("nan")}, {"image": None, "pixel": 0.5},
+                {"image": 0.5, "pixel": True}, {"image": 0.5}):  # the last: a missing value is not 0.5
         with pytest.raises(ValueError, match=r"run/last\.pt: the saved (image|pixel) threshold"):
             Thresholds.from_saved(bad, "run/last.pt")
 

@@ -122,29 +122,38 @@ def test_calibrate_batchnorm_normalises_random_layers_and_touches_nothing_else()
     assert f3.std(dim=(0, 2, 3)).max() < 10 * f3.std(dim=(0, 2, 3)).median()
 
 
-def test_imagenet_offline_fails_with_instructions(monkeypatch, capfd):
+def test_imagenet_offline_fails_with_instructions(monkeypatch, capfd, tmp_path):
     def offline(*args, **kwargs):
         sys.stderr.write(f'Downloading: "{backbone.IMAGENET_WEIGHTS_URL}"\n')  # as torch.hub does
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
+    monkeypatch.setattr(backbone, "imagenet_cache_path", lambda: tmp_path / "resnet18-f37072fd.pth")
     monkeypatch.setattr(backbone, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError) as info:
         ResNet18Encoder("imagenet")
     message = str(info.value)
     assert backbone.IMAGENET_WEIGHTS_URL in message
-    assert str(backbone.imagenet_cache_path()) in message
+    assert str(tmp_path / "resnet18-f37072fd.pth") in message
     assert "backbone_weights='none'" in message and "--weights none" in message  # Python and command line
-    assert "Downloading" not in capfd.readouterr().err  # the error says it all
+    out, err = capfd.readouterr()
+    assert "Downloading the ImageNet weights" in out  # said before the wait
+    assert err == ""  # torch's own line is dropped: on stderr only the error will be
 
 
-def test_imagenet_download_notice_is_shown_once_it_worked(monkeypatch, capfd):
+def test_imagenet_download_keeps_other_messages_and_skips_the_notice_when_cached(monkeypatch, capfd, tmp_path):
     def online(*args, **kwargs):
-        sys.stderr.write('Downloading: "..." to cache\n')
+        sys.stderr.write('Downloading: "..." to cache\nsome warning\n')
         return backbone.build_resnet18("none").state_dict()
 
+    cached = tmp_path / "resnet18-f37072fd.pth"
+    monkeypatch.setattr(backbone, "imagenet_cache_path", lambda: cached)
     monkeypatch.setattr(backbone, "load_state_dict_from_url", online)
     ResNet18Encoder("imagenet")
-    assert 'Downloading: "..." to cache' in capfd.readouterr().err
+    out, err = capfd.readouterr()
+    assert "Downloading the ImageNet weights" in out and err == "some warning\n"
+    cached.write_bytes(b"")  # in the cache: no notice
+    ResNet18Encoder("imagenet")
+    assert "Downloading" not in capfd.readouterr().out
 
 
 def test_local_weights_file_is_loaded(tmp_path):

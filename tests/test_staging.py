@@ -1,4 +1,5 @@
-"""Staging siblings left by a killed process are removed by the next writer, and nothing else is."""
+"""Staging copies that a killed process left are removed by the next writer; live ones and
+anything else are never touched. All-or-nothing writes go through one helper."""
 
 from __future__ import annotations
 
@@ -12,25 +13,30 @@ import pytest
 
 from memseg_tutorial import staging
 from memseg_tutorial.staging import (
-    FOREIGN_IDLE_SECONDS,
+    GRACE_SECONDS,
+    UNLOCKED_IDLE_SECONDS,
+    atomic_target,
+    locked,
     remove_abandoned,
+    staging_dir,
     staging_name,
     staging_path,
     temporary_dir,
     temporary_file,
 )
 
-posix_only = pytest.mark.skipif(os.name == "nt", reason="process checks use os.kill(pid, 0), POSIX only")
+needs_locks = pytest.mark.skipif(staging.fcntl is None, reason="flock is POSIX only (Windows uses the idle rule)")
+
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+handle = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
 
 
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)
-    return int(child.stdout)
-
-
-def make_entry(folder: Path, name: str, directory: bool = False) -> Path:
+def make_entry(folder: Path, name: str, directory: bool = True) -> Path:
     path = folder / name
     if directory:
         (path / "inner").mkdir(parents=True)
@@ -40,81 +46,130 @@ def make_entry(folder: Path, name: str, directory: bool = False) -> Path:
     return path
 
 
-def age(path: Path, seconds: float) -> None:
-    """Set every modification time in ``path`` to ``seconds`` ago."""
+def age(path: Path, seconds: float) -> Path:
+    """Set every modification time in ``path`` to ``seconds`` ago (as if written that long ago)."""
     stamp = time.time() - seconds
-    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+    for item in [*(path.rglob("*") if path.is_dir() else []), path]:
         os.utime(item, (stamp, stamp))
+    return path
 
 
-def test_names_say_host_and_process(tmp_path):
+def test_names_are_hidden_siblings_that_say_the_process(tmp_path):
     final = tmp_path / "mvtec.tar.xz"
-    host = staging._host()
-    assert "-" not in host and host
-    assert staging_name("mvtec.tar.xz", "part") == f".mvtec.tar.xz.part-{host}-{os.getpid()}"
-    assert staging_path(final, "part") == tmp_path / f".mvtec.tar.xz.part-{host}-{os.getpid()}"
+    assert staging_name("mvtec.tar.xz", "part") == f".mvtec.tar.xz.part-{os.getpid()}"
+    assert staging_path(final, "part") == tmp_path / f".mvtec.tar.xz.part-{os.getpid()}"
     first, second = temporary_file(final, suffix=".png"), temporary_file(final, suffix=".png")
     assert first != second and first.is_file() and first.stat().st_size == 0
-    assert first.name.startswith(staging_name("mvtec.tar.xz", "tmp") + "-") and first.suffix == ".png"
+    assert first.name.startswith(f".mvtec.tar.xz.tmp-{os.getpid()}-") and first.suffix == ".png"
     folder = temporary_dir(final, "partial")
-    assert folder.is_dir() and folder.name.startswith(staging_name("mvtec.tar.xz", "partial") + "-")
-    # every form parses back to this host and process, with or without the random part
-    for made in (staging_path(final, "part"), first, folder):
-        tag = made.name[len(".mvtec.tar.xz."):].split("-")[0]
-        assert staging._owner(made.name, f".mvtec.tar.xz.{tag}-") == (host, os.getpid())
+    assert folder.is_dir() and folder.name.startswith(f".mvtec.tar.xz.partial-{os.getpid()}-")
+    # every form the package makes is recognised as a staging copy (here: old and unlocked)
+    for made in (first, second, folder):
+        age(made, 2 * GRACE_SECONDS)
+    assert sorted(remove_abandoned(final, "tmp")) == sorted([first, second])
+    assert remove_abandoned(final, "partial") == [folder]
 
 
-@posix_only
-def test_only_entries_of_gone_processes_on_this_host_are_removed(tmp_path, capsys):
+@needs_locks
+def test_a_copy_that_a_live_process_holds_is_kept_and_removed_once_it_was_killed(tmp_path, capsys):
     final = tmp_path / "sample"
-    host, gone = staging._host(), dead_pid()
-    dead_dir = make_entry(tmp_path, f".sample.partial-{host}-{gone}", directory=True)
-    dead_file = make_entry(tmp_path, f".sample.partial-{host}-{gone}-k3x_9a")
-    alive = make_entry(tmp_path, f".sample.partial-{host}-{os.getppid()}", directory=True)
-    mine = make_entry(tmp_path, f".sample.partial-{host}-{os.getpid()}")
-    keep = [
-        alive, mine,
-        make_entry(tmp_path, f".sample.extract-{host}-{gone}"),  # another tag
-        make_entry(tmp_path, f".other.partial-{host}-{gone}"),  # another final name
-        make_entry(tmp_path, f".sample.partial-{gone}"),  # not the staging form (no host)
-        make_entry(tmp_path, f".sample.partial-{host}-notapid"),
-        make_entry(tmp_path, f".sample.partial-{host}-{gone}-a-b"),
-        make_entry(tmp_path, "sample"),  # the final name itself
-    ]
-    for path in keep + [dead_dir, dead_file]:
-        age(path, 10 * FOREIGN_IDLE_SECONDS)  # age alone never removes an entry of this host
-    assert remove_abandoned(final, "partial") == sorted([dead_dir, dead_file])
-    assert not dead_dir.exists() and not dead_file.exists()
-    assert all(path.exists() for path in keep)
+    entry = age(make_entry(tmp_path, ".sample.partial-4242"), 3600)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(entry)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert remove_abandoned(final, "partial") == [] and entry.exists()  # alive: kept, however old
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock
+        holder.wait()
+        holder.stdout.close()
+    assert remove_abandoned(final, "partial") == [entry] and not entry.exists()
+    assert "no process is writing it" in capsys.readouterr().out
+
+
+@needs_locks
+def test_this_process_keeps_what_it_is_writing(tmp_path):
+    entry = age(make_entry(tmp_path, ".last.pt.tmp-7-abcd1234", directory=False), 3600)
+    with locked(entry):
+        assert remove_abandoned(tmp_path / "last.pt", "tmp") == [] and entry.exists()
+    assert remove_abandoned(tmp_path / "last.pt", "tmp") == [entry]
+
+
+def test_fresh_copies_and_other_names_are_left_alone(tmp_path, capsys):
+    final = tmp_path / "predictions"
+    fresh = make_entry(tmp_path, ".predictions.partial-77")  # just made: its writer may lock it any moment
+    gone = [age(make_entry(tmp_path, ".predictions.partial-78"), 120),
+            age(make_entry(tmp_path, ".predictions.partial-79-ab12cd_9.png", directory=False), 120)]
+    others = [age(make_entry(tmp_path, name), 10 * UNLOCKED_IDLE_SECONDS) for name in (
+        ".predictions.extract-78",  # another tag
+        ".other.partial-78",  # another final name
+        ".predictions.partial-78-x_overlay.png",  # not what mkstemp makes
+        ".predictions.partial-abc",
+        ".predictions.partial-12345678901",  # not a process id
+        ".predictions.partial-78-abcdefgh-more",
+        "predictions",  # the final name itself
+    )]
+    (tmp_path / ".predictions.partial-80").symlink_to(others[0])  # a link is never followed or removed
+    assert remove_abandoned(final, "partial") == sorted(gone)
+    assert fresh.exists() and all(path.exists() for path in others)
+    assert (tmp_path / ".predictions.partial-80").is_symlink()
     printed = capsys.readouterr().out
-    assert str(dead_dir) in printed and "(0.0 MB)" in printed and "no longer runs" in printed
+    assert all(str(path) in printed for path in gone) and "(0.0 MB)" in printed
 
 
-def test_entries_of_another_host_go_only_after_a_quiet_day(tmp_path):
+def test_without_locks_only_a_day_of_quiet_counts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(staging, "fcntl", None)  # as on Windows
     final = tmp_path / "dtd.tar.gz"
-    stale = make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-12", directory=True)
-    busy = make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-13", directory=True)
-    fresh = make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-14")
-    age(stale, FOREIGN_IDLE_SECONDS + 600)
-    age(busy, FOREIGN_IDLE_SECONDS + 600)
+    recent = age(make_entry(tmp_path, ".dtd.tar.gz.part-12"), 2 * 3600)
+    stale = age(make_entry(tmp_path, ".dtd.tar.gz.part-13"), UNLOCKED_IDLE_SECONDS + 600)
+    busy = age(make_entry(tmp_path, ".dtd.tar.gz.part-14"), UNLOCKED_IDLE_SECONDS + 600)
     os.utime(busy / "inner" / "part.bin")  # one file deep inside was written just now
     assert remove_abandoned(final, "part") == [stale]
-    assert busy.exists() and fresh.exists()
+    assert recent.exists() and busy.exists()
+    assert "unchanged for 24 hours" in capsys.readouterr().out
 
 
 def test_missing_folder_is_not_an_error(tmp_path):
     assert remove_abandoned(tmp_path / "absent" / "x", "part") == []
 
 
-@posix_only
+def test_staging_dir_is_removed_after_the_block_and_locked_during_it(tmp_path):
+    with pytest.raises(KeyError):
+        with staging_dir(tmp_path / "run") as folder:
+            (folder / "checkpoint.pt").write_bytes(b"half")
+            if staging.fcntl is not None:  # the lock is on: another open of the folder cannot take it
+                handle = os.open(folder, os.O_RDONLY)
+                try:
+                    with pytest.raises(BlockingIOError):
+                        staging.fcntl.flock(handle, staging.fcntl.LOCK_EX | staging.fcntl.LOCK_NB)
+                finally:
+                    os.close(handle)
+            raise KeyError("a failure halfway")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_target_replaces_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    with atomic_target(path) as temporary:
+        assert temporary.parent == path.parent and temporary.name.startswith(".metrics.json.tmp-")
+        temporary.write_text("first")
+    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+    assert path.stat().st_mode & 0o777 == staging.default_mode()  # as open() would make it, not 0600
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_target(path) as temporary:
+            temporary.write_text("second, half")
+            raise KeyboardInterrupt
+    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+@needs_locks
 def test_checkpoint_and_json_writers_remove_temporaries_of_a_killed_save(tmp_path):
     import torch
 
     from memseg_tutorial.checkpoint import atomic_save, atomic_write_json
 
-    host, gone = staging._host(), dead_pid()
-    left = [make_entry(tmp_path, f".last.pt.tmp-{host}-{gone}-ab12cd34"),
-            make_entry(tmp_path, f".metrics.json.tmp-{host}-{gone}-ef56gh78")]
+    left = [age(make_entry(tmp_path, ".last.pt.tmp-99-ab12cd34", directory=False), 120),
+            age(make_entry(tmp_path, ".metrics.json.tmp-99-ef56gh78", directory=False), 120)]
     atomic_save({"w": torch.ones(2)}, tmp_path / "last.pt")
     atomic_write_json({"a": 1}, tmp_path / "metrics.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.json"]
@@ -141,8 +196,8 @@ download.download_file(info, sys.argv[1], progress=False)
 """
 
 
-@posix_only
-def test_a_killed_download_leaves_a_part_file_that_the_next_download_removes(tmp_path, monkeypatch):
+@needs_locks
+def test_a_killed_download_leaves_a_part_file_that_a_later_download_removes(tmp_path, monkeypatch):
     from memseg_tutorial.data import download as download_module
 
     script = tmp_path / "killed.py"
@@ -152,10 +207,13 @@ def test_a_killed_download_leaves_a_part_file_that_the_next_download_removes(tmp
                             timeout=120)
     assert result.returncode == 17, result.stderr
     (left,) = folder.iterdir()
-    assert left.name.startswith(f".toy.bin.part-{staging._host()}-")  # (its bytes were still buffered)
+    assert left.name.startswith(".toy.bin.part-")
 
     class Response:
         headers = {"Content-Length": "5"}
+
+        def __init__(self):
+            self.chunks = [b"hello", b""]
 
         def __enter__(self):
             return self
@@ -163,14 +221,12 @@ def test_a_killed_download_leaves_a_part_file_that_the_next_download_removes(tmp
         def __exit__(self, *args):
             return False
 
-        def __init__(self):
-            self.chunks = [b"hello", b""]
-
         def read(self, size):
             return self.chunks.pop(0)
 
     monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: Response())
     info = download_module.DownloadInfo("toy", "https://example.invalid/toy.bin", None, "toy.bin")
+    age(left, 2 * GRACE_SECONDS)  # a retry a couple of minutes later
     assert download_module.download_file(info, folder, progress=False) == folder / "toy.bin"
     assert [p.name for p in folder.iterdir()] == ["toy.bin"]
     assert (folder / "toy.bin").read_bytes() == b"hello"

@@ -404,3 +404,23 @@ def test_checkpoints_of_older_versions_with_paths_and_0_1_flags_still_load(tmp_p
                 "model": {}}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"settings stored in .*checkpoint.pt are not valid here: lr must be"):
         load_checkpoint(tmp_path)
+
+
+def test_torch_load_problems_are_said_in_a_few_words():
+    import pickle
+
+    from memseg_tutorial.checkpoint import torch_load_problem
+
+    truncated = "it is empty, truncated, or not a file written by torch.save"
+    assert torch_load_problem(EOFError()) == truncated
+    assert torch_load_problem(pickle.UnpicklingError("invalid load key, 'h'.")) == truncated
+    assert torch_load_problem(RuntimeError("PytorchStreamReader failed reading zip archive: failed finding "
+                                           "central directory")) == truncated
+    assert torch_load_problem(PermissionError(13, "Permission denied")) == "Permission denied"
+    cuda = ("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False.\n"
+            "If you are running on a CPU-only machine, please use torch.load with map_location")
+    assert torch_load_problem(RuntimeError(cuda)) == cuda.splitlines()[0]
+    assert torch_load_problem(pickle.UnpicklingError(
+        "Weights only load failed.\n\x1b[1mWeightsUnpickler error: Unsupported global: GLOBAL "
+        "torchvision.models.resnet.ResNet was not an allowed global by default.\x1b[0m")).startswith(
+        "it holds Python objects (torchvision.models.resnet.ResNet)")

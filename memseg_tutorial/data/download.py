@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..paths import data_dir
-from ..staging import remove_abandoned, staging_path
+from ..staging import locked, staging_path
 
 CHUNK_SIZE = 1 << 20
 # What reading a truncated or corrupt archive raises (tarfile.TarError includes ReadError).
@@ -60,7 +60,7 @@ MVTEC_AD = DownloadInfo(
     filename="mvtec_anomaly_detection.tar.xz",
     homepage="https://www.mvtec.com/company/research/datasets/mvtec-ad",
 )
-# Per-category archives in the same share (file ids as published by MVTec); ~5 GB -> 0.1-0.5 GB.
+# Per-category archives in the same share (file ids as published by MVTec); one category is a fraction of the ~5 GB.
 _MVTEC_CATEGORY_IDS = {
     "bottle": "420937370-1629958698",
     "cable": "420937413-1629958794",
@@ -172,17 +172,21 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
     A file already at the final name is verified and reused.
     """
     folder = Path(folder) if folder is not None else downloads_dir()
-    created = not folder.exists()
+    made = []  # the folders this call creates, deepest first: removed again if nothing comes of it
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        made.append(parent)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / info.filename
     if target.is_file():
         verify_checksum(target, info.sha256)
         return target
-    remove_abandoned(target, "part")
     partial = staging_path(target, "part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
+        with (urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out,
+              locked(partial)):
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename, disable=not progress) as bar:
                 for block in iter(lambda: response.read(CHUNK_SIZE), b""):
@@ -210,9 +214,10 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
         ) from error
     finally:
         partial.unlink(missing_ok=True)  # gone after a success (renamed); removed after any failure
-        if created and not target.exists():  # a failed first download leaves no empty folder
-            with contextlib.suppress(OSError):  # not empty (another download), or already gone
-                folder.rmdir()
+        if not target.exists():  # a failed download leaves no empty folders behind
+            for empty in made:
+                with contextlib.suppress(OSError):  # not empty (another download), or already gone
+                    empty.rmdir()
     return target
 
 
@@ -298,12 +303,12 @@ def _unpack(archive: Path, staging: Path) -> None:
         with zipfile.ZipFile(archive) as zipped:
             for name in zipped.namelist():
                 _check_member_path(name, archive)
-            staging.mkdir()
+            staging.mkdir(exist_ok=True)
             zipped.extractall(staging)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tar:
             _check_tar_members(tar, archive)
-            staging.mkdir()
+            staging.mkdir(exist_ok=True)
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
                 tar.extractall(staging, filter="data")
             else:
@@ -324,27 +329,28 @@ def safe_extract(archive: str | Path, destination: str | Path,
     """
     archive, destination = Path(archive), Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(destination, "extract")
     staging = staging_path(destination, "extract")
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
-        try:
-            _unpack(archive, staging)
-        except _TAR_FILTER_ERRORS as error:
-            raise UnsafeArchiveError(f"Refusing to extract {archive}: {error}.") from error
-        except _CORRUPT_ARCHIVE_ERRORS as error:
-            raise _bad_archive(archive, f"it is truncated or corrupt ({type(error).__name__}: {error})") from error
-        if check is not None:
-            check(staging)
-        destination.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(staging.iterdir()):
-            final = destination / entry.name
-            if final.exists():
-                if final.is_dir() and entry.is_dir():
-                    shutil.rmtree(final)
-                else:
-                    final.unlink()
-            os.replace(entry, final)
+        with locked(staging):
+            try:
+                _unpack(archive, staging)
+            except _TAR_FILTER_ERRORS as error:
+                raise UnsafeArchiveError(f"Refusing to extract {archive}: {error}.") from error
+            except _CORRUPT_ARCHIVE_ERRORS as error:
+                raise _bad_archive(archive, f"it is truncated or corrupt ({type(error).__name__}: {error})") from error
+            if check is not None:
+                check(staging)
+            destination.mkdir(parents=True, exist_ok=True)
+            for entry in sorted(staging.iterdir()):
+                final = destination / entry.name
+                if final.exists():
+                    if final.is_dir() and entry.is_dir():
+                        shutil.rmtree(final)
+                    else:
+                        final.unlink()
+                os.replace(entry, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
@@ -460,15 +466,19 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     if not (root / "MT_Free").is_dir():
         if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
-        remove_abandoned(root, "download")
         staging = staging_path(root, "download")
         shutil.rmtree(staging, ignore_errors=True)
-        download_and_extract(MTD, staging, keep_archive=keep_archive, content_problem=_mtd_problem)
-        source = _mtd_source(staging)
-        if root.exists() and not any(root.iterdir()):
-            root.rmdir()
-        os.replace(source, root)
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            with locked(staging):  # the extraction's own staging lies inside: one folder to clean up
+                extracted = download_and_extract(MTD, staging / "archive", keep_archive=keep_archive,
+                                                 content_problem=_mtd_problem)
+                source = _mtd_source(extracted)
+                if root.exists() and not any(root.iterdir()):
+                    root.rmdir()
+                os.replace(source, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     check_mtd_folder(root)
     if not (root / SPLIT_FILE).is_file():
         write_mtd_split(root)

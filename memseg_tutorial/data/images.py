@@ -74,8 +74,10 @@ def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
     """
     if not data.size:
         raise ValueError(f"{failure}: the file is empty.")
-    if data[:8].tobytes() == PNG_SIGNATURE and data.tobytes().rfind(b"IEND") < 0:
-        raise ValueError(f"{failure}: the PNG file is truncated (it has no end chunk).")
+    if data[:8].tobytes() == PNG_SIGNATURE:
+        end = data.tobytes().rfind(b"IEND")  # the closing chunk: its type, then a 4-byte checksum
+        if end < 0 or end + 8 > data.size:
+            raise ValueError(f"{failure}: the PNG file is truncated (it has no complete end chunk).")
     image = cv2.imdecode(data, flags)
     if image is None or image.size == 0:
         raise ValueError(f"{failure}: the file is damaged or not a valid image.")

@@ -47,14 +47,15 @@ def _socket_timeout(seconds: float):
 
 
 def _imagenet_state_dict() -> dict:
-    # torch.hub writes a "Downloading: ..." line to stderr: shown once the download has worked, and
-    # dropped when it failed, where the error below says everything (one line on the command line).
-    notice = io.StringIO()
+    # The notice goes to stdout before the download starts; torch.hub's own "Downloading: ..." line
+    # (stderr) is dropped, so that a failed download shows only the error below on stderr (one line
+    # on the command line). Anything else written to stderr meanwhile is passed on.
+    if not imagenet_cache_path().is_file():
+        print(f"Downloading the ImageNet weights of ResNet18 (45 MB) to {imagenet_cache_path()} ...", flush=True)
+    captured = io.StringIO()
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stderr(notice):
-            state = load_state_dict_from_url(IMAGENET_WEIGHTS_URL, progress=False, check_hash=True)
-        sys.stderr.write(notice.getvalue())
-        return state
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stderr(captured):
+            return load_state_dict_from_url(IMAGENET_WEIGHTS_URL, progress=False, check_hash=True)
     except Exception as error:  # URLError, TimeoutError, hash mismatch, ...
         raise RuntimeError(
             f"Could not get the ImageNet weights of ResNet18 ({type(error).__name__}: {error}).\n"
@@ -66,6 +67,9 @@ def _imagenet_state_dict() -> dict:
             f"Without it, use random weights: --weights none, or backbone_weights='none' "
             f"(results far from the paper)."
         ) from error
+    finally:
+        sys.stderr.write("".join(line for line in captured.getvalue().splitlines(keepends=True)
+                                 if not line.startswith("Downloading: ")))
 
 
 def _local_state_dict(path: Path) -> dict:
