@@ -159,8 +159,8 @@ def torch_load_problem(error: BaseException) -> str:
         return f"it holds Python objects ({found.group(1)}), which are not read because that could run code"
     if isinstance(error, OSError):  # permission denied, a folder, a disk error: say that
         return error.strerror or f"{type(error).__name__}: {text}"
-    if isinstance(error, RuntimeError) and text and "PytorchStreamReader" not in text:
-        return text.splitlines()[0]  # e.g. a CUDA tensor on a machine without CUDA: torch says it well
+    if isinstance(error, RuntimeError) and "CUDA" in text:  # saved on a GPU, read without one: torch says it well
+        return text.splitlines()[0]
     return "it is empty, truncated, or not a file written by torch.save"  # EOFError, unpickling errors
 
 

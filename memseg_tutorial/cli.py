@@ -209,7 +209,7 @@ def _save_figure(figure, path: Path) -> None:
     from .staging import atomic_target
 
     try:
-        with atomic_target(path, suffix=".png") as temporary:  # matplotlib reads the format off the suffix
+        with atomic_target(path) as temporary:  # same name, so matplotlib reads the format off ".png"
             figure.savefig(temporary, dpi=90, bbox_inches="tight")
     finally:
         plt.close(figure)

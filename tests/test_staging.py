@@ -1,8 +1,9 @@
-"""Staging copies that a killed process left are removed by the next writer; live ones and
-anything else are never touched. All-or-nothing writes go through one helper."""
+"""Staging folders that a killed process left are removed by the next writer; live ones (of this
+process, another one, another container) and anything else are never touched."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -16,16 +17,12 @@ from memseg_tutorial.staging import (
     GRACE_SECONDS,
     UNLOCKED_IDLE_SECONDS,
     atomic_target,
-    locked,
     remove_abandoned,
     staging_dir,
-    staging_name,
-    staging_path,
-    temporary_dir,
-    temporary_file,
 )
 
-needs_locks = pytest.mark.skipif(staging.fcntl is None, reason="flock is POSIX only (Windows uses the idle rule)")
+needs_locks = pytest.mark.skipif(staging.fcntl is None, reason="flock is POSIX only (Windows uses the day rule)")
+HOST = staging._host()
 
 LOCK_HOLDER = """
 import fcntl, os, sys, time
@@ -36,14 +33,11 @@ time.sleep(600)
 """
 
 
-def make_entry(folder: Path, name: str, directory: bool = True) -> Path:
-    path = folder / name
-    if directory:
-        (path / "inner").mkdir(parents=True)
-        (path / "inner" / "part.bin").write_bytes(b"x" * 1000)
-    else:
-        path.write_bytes(b"x" * 1000)
-    return path
+def make_entry(folder: Path, name: str) -> Path:
+    """A staging-like folder with one file inside."""
+    (folder / name / "inner").mkdir(parents=True)
+    (folder / name / "inner" / "part.bin").write_bytes(b"x" * 1000)
+    return folder / name
 
 
 def age(path: Path, seconds: float) -> Path:
@@ -54,26 +48,43 @@ def age(path: Path, seconds: float) -> Path:
     return path
 
 
-def test_names_are_hidden_siblings_that_say_the_process(tmp_path):
+def entries(final: Path, tag: str) -> list[Path]:
+    return sorted(final.parent.glob(f".{final.name}.{tag}-*"))
+
+
+def assert_held(final: Path, tag: str) -> None:
+    """Mid-write: the writer's staging folder is locked, and even when it looks old it stays."""
+    (entry,) = entries(final, tag)
+    age(entry, 10 * GRACE_SECONDS)
+    assert remove_abandoned(final, tag) == [] and entry.is_dir()
+    if staging.fcntl is not None:
+        handle = os.open(entry, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                staging.fcntl.flock(handle, staging.fcntl.LOCK_EX | staging.fcntl.LOCK_NB)
+        finally:
+            os.close(handle)
+
+
+def test_a_staging_folder_is_hidden_unique_locked_and_removed_after_the_block(tmp_path):
     final = tmp_path / "mvtec.tar.xz"
-    assert staging_name("mvtec.tar.xz", "part") == f".mvtec.tar.xz.part-{os.getpid()}"
-    assert staging_path(final, "part") == tmp_path / f".mvtec.tar.xz.part-{os.getpid()}"
-    first, second = temporary_file(final, suffix=".png"), temporary_file(final, suffix=".png")
-    assert first != second and first.is_file() and first.stat().st_size == 0
-    assert first.name.startswith(f".mvtec.tar.xz.tmp-{os.getpid()}-") and first.suffix == ".png"
-    folder = temporary_dir(final, "partial")
-    assert folder.is_dir() and folder.name.startswith(f".mvtec.tar.xz.partial-{os.getpid()}-")
-    # every form the package makes is recognised as a staging copy (here: old and unlocked)
-    for made in (first, second, folder):
-        age(made, 2 * GRACE_SECONDS)
-    assert sorted(remove_abandoned(final, "tmp")) == sorted([first, second])
-    assert remove_abandoned(final, "partial") == [folder]
+    with pytest.raises(KeyError):
+        with staging_dir(final, "part") as first, staging_dir(final, "part") as second:
+            assert first != second and first.parent == second.parent == tmp_path
+            assert first.name.startswith(f".mvtec.tar.xz.part-{HOST}-{os.getpid()}-")
+            assert len(first.name) == len(f".mvtec.tar.xz.part-{HOST}-{os.getpid()}-") + 8
+            (first / "half").write_bytes(b"x")
+            for folder in (first, second):
+                age(folder, 10 * GRACE_SECONDS)
+            assert remove_abandoned(final, "part") == []  # this process holds both
+            raise KeyError("a failure halfway")
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_locks
-def test_a_copy_that_a_live_process_holds_is_kept_and_removed_once_it_was_killed(tmp_path, capsys):
+def test_a_folder_that_another_live_process_holds_is_kept_and_removed_once_it_was_killed(tmp_path, capsys):
     final = tmp_path / "sample"
-    entry = age(make_entry(tmp_path, ".sample.partial-4242"), 3600)
+    entry = age(make_entry(tmp_path, f".sample.partial-{HOST}-{os.getpid()}-ab12cd34"), 3600)  # even our pid
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(entry)], stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -87,91 +98,101 @@ def test_a_copy_that_a_live_process_holds_is_kept_and_removed_once_it_was_killed
     assert "no process is writing it" in capsys.readouterr().out
 
 
-@needs_locks
-def test_this_process_keeps_what_it_is_writing(tmp_path):
-    entry = age(make_entry(tmp_path, ".last.pt.tmp-7-abcd1234", directory=False), 3600)
-    with locked(entry):
-        assert remove_abandoned(tmp_path / "last.pt", "tmp") == [] and entry.exists()
-    assert remove_abandoned(tmp_path / "last.pt", "tmp") == [entry]
-
-
-def test_fresh_copies_and_other_names_are_left_alone(tmp_path, capsys):
+def test_fresh_folders_and_other_names_are_left_alone(tmp_path, capsys):
     final = tmp_path / "predictions"
-    fresh = make_entry(tmp_path, ".predictions.partial-77")  # just made: its writer may lock it any moment
-    gone = [age(make_entry(tmp_path, ".predictions.partial-78"), 120),
-            age(make_entry(tmp_path, ".predictions.partial-79-ab12cd_9.png", directory=False), 120)]
+    fresh = make_entry(tmp_path, f".predictions.partial-{HOST}-77-aaaaaaaa")  # its writer may lock it any moment
+    gone = [age(make_entry(tmp_path, f".predictions.partial-{HOST}-78-ab12cd_9"), 120),
+            age(make_entry(tmp_path, f".predictions.partial-{HOST}-79-zz99zz99"), 120)]
     others = [age(make_entry(tmp_path, name), 10 * UNLOCKED_IDLE_SECONDS) for name in (
-        ".predictions.extract-78",  # another tag
-        ".other.partial-78",  # another final name
-        ".predictions.partial-78-x_overlay.png",  # not what mkstemp makes
-        ".predictions.partial-abc",
-        ".predictions.partial-12345678901",  # not a process id
-        ".predictions.partial-78-abcdefgh-more",
+        f".predictions.extract-{HOST}-78-ab12cd34",  # another tag
+        f".other.partial-{HOST}-78-ab12cd34",  # another final name
+        f".predictions.partial-{HOST}-78-x_overlay.png",  # not what mkdtemp makes
+        f".predictions.partial-{HOST}-78",
+        f".predictions.partial-{HOST}-abc-ab12cd34",
+        f".predictions.partial-{HOST}-12345678901-ab12cd34",  # not a process id
+        ".predictions.partial-78-ab12cd34",  # no host
         "predictions",  # the final name itself
     )]
-    (tmp_path / ".predictions.partial-80").symlink_to(others[0])  # a link is never followed or removed
+    a_file = tmp_path / f".predictions.partial-{HOST}-80-ab12cd34"
+    a_file.write_bytes(b"a file is never a staging folder")
+    age(a_file, 10 * UNLOCKED_IDLE_SECONDS)
+    if os.name != "nt":
+        (tmp_path / f".predictions.partial-{HOST}-81-ab12cd34").symlink_to(others[0])
     assert remove_abandoned(final, "partial") == sorted(gone)
-    assert fresh.exists() and all(path.exists() for path in others)
-    assert (tmp_path / ".predictions.partial-80").is_symlink()
+    assert fresh.exists() and a_file.exists() and all(path.exists() for path in others)
+    assert os.name == "nt" or (tmp_path / f".predictions.partial-{HOST}-81-ab12cd34").is_symlink()
     printed = capsys.readouterr().out
     assert all(str(path) in printed for path in gone) and "(0.0 MB)" in printed
 
 
-def test_without_locks_only_a_day_of_quiet_counts(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(staging, "fcntl", None)  # as on Windows
+def test_folders_of_another_host_go_only_after_a_quiet_day(tmp_path, capsys):
     final = tmp_path / "dtd.tar.gz"
-    recent = age(make_entry(tmp_path, ".dtd.tar.gz.part-12"), 2 * 3600)
-    stale = age(make_entry(tmp_path, ".dtd.tar.gz.part-13"), UNLOCKED_IDLE_SECONDS + 600)
-    busy = age(make_entry(tmp_path, ".dtd.tar.gz.part-14"), UNLOCKED_IDLE_SECONDS + 600)
+    recent = age(make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-12-ab12cd34"), 2 * 3600)
+    stale = age(make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-13-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
+    busy = age(make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-14-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
     os.utime(busy / "inner" / "part.bin")  # one file deep inside was written just now
     assert remove_abandoned(final, "part") == [stale]
     assert recent.exists() and busy.exists()
     assert "unchanged for 24 hours" in capsys.readouterr().out
 
 
+class NoLocks:
+    """An fcntl whose flock fails as on a file system without locks (NFS without lockd, ...)."""
+
+    LOCK_EX, LOCK_NB = 2, 4
+
+    @staticmethod
+    def flock(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+
+@pytest.mark.parametrize("fcntl_module", [None, NoLocks], ids=["no fcntl (Windows)", "flock fails"])
+def test_without_locks_only_a_day_of_quiet_counts_on_this_host_too(tmp_path, monkeypatch, fcntl_module):
+    monkeypatch.setattr(staging, "fcntl", fcntl_module)
+    final = tmp_path / "dtd.tar.gz"
+    recent = age(make_entry(tmp_path, f".dtd.tar.gz.part-{HOST}-12-ab12cd34"), 2 * 3600)
+    stale = age(make_entry(tmp_path, f".dtd.tar.gz.part-{HOST}-13-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
+    assert remove_abandoned(final, "part") == [stale] and recent.exists()
+    with staging_dir(final, "part") as folder:  # writing still works, unlocked
+        (folder / "x").write_bytes(b"x")
+    assert entries(final, "part") == [recent]
+
+
 def test_missing_folder_is_not_an_error(tmp_path):
     assert remove_abandoned(tmp_path / "absent" / "x", "part") == []
 
 
-def test_staging_dir_is_removed_after_the_block_and_locked_during_it(tmp_path):
-    with pytest.raises(KeyError):
-        with staging_dir(tmp_path / "run") as folder:
-            (folder / "checkpoint.pt").write_bytes(b"half")
-            if staging.fcntl is not None:  # the lock is on: another open of the folder cannot take it
-                handle = os.open(folder, os.O_RDONLY)
-                try:
-                    with pytest.raises(BlockingIOError):
-                        staging.fcntl.flock(handle, staging.fcntl.LOCK_EX | staging.fcntl.LOCK_NB)
-                finally:
-                    os.close(handle)
-            raise KeyError("a failure halfway")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_atomic_target_replaces_whole_or_not_at_all(tmp_path):
-    path = tmp_path / "sub" / "metrics.json"
+    path = tmp_path / "sub" / "loss_curve.png"
     with atomic_target(path) as temporary:
-        assert temporary.parent == path.parent and temporary.name.startswith(".metrics.json.tmp-")
+        assert temporary.name == "loss_curve.png" and temporary.parent.parent == path.parent  # the suffix kept
+        assert_held(path, "tmp")
         temporary.write_text("first")
-    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["loss_curve.png"]
     assert path.stat().st_mode & 0o777 == staging.default_mode()  # as open() would make it, not 0600
     with pytest.raises(KeyboardInterrupt):
         with atomic_target(path) as temporary:
             temporary.write_text("second, half")
             raise KeyboardInterrupt
-    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["loss_curve.png"]
 
 
-@needs_locks
-def test_checkpoint_and_json_writers_remove_temporaries_of_a_killed_save(tmp_path):
+def test_checkpoint_and_json_writers_hold_their_staging_and_clear_a_killed_save(tmp_path, monkeypatch):
     import torch
 
-    from memseg_tutorial.checkpoint import atomic_save, atomic_write_json
+    from memseg_tutorial import checkpoint as checkpoint_module
 
-    left = [age(make_entry(tmp_path, ".last.pt.tmp-99-ab12cd34", directory=False), 120),
-            age(make_entry(tmp_path, ".metrics.json.tmp-99-ef56gh78", directory=False), 120)]
-    atomic_save({"w": torch.ones(2)}, tmp_path / "last.pt")
-    atomic_write_json({"a": 1}, tmp_path / "metrics.json")
+    left = [age(make_entry(tmp_path, f".last.pt.tmp-{HOST}-99-ab12cd34"), 120),
+            age(make_entry(tmp_path, f".metrics.json.tmp-{HOST}-99-ef56gh78"), 120)]
+    real_save = torch.save
+
+    def save_and_check(obj, file):
+        assert_held(tmp_path / "last.pt", "tmp")
+        real_save(obj, file)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_and_check)
+    checkpoint_module.atomic_save({"w": torch.ones(2)}, tmp_path / "last.pt")
+    checkpoint_module.atomic_write_json({"a": 1}, tmp_path / "metrics.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.json"]
     assert not any(path.exists() for path in left)
 
@@ -196,8 +217,26 @@ download.download_file(info, sys.argv[1], progress=False)
 """
 
 
+class Response:
+    headers = {"Content-Length": "10"}
+
+    def __init__(self, during=None):
+        self.chunks, self.during = [b"hello", b"world", b""], during
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+    def read(self, size):
+        if len(self.chunks) == 2 and self.during is not None:
+            self.during()
+        return self.chunks.pop(0)
+
+
 @needs_locks
-def test_a_killed_download_leaves_a_part_file_that_a_later_download_removes(tmp_path, monkeypatch):
+def test_a_killed_download_is_cleared_by_a_later_one_and_a_live_namesake_is_not(tmp_path, monkeypatch):
     from memseg_tutorial.data import download as download_module
 
     script = tmp_path / "killed.py"
@@ -207,26 +246,70 @@ def test_a_killed_download_leaves_a_part_file_that_a_later_download_removes(tmp_
                             timeout=120)
     assert result.returncode == 17, result.stderr
     (left,) = folder.iterdir()
-    assert left.name.startswith(".toy.bin.part-")
-
-    class Response:
-        headers = {"Content-Length": "5"}
-
-        def __init__(self):
-            self.chunks = [b"hello", b""]
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *args):
-            return False
-
-        def read(self, size):
-            return self.chunks.pop(0)
-
-    monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: Response())
-    info = download_module.DownloadInfo("toy", "https://example.invalid/toy.bin", None, "toy.bin")
+    assert left.name.startswith(f".toy.bin.part-{HOST}-") and (left / "toy.bin").is_file()
     age(left, 2 * GRACE_SECONDS)  # a retry a couple of minutes later
-    assert download_module.download_file(info, folder, progress=False) == folder / "toy.bin"
-    assert [p.name for p in folder.iterdir()] == ["toy.bin"]
-    assert (folder / "toy.bin").read_bytes() == b"hello"
+    # A live writer in another container may carry the same pid: its folder differs by the random part.
+    namesake = age(make_entry(folder, f".toy.bin.part-{HOST}-{os.getpid()}-ab12cd34"), 3600)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(namesake)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: Response())
+        info = download_module.DownloadInfo("toy", "https://example.invalid/toy.bin", None, "toy.bin")
+        assert download_module.download_file(info, folder, progress=False) == folder / "toy.bin"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["toy.bin", namesake.name])
+        assert (folder / "toy.bin").read_bytes() == b"helloworld" and (namesake / "inner" / "part.bin").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_download_holds_its_staging_while_it_runs(tmp_path, monkeypatch):
+    from memseg_tutorial.data import download as download_module
+
+    folder = tmp_path / "downloads"
+    checked = []
+
+    def during():
+        assert_held(folder / "toy.bin", "part")
+        checked.append(True)
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: Response(during))
+    info = download_module.DownloadInfo("toy", "https://example.invalid/toy.bin", None, "toy.bin")
+    download_module.download_file(info, folder, progress=False)
+    assert checked == [True] and [p.name for p in folder.iterdir()] == ["toy.bin"]
+
+
+def test_an_extraction_and_a_sample_generation_hold_their_staging(tmp_path, monkeypatch):
+    import tarfile
+
+    from memseg_tutorial.data import download as download_module
+    from memseg_tutorial.data import sample as sample_module
+
+    (tmp_path / "a.txt").write_text("a")
+    with tarfile.open(tmp_path / "toy.tar", "w") as tar:
+        tar.add(tmp_path / "a.txt", arcname="a.txt")
+    checked = []
+
+    def check(folder):
+        assert (folder / "a.txt").is_file()
+        assert_held(tmp_path / "out", "extract")
+        checked.append("extract")
+
+    download_module.safe_extract(tmp_path / "toy.tar", tmp_path / "out", check=check)
+    assert (tmp_path / "out" / "a.txt").read_text() == "a"
+
+    real_write = sample_module._write_png
+
+    def write_and_check(path, array):
+        if not checked[1:]:
+            assert_held(tmp_path / "sample", "partial")
+            checked.append("sample")
+        real_write(path, array)
+
+    monkeypatch.setattr(sample_module, "_write_png", write_and_check)
+    sample_module.generate_sample_dataset(tmp_path / "sample")
+    assert checked == ["extract", "sample"]
+    assert (tmp_path / "sample").stat().st_mode & 0o777 == staging.default_mode(directory=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out", "sample", "toy.tar"]

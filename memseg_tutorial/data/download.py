@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..paths import data_dir
-from ..staging import locked, staging_path
+from ..staging import staging_dir
 
 CHUNK_SIZE = 1 << 20
 # What reading a truncated or corrupt archive raises (tarfile.TarError includes ReadError).
@@ -182,25 +182,25 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
     if target.is_file():
         verify_checksum(target, info.sha256)
         return target
-    partial = staging_path(target, "part")
     digest = hashlib.sha256()
     try:
-        with (urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out,
-              locked(partial)):
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename, disable=not progress) as bar:
-                for block in iter(lambda: response.read(CHUNK_SIZE), b""):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-        actual = digest.hexdigest()
-        if info.sha256 is not None and actual != info.sha256.lower():
-            raise ChecksumError(
-                f"Checksum mismatch for {info.name} from {info.url}: expected SHA-256 {info.sha256}, "
-                f"got {actual}. The download was incomplete or the file changed; nothing was kept.\n"
-                + _manual_instructions(info, target)
-            )
-        os.replace(partial, target)
+        with staging_dir(target, "part") as staging:  # locked while it downloads; removed after
+            partial = staging / info.filename
+            with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename, disable=not progress) as bar:
+                    for block in iter(lambda: response.read(CHUNK_SIZE), b""):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+            actual = digest.hexdigest()
+            if info.sha256 is not None and actual != info.sha256.lower():
+                raise ChecksumError(
+                    f"Checksum mismatch for {info.name} from {info.url}: expected SHA-256 {info.sha256}, "
+                    f"got {actual}. The download was incomplete or the file changed; nothing was kept.\n"
+                    + _manual_instructions(info, target)
+                )
+            os.replace(partial, target)
     except ChecksumError:
         raise
     except (urllib.error.URLError, OSError) as error:
@@ -213,7 +213,6 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
             f"Could not download {info.name} from {info.url}: {error}.\n" + _manual_instructions(info, target)
         ) from error
     finally:
-        partial.unlink(missing_ok=True)  # gone after a success (renamed); removed after any failure
         if not target.exists():  # a failed download leaves no empty folders behind
             for empty in made:
                 with contextlib.suppress(OSError):  # not empty (another download), or already gone
@@ -329,30 +328,24 @@ def safe_extract(archive: str | Path, destination: str | Path,
     """
     archive, destination = Path(archive), Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(destination, "extract")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        with locked(staging):
-            try:
-                _unpack(archive, staging)
-            except _TAR_FILTER_ERRORS as error:
-                raise UnsafeArchiveError(f"Refusing to extract {archive}: {error}.") from error
-            except _CORRUPT_ARCHIVE_ERRORS as error:
-                raise _bad_archive(archive, f"it is truncated or corrupt ({type(error).__name__}: {error})") from error
-            if check is not None:
-                check(staging)
-            destination.mkdir(parents=True, exist_ok=True)
-            for entry in sorted(staging.iterdir()):
-                final = destination / entry.name
-                if final.exists():
-                    if final.is_dir() and entry.is_dir():
-                        shutil.rmtree(final)
-                    else:
-                        final.unlink()
-                os.replace(entry, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging_dir(destination, "extract") as staging:  # locked while it is written; removed after
+        try:
+            _unpack(archive, staging)
+        except _TAR_FILTER_ERRORS as error:
+            raise UnsafeArchiveError(f"Refusing to extract {archive}: {error}.") from error
+        except _CORRUPT_ARCHIVE_ERRORS as error:
+            raise _bad_archive(archive, f"it is truncated or corrupt ({type(error).__name__}: {error})") from error
+        if check is not None:
+            check(staging)
+        destination.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            final = destination / entry.name
+            if final.exists():
+                if final.is_dir() and entry.is_dir():
+                    shutil.rmtree(final)
+                else:
+                    final.unlink()
+            os.replace(entry, final)
     return destination
 
 
@@ -466,19 +459,13 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     if not (root / "MT_Free").is_dir():
         if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
-        staging = staging_path(root, "download")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            with locked(staging):  # the extraction's own staging lies inside: one folder to clean up
-                extracted = download_and_extract(MTD, staging / "archive", keep_archive=keep_archive,
-                                                 content_problem=_mtd_problem)
-                source = _mtd_source(extracted)
-                if root.exists() and not any(root.iterdir()):
-                    root.rmdir()
-                os.replace(source, root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with staging_dir(root, "download") as staging:  # the extraction stages inside: one folder to clean
+            extracted = download_and_extract(MTD, staging / "archive", keep_archive=keep_archive,
+                                             content_problem=_mtd_problem)
+            source = _mtd_source(extracted)
+            if root.exists() and not any(root.iterdir()):
+                root.rmdir()
+            os.replace(source, root)
     check_mtd_folder(root)
     if not (root / SPLIT_FILE).is_file():
         write_mtd_split(root)
