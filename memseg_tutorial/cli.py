@@ -438,7 +438,7 @@ def cmd_demo(args) -> int:
     from .inference import Predictor, expected_false_alarm_rate
     from .paths import runs_dir
     from .plots import plot_loss_curve, plot_test_overlays
-    from .staging import default_mode, staging_dir
+    from .staging import staging_dir
     from .training import Trainer, split_holdout
 
     if args.category not in SAMPLE_CATEGORIES:
@@ -457,7 +457,9 @@ def cmd_demo(args) -> int:
     test = MVTecDataset(root, args.category, "test", image_size=config.image_size)
     textures = _texture_source(None, config.image_size)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    with staging_dir(final_dir) as staging:  # locked while it is written, removed unless renamed into place
+    with staging_dir(final_dir) as staging:  # locked while it is written; removed at the end
+        run = staging / name  # a plain folder (usual mode), moved into place when complete
+        run.mkdir()
         # No run_dir: the demo is all-or-nothing, so no checkpoints along the way (one write at the end).
         trainer = Trainer(config, train, textures, kind=SAMPLE_CATEGORIES[args.category],
                           progress=not args.no_progress,
@@ -474,7 +476,7 @@ def cmd_demo(args) -> int:
         predictor = Predictor(trainer.model, config, trainer.device)
         thresholds = _calibrate(predictor, holdout.image_paths)
         trainer.run_info["thresholds"] = dataclasses.asdict(thresholds)
-        trainer.save(staging / "checkpoint.pt")  # the thresholds travel with it (used by predict)
+        trainer.save(run / "checkpoint.pt")  # the thresholds travel with it (used by predict)
         flagged = result.scores > thresholds.image
         record = _metrics_record(result, config, {
             "steps": trainer.step,
@@ -487,15 +489,14 @@ def cmd_demo(args) -> int:
             "expected_false_alarm_rate": expected_false_alarm_rate(len(holdout), 99.0),
             "test_detection_rate": float(flagged[result.labels == 1].mean()),
         })
-        atomic_write_json(record, staging / "metrics.json")
-        atomic_write_json({"history": trainer.history}, staging / "history.json")
-        _save_figure(plot_loss_curve(trainer.history), staging / "loss_curve.png")
-        _save_figure(plot_test_overlays(result), staging / "overlays.png")
-        os.chmod(staging, default_mode(directory=True))
+        atomic_write_json(record, run / "metrics.json")
+        atomic_write_json({"history": trainer.history}, run / "history.json")
+        _save_figure(plot_loss_curve(trainer.history), run / "loss_curve.png")
+        _save_figure(plot_test_overlays(result), run / "overlays.png")
         _check_demo_target(final_dir)  # still only an earlier demo run (checked again: minutes passed)
         if final_dir.exists():
             shutil.rmtree(final_dir)
-        os.replace(staging, final_dir)
+        os.replace(run, final_dir)
     print(result.table())
     print(
         f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min "

@@ -2,27 +2,32 @@
 
 Everything the package writes in more than one step (a download, an extraction, the sample
 dataset, a demo run, a set of predictions, a checkpoint) is first written into a new hidden
-folder beside its final name, ``.<final name>.<tag>-<host>-<pid>-<random>``, and renamed into
-place at the end. Ctrl-C and errors remove the folder, but a process killed outright (``kill -9``,
+folder beside its final name, ``.<final name>.<tag>-<machine>-<pid>-<random>``, and what it holds
+is renamed into place at the end. Ctrl-C and errors remove the folder, but a process killed outright (``kill -9``,
 a notebook kernel restart, a power cut) runs no clean-up: a killed MVTec AD download leaves
 gigabytes.
 
 So the writer holds an exclusive lock (``flock``) on its staging folder while it works, and the
 next writer of the same final name removes the folders that nobody holds. The kernel releases a
-lock when its process ends, however it ends, and every process of the machine sees it, in
-another container too (process ids would not do: containers number them apart). Only folders
-made on this host are judged by their lock, and only after a minute (a folder exists a moment
-before its writer locks it). A folder from another host (a shared drive, where locks may not
-reach across) or on a file system without locks (Windows) is removed only once nothing in it
-has changed for :data:`UNLOCKED_IDLE_SECONDS`.
+lock when its process ends, however it ends, and every process on the same kernel sees it, in
+another container too (process ids would not do: containers number them apart). ``<machine>``
+names that kernel (Linux's boot id, else a hash of the host name). Only folders made under this
+kernel are judged by their lock, and only after a minute (a folder exists a moment before its
+writer locks it). A folder from another machine (a shared drive, where locks need not reach
+across) or on a file system without locks (Windows) is removed only once nothing in it has
+changed for :data:`UNLOCKED_IDLE_SECONDS`.
 
 Only folders are locked: on some network file systems a lock on a file makes the writer's own
-writes through another descriptor fail, so a single file is staged inside its own folder.
+writes through another descriptor fail, so a single file is staged inside its own folder. And the
+locked folder itself is never renamed (Windows-backed folders refuse to rename a folder in use):
+results are made inside it and moved out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 import shutil
@@ -44,16 +49,18 @@ UNLOCKED_IDLE_SECONDS = 24 * 3600  # without a lock to ask: a day without a writ
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def default_mode(directory: bool = False) -> int:
-    """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp alone give 0600/0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")  # Linux: one per running kernel
 
 
-def _host() -> str:
-    """This machine's name, reduced to the characters a staging name may hold (no ``-``)."""
-    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:32] or "host"
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    """12 hex digits naming who can see this process's locks: the running Linux kernel (its boot
+    id, which the containers on it share), else the host (a hash of its full name)."""
+    with contextlib.suppress(OSError):
+        boot = BOOT_ID.read_text().strip().replace("-", "")
+        if re.fullmatch(r"[0-9a-f]{32}", boot):
+            return boot[:12]
+    return hashlib.blake2s(socket.gethostname().encode(), digest_size=6).hexdigest()
 
 
 def _prefix(final: Path, tag: str) -> str:
@@ -63,13 +70,14 @@ def _prefix(final: Path, tag: str) -> str:
 @contextmanager
 def staging_dir(final: Path, tag: str = "partial") -> Iterator[Path]:
     """A new, empty, hidden folder beside ``final``, locked while the block runs and removed after
-    it (a block that succeeds has renamed it, or what it holds, into place by then).
+    it (a block that succeeds has moved what it made there into place by then; the folder itself
+    is never renamed).
 
     Staging folders of ``final`` that a killed process left are removed first.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(final, tag)
-    folder = Path(tempfile.mkdtemp(prefix=f"{_prefix(final, tag)}{_host()}-{os.getpid()}-", dir=final.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"{_prefix(final, tag)}{_machine()}-{os.getpid()}-", dir=final.parent))
     handle = None
     try:
         if fcntl is not None:
@@ -85,8 +93,8 @@ def staging_dir(final: Path, tag: str = "partial") -> Iterator[Path]:
 
 @contextmanager
 def atomic_target(path: Path) -> Iterator[Path]:
-    """A file to write instead of ``path``: moved over ``path`` when the block ends normally (with
-    the mode a plain ``open`` gives), removed when it fails (Ctrl-C included).
+    """A file to write instead of ``path``: moved over ``path`` when the block ends normally,
+    removed when it fails (Ctrl-C included).
 
     A reader always sees the old complete file or the new complete file, never half of one. The
     file has ``path``'s own name (in a staging folder), so a writer that reads the format off the
@@ -95,7 +103,6 @@ def atomic_target(path: Path) -> Iterator[Path]:
     with staging_dir(path, "tmp") as folder:
         temporary = folder / path.name
         yield temporary
-        os.chmod(temporary, default_mode())
         os.replace(temporary, path)
 
 
@@ -150,7 +157,7 @@ def remove_abandoned(final: Path, tag: str) -> list[Path]:
     Only names of the exact staging form are touched, never anything else beside ``final``, and
     nothing here ever fails the real work: a folder that cannot be examined is left.
     """
-    form = re.compile(re.escape(_prefix(final, tag)) + r"([A-Za-z0-9_]{1,32})-[0-9]{1,10}-[a-z0-9_]{8}")
+    form = re.compile(re.escape(_prefix(final, tag)) + r"([0-9a-f]{12})-[0-9]{1,10}-[a-z0-9_]{8}")
     try:
         entries = sorted(final.parent.iterdir())
     except OSError:  # no such folder (yet), or not readable
@@ -161,7 +168,7 @@ def remove_abandoned(final: Path, tag: str) -> list[Path]:
         if match is None:
             continue
         try:
-            outcome = _remove_if_abandoned(entry, same_host=match.group(1) == _host())
+            outcome = _remove_if_abandoned(entry, same_host=match.group(1) == _machine())
         except OSError:  # gone meanwhile, or not ours to delete
             continue
         if outcome is not None:

@@ -361,6 +361,8 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
         "checkpoint.pt", "history.json", "loss_curve.png", "metrics.json", "overlays.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # the staging folder is gone
+    (tmp_path / "plain").mkdir()  # the run folder has the mode a plain mkdir gives here, not mkdtemp's 0700
+    assert (tmp_path / "d").stat().st_mode == (tmp_path / "plain").stat().st_mode
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and 0.0 <= metrics["image_auroc"] <= 1.0
     assert metrics["expected_false_alarm_rate"] == pytest.approx(1 / 7)  # 6 held-out normals

@@ -22,7 +22,8 @@ from memseg_tutorial.staging import (
 )
 
 needs_locks = pytest.mark.skipif(staging.fcntl is None, reason="flock is POSIX only (Windows uses the day rule)")
-HOST = staging._host()
+HOST = staging._machine()
+OTHER = "0123456789ab" if HOST != "0123456789ab" else "ba9876543210"  # another machine
 
 LOCK_HOLDER = """
 import fcntl, os, sys, time
@@ -127,9 +128,9 @@ def test_fresh_folders_and_other_names_are_left_alone(tmp_path, capsys):
 
 def test_folders_of_another_host_go_only_after_a_quiet_day(tmp_path, capsys):
     final = tmp_path / "dtd.tar.gz"
-    recent = age(make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-12-ab12cd34"), 2 * 3600)
-    stale = age(make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-13-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
-    busy = age(make_entry(tmp_path, ".dtd.tar.gz.part-otherbox-14-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
+    recent = age(make_entry(tmp_path, f".dtd.tar.gz.part-{OTHER}-12-ab12cd34"), 2 * 3600)
+    stale = age(make_entry(tmp_path, f".dtd.tar.gz.part-{OTHER}-13-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
+    busy = age(make_entry(tmp_path, f".dtd.tar.gz.part-{OTHER}-14-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
     os.utime(busy / "inner" / "part.bin")  # one file deep inside was written just now
     assert remove_abandoned(final, "part") == [stale]
     assert recent.exists() and busy.exists()
@@ -169,7 +170,8 @@ def test_atomic_target_replaces_whole_or_not_at_all(tmp_path):
         assert_held(path, "tmp")
         temporary.write_text("first")
     assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["loss_curve.png"]
-    assert path.stat().st_mode & 0o777 == staging.default_mode()  # as open() would make it, not 0600
+    (tmp_path / "plain.png").write_text("x")
+    assert path.stat().st_mode == (tmp_path / "plain.png").stat().st_mode  # as open() makes it, not 0600
     with pytest.raises(KeyboardInterrupt):
         with atomic_target(path) as temporary:
             temporary.write_text("second, half")
@@ -311,5 +313,39 @@ def test_an_extraction_and_a_sample_generation_hold_their_staging(tmp_path, monk
     monkeypatch.setattr(sample_module, "_write_png", write_and_check)
     sample_module.generate_sample_dataset(tmp_path / "sample")
     assert checked == ["extract", "sample"]
-    assert (tmp_path / "sample").stat().st_mode & 0o777 == staging.default_mode(directory=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out", "sample", "toy.tar"]
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "sample").stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out", "plain", "sample", "toy.tar"]
+
+
+def test_the_machine_is_the_kernel_else_a_hash_of_the_whole_host_name(tmp_path, monkeypatch):
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{12}", HOST)
+    if staging.BOOT_ID.is_file():  # Linux: the containers on this kernel share it, and see its locks
+        assert HOST == staging.BOOT_ID.read_text().strip().replace("-", "")[:12]
+    monkeypatch.setattr(staging, "BOOT_ID", tmp_path / "absent")
+    names = {}
+    for host in ("my-laptop.local", "my-laptop.locaI", "x" * 40 + "-1", "x" * 40 + "-2"):
+        monkeypatch.setattr(staging.socket, "gethostname", lambda host=host: host)
+        staging._machine.cache_clear()
+        names[host] = staging._machine()
+    staging._machine.cache_clear()
+    assert all(re.fullmatch(r"[0-9a-f]{12}", name) for name in names.values())
+    assert len(set(names.values())) == 4  # no two hosts alike, however similar their names
+
+
+@needs_locks  # the identity is read from the descriptor that takes the lock
+def test_a_folder_replaced_while_it_was_judged_is_left(tmp_path, monkeypatch):
+    entry = age(make_entry(tmp_path, f".run.partial-{HOST}-5-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
+    real_idle = staging._idle_seconds
+
+    def swap_then_measure(path):
+        idle = real_idle(path)
+        path.rename(tmp_path / "moved")  # another process replaced it under the same name meanwhile
+        make_entry(tmp_path, path.name)
+        return idle
+
+    monkeypatch.setattr(staging, "_idle_seconds", swap_then_measure)
+    assert remove_abandoned(tmp_path / "run", "partial") == []
+    assert (entry / "inner" / "part.bin").is_file() and (tmp_path / "moved").is_dir()

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..paths import data_dir
 from ..seeding import make_rng
-from ..staging import default_mode, staging_dir
+from ..staging import staging_dir
 
 SAMPLE_CATEGORIES: dict[str, str] = {"surface": "texture", "object": "object"}
 SAMPLE_DEFECTS: dict[str, tuple[str, ...]] = {
@@ -425,14 +425,14 @@ def generate_sample_dataset(root: str | Path | None = None, seed: int = 0) -> Pa
     root = Path(root).expanduser() if root is not None else default_sample_root()
     _check_replaceable(root)  # before spending any time drawing
     root.parent.mkdir(parents=True, exist_ok=True)
-    with staging_dir(root, "partial") as staging:  # locked while it is written; removed unless renamed
+    with staging_dir(root, "partial") as staging:  # locked while it is written; removed at the end
+        result = staging / root.name  # a plain folder (usual mode), moved into place when complete
         for index, category in enumerate(SAMPLE_CATEGORIES):
-            _write_category(staging / category, category, index, seed, SAMPLE_IMAGE_SIZE)
-        (staging / _MARKER).write_text(json.dumps({"version": _VERSION, "seed": seed}))
-        os.chmod(staging, default_mode(directory=True))  # mkdtemp made it private; the dataset is not
+            _write_category(result / category, category, index, seed, SAMPLE_IMAGE_SIZE)
+        (result / _MARKER).write_text(json.dumps({"version": _VERSION, "seed": seed}))
         _remove_old_sample(root)
         try:
-            os.replace(staging, root)
+            os.replace(result, root)
         except OSError:
             if not _is_complete(root, seed):  # not another process finishing the same work first
                 raise
