@@ -27,7 +27,7 @@ CHECKPOINT_VERSION = 1
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """``torch.save`` to a file in a hidden staging folder beside ``path``, then move it over ``path``."""
     path = Path(path)
     with atomic_target(path) as temporary:
         torch.save(obj, temporary)
@@ -159,8 +159,6 @@ def torch_load_problem(error: BaseException) -> str:
         return f"it holds Python objects ({found.group(1)}), which are not read because that could run code"
     if isinstance(error, OSError):  # permission denied, a folder, a disk error: say that
         return error.strerror or f"{type(error).__name__}: {text}"
-    if isinstance(error, RuntimeError) and "CUDA" in text:  # saved on a GPU, read without one: torch says it well
-        return text.splitlines()[0]
     return "it is empty, truncated, or not a file written by torch.save"  # EOFError, unpickling errors
 
 

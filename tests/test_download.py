@@ -122,15 +122,19 @@ def test_missing_url_says_what_to_download_by_hand(tmp_path):
     assert not (tmp_path / "downloads").exists()  # nothing kept, not even the folder it made
 
 
-def test_network_failure_gives_manual_instructions(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset, archive", [("dtd", r"dtd-r1\.0\.1\.tar\.gz"), ("mtd", r"magnetic-tile-defect-datasets-master\.zip"),
+                                              ("mvtec", r"bottle\.tar\.xz")])
+def test_network_failure_gives_manual_instructions(tmp_path, monkeypatch, dataset, archive):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(download_module.urllib.request, "urlopen", offline)
-    with pytest.raises(DownloadError, match=r"name resolution(.|\n)*dtd-r1\.0\.1\.tar\.gz"):
-        download_dtd()
-    assert not (tmp_path / "data" / "dtd").exists()
-    assert not (tmp_path / "data" / "downloads").exists()  # no empty folder made for nothing
+    fetch = {"dtd": download_dtd, "mtd": download_module.download_mtd,
+             "mvtec": lambda: download_module.download_mvtec("bottle")}[dataset]
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(DownloadError, match=rf"name resolution(.|\n)*{archive}"):
+        fetch()
+    assert not (tmp_path / "data").exists()  # no empty folder made for nothing, no staging left
 
 
 def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from memseg_tutorial.model import (
 
 
 def up(t: torch.Tensor) -> torch.Tensor:
-    """The SPEC's bilinear x2, written out independently of the package's helper."""
+    """MemSeg's bilinear x2 (lesson 06), written out independently of the package's helper."""
     return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
 
 
@@ -108,7 +108,7 @@ def test_decoder_shapes(size):
 
 
 def test_msff_block_is_conv_times_coordinate_attention_then_two_reducing_convs():
-    """SPEC: conv3x3(x) * CA(x), then C -> C/2 -> C/2. A block without the attention gate, or one
+    """The MSFF block (lesson 06): conv3x3(x) * CA(x), then C -> C/2 -> C/2. A block without the attention gate, or one
     that gates the conv output instead of the input, gives a different number."""
     torch.manual_seed(4)
     block = randomise_batchnorm(MSFFBlock(32))
@@ -124,7 +124,7 @@ def test_msff_block_is_conv_times_coordinate_attention_then_two_reducing_convs()
 
 
 def test_msff_fuse_adds_the_upsampled_convolved_coarser_level():
-    """SPEC top-down path: level3 = block3(CI3), level2 = block2(CI2) + conv(up(level3)),
+    """The MSFF top-down path (lesson 06): level3 = block3(CI3), level2 = block2(CI2) + conv(up(level3)),
     level1 = block1(CI1) + conv(up(level2)). Zeros or a dropped addition fail here."""
     torch.manual_seed(5)
     msff = randomise_batchnorm(MSFF())
@@ -150,7 +150,7 @@ def test_msff_fuse_adds_the_upsampled_convolved_coarser_level():
 
 
 def test_decoder_equals_its_documented_composition():
-    """SPEC: up4(f4), cat MSFF3, up3, cat MSFF2, up2, cat MSFF1, up1, cat conv(f0), up0, head,
+    """The decoder (lesson 07): up4(f4), cat MSFF3, up3, cat MSFF2, up2, cat MSFF1, up1, cat conv(f0), up0, head,
     each UpConvBlock being conv(bilinear x2). A decoder that skips a skip input fails here."""
     torch.manual_seed(6)
     decoder = randomise_batchnorm(Decoder())

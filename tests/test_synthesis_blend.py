@@ -1,4 +1,4 @@
-"""Transparency blending: the SPEC formula, exactly, on hand-made inputs."""
+"""Transparency blending: the paper's formula (lesson 03), exactly, on hand-made inputs."""
 
 from __future__ import annotations
 

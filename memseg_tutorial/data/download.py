@@ -167,8 +167,9 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
                   progress: bool = True) -> Path:
     """Fetch ``info.url`` into ``folder/info.filename`` (default ``downloads_dir()``).
 
-    Streams to a temporary ``.part`` file with a progress bar, hashes on the way, verifies the
-    checksum, then renames into place: the final name exists only for a complete, verified file.
+    Streams into a hidden staging folder beside it (``.<filename>.part-...``) with a progress bar,
+    hashes on the way, verifies the checksum, then moves the file into place: the final name exists
+    only for a complete, verified file.
     A file already at the final name is verified and reused.
     """
     folder = Path(folder) if folder is not None else downloads_dir()
@@ -302,12 +303,10 @@ def _unpack(archive: Path, staging: Path) -> None:
         with zipfile.ZipFile(archive) as zipped:
             for name in zipped.namelist():
                 _check_member_path(name, archive)
-            staging.mkdir(exist_ok=True)
             zipped.extractall(staging)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tar:
             _check_tar_members(tar, archive)
-            staging.mkdir(exist_ok=True)
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
                 tar.extractall(staging, filter="data")
             else:
@@ -459,6 +458,7 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     if not (root / "MT_Free").is_dir():
         if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
+        download_file(MTD)  # first, so that a failed download leaves no folder behind (it is reused below)
         with staging_dir(root, "download") as staging:  # the extraction stages inside: one folder to clean
             extracted = download_and_extract(MTD, staging / "archive", keep_archive=keep_archive,
                                              content_problem=_mtd_problem)

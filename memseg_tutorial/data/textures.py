@@ -75,15 +75,15 @@ class TextureSource:
             if not self.folder.is_dir():
                 raise FileNotFoundError(
                     f"Texture folder not found: {self.folder}. Pass a folder of images "
-                    "(e.g. DTD's dtd/images), or none (None; on the command line, no --textures) for the "
-                    "textures bundled with scikit-image."
+                    "(e.g. DTD's dtd/images), or None for the textures bundled with scikit-image (on the "
+                    "command line: leave out --textures)."
                 )
             self.paths = list_images(self.folder, recursive=True)
             if not self.paths:
                 raise ValueError(
                     f"Texture folder {self.folder} holds no images (searched recursively for "
-                    f"{', '.join(IMAGE_EXTENSIONS)}). Put texture images there, or pass none (None; on the command line, no --textures) "
-                    "for the textures bundled with scikit-image."
+                    f"{', '.join(IMAGE_EXTENSIONS)}). Put texture images there, or pass None for the textures bundled with scikit-image "
+                    "(on the command line: leave out --textures)."
                 )
             self.names = [str(p.relative_to(self.folder)) for p in self.paths]
 
