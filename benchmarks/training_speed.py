@@ -60,8 +60,8 @@ def variants(cuda: bool, workers: int) -> list[tuple[str, dict]]:
                      dict(device="cuda", gpu_synthesis=True, amp_dtype="float16", deterministic=True)))
         return rows
     return [
-        ("CPU, fp32", dict(device="cpu", cpu_bf16=False, num_workers=workers)),
-        ("CPU, bf16 autocast", dict(device="cpu", cpu_bf16=True, num_workers=workers)),
+        (f"CPU, fp32, {workers} synthesis workers", dict(device="cpu", cpu_bf16=False, num_workers=workers)),
+        (f"CPU, bf16 autocast, {workers} synthesis workers", dict(device="cpu", cpu_bf16=True, num_workers=workers)),
     ]
 
 
