@@ -456,7 +456,6 @@ def cmd_demo(args) -> int:
     train, holdout = split_holdout(normals, DEMO_HOLDOUT, config.seed)
     test = MVTecDataset(root, args.category, "test", image_size=config.image_size)
     textures = _texture_source(None, config.image_size)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(final_dir) as staging:  # locked while it is written; removed at the end
         run = staging / name  # a plain folder (usual mode), moved into place when complete
         run.mkdir()

@@ -139,11 +139,11 @@ class Config:
                 ok, expected = isinstance(value, bool), "True or False"
             elif isinstance(default, (int, float)):
                 integer = isinstance(default, int)
-                ok, expected = _is_number(value, integer), "an integer" if integer else "a finite number"
+                ok, expected = is_number(value, integer), "an integer" if integer else "a finite number"
             elif isinstance(default, tuple):
                 integer = all(isinstance(v, int) for v in default)
                 ok = (isinstance(value, tuple) and len(value) == len(default)
-                      and all(_is_number(v, integer) for v in value))
+                      and all(is_number(v, integer) for v in value))
                 expected = f"a tuple of {len(default)} {'integers' if integer else 'numbers'}"
             else:
                 ok, expected = isinstance(value, type(default)), f"a {type(default).__name__}"
@@ -179,7 +179,8 @@ class Config:
         )
 
 
-def _is_number(value: object, integer: bool) -> bool:
+def is_number(value: object, integer: bool = False) -> bool:
+    """An int (``integer``) or a finite int/float, never a bool: what a numeric setting may hold."""
     if isinstance(value, bool):  # bool is an int subclass, but True is no image size
         return False
     if integer:

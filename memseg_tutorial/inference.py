@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from .config import Config
+from .config import Config, is_number
 from .data.images import (
     IMAGE_EXTENSIONS,
     has_image_signature,
@@ -94,7 +94,7 @@ class Thresholds:
         values = {}
         for name in ("image", "pixel"):
             value = saved.get(name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if not is_number(value):
                 raise ValueError(f"{origin}: the saved {name} threshold is {value!r}, not a finite number.")
             values[name] = float(value)
         return cls(**values, source=str(saved.get("source", "saved in the checkpoint")))

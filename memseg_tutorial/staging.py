@@ -73,8 +73,14 @@ def staging_dir(final: Path, tag: str = "partial") -> Iterator[Path]:
     it (a block that succeeds has moved what it made there into place by then; the folder itself
     is never renamed).
 
-    Staging folders of ``final`` that a killed process left are removed first.
+    Staging folders of ``final`` that a killed process left are removed first. When the block
+    fails, the folders this call had to create for ``final`` are removed again if they are empty.
     """
+    made = []  # deepest first
+    for parent in (final.parent, *final.parent.parents):
+        if parent.exists():
+            break
+        made.append(parent)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(final, tag)
     folder = Path(tempfile.mkdtemp(prefix=f"{_prefix(final, tag)}{_machine()}-{os.getpid()}-", dir=final.parent))
@@ -85,6 +91,12 @@ def staging_dir(final: Path, tag: str = "partial") -> Iterator[Path]:
             with contextlib.suppress(OSError):  # a file system without locks: the day rule protects it
                 fcntl.flock(handle, fcntl.LOCK_EX)
         yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        for empty in made:
+            with contextlib.suppress(OSError):  # not empty (someone else's work), or already gone
+                empty.rmdir()
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if handle is not None:
@@ -106,18 +118,16 @@ def atomic_target(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
 
 
-def _idle_seconds(path: Path) -> float:
-    """Seconds since anything in the folder ``path`` was last written."""
-    newest = path.lstat().st_mtime
+def _idle_seconds_and_size(path: Path) -> tuple[float, int]:
+    """(seconds since anything in the folder ``path`` was last written, bytes of its files), in one walk."""
+    newest, size = path.lstat().st_mtime, 0
     for folder, folders, files in os.walk(path):
         for name in folders + files:
             with contextlib.suppress(OSError):  # removed meanwhile
-                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
-    return time.time() - newest
-
-
-def _size(path: Path) -> int:
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+                info = os.lstat(os.path.join(folder, name))
+                newest = max(newest, info.st_mtime)
+                size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return time.time() - newest, size
 
 
 def _remove_if_abandoned(entry: Path, same_host: bool) -> tuple[str, int] | None:
@@ -137,13 +147,12 @@ def _remove_if_abandoned(entry: Path, same_host: bool) -> tuple[str, int] | None
                     return None
                 except OSError:  # no locks on this file system
                     free = None
-        idle = _idle_seconds(entry)
+        idle, size = _idle_seconds_and_size(entry)
         if idle < (GRACE_SECONDS if free else UNLOCKED_IDLE_SECONDS):
             return None
         now = entry.lstat()
         if handle is not None and (now.st_dev, now.st_ino) != (identity.st_dev, identity.st_ino):
             return None  # replaced under the same name meanwhile: not the folder that was judged
-        size = _size(entry)
         shutil.rmtree(entry)
         return ("no process is writing it" if free else f"unchanged for {idle / 3600:.0f} hours"), size
     finally:

@@ -338,14 +338,14 @@ def test_the_machine_is_the_kernel_else_a_hash_of_the_whole_host_name(tmp_path, 
 @needs_locks  # the identity is read from the descriptor that takes the lock
 def test_a_folder_replaced_while_it_was_judged_is_left(tmp_path, monkeypatch):
     entry = age(make_entry(tmp_path, f".run.partial-{HOST}-5-ab12cd34"), UNLOCKED_IDLE_SECONDS + 600)
-    real_idle = staging._idle_seconds
+    real_measure = staging._idle_seconds_and_size
 
     def swap_then_measure(path):
-        idle = real_idle(path)
+        measured = real_measure(path)
         path.rename(tmp_path / "moved")  # another process replaced it under the same name meanwhile
         make_entry(tmp_path, path.name)
-        return idle
+        return measured
 
-    monkeypatch.setattr(staging, "_idle_seconds", swap_then_measure)
+    monkeypatch.setattr(staging, "_idle_seconds_and_size", swap_then_measure)
     assert remove_abandoned(tmp_path / "run", "partial") == []
     assert (entry / "inner" / "part.bin").is_file() and (tmp_path / "moved").is_dir()

@@ -173,12 +173,6 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
     A file already at the final name is verified and reused.
     """
     folder = Path(folder) if folder is not None else downloads_dir()
-    made = []  # the folders this call creates, deepest first: removed again if nothing comes of it
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            break
-        made.append(parent)
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / info.filename
     if target.is_file():
         verify_checksum(target, info.sha256)
@@ -213,11 +207,6 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
         raise DownloadError(
             f"Could not download {info.name} from {info.url}: {error}.\n" + _manual_instructions(info, target)
         ) from error
-    finally:
-        if not target.exists():  # a failed download leaves no empty folders behind
-            for empty in made:
-                with contextlib.suppress(OSError):  # not empty (another download), or already gone
-                    empty.rmdir()
     return target
 
 
@@ -326,7 +315,6 @@ def safe_extract(archive: str | Path, destination: str | Path,
     A truncated or corrupt archive raises :class:`DownloadError` naming the file to delete.
     """
     archive, destination = Path(archive), Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(destination, "extract") as staging:  # locked while it is written; removed after
         try:
             _unpack(archive, staging)
@@ -458,7 +446,6 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
     if not (root / "MT_Free").is_dir():
         if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
-        download_file(MTD)  # first, so that a failed download leaves no folder behind (it is reused below)
         with staging_dir(root, "download") as staging:  # the extraction stages inside: one folder to clean
             extracted = download_and_extract(MTD, staging / "archive", keep_archive=keep_archive,
                                              content_problem=_mtd_problem)

@@ -419,12 +419,11 @@ def _remove_old_sample(root: Path) -> None:
 def generate_sample_dataset(root: str | Path | None = None, seed: int = 0) -> Path:
     """Draw the offline sample dataset into ``root`` (default ``data_dir()/memseg_sample``).
 
-    Written into a temporary sibling folder that is renamed into place at the end, with a
+    Written inside a hidden staging folder beside ``root`` and moved into place at the end, with a
     ``.complete`` marker, so an interrupted run never leaves a dataset that looks finished.
     """
     root = Path(root).expanduser() if root is not None else default_sample_root()
     _check_replaceable(root)  # before spending any time drawing
-    root.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(root, "partial") as staging:  # locked while it is written; removed at the end
         result = staging / root.name  # a plain folder (usual mode), moved into place when complete
         for index, category in enumerate(SAMPLE_CATEGORIES):
