@@ -15,7 +15,7 @@ row per family.
     python benchmarks/mtd.py --validate --minutes 8   # tuning: no test image is read
     python benchmarks/mtd.py --validate --steps 200 --set texture_probability=0.2   # any Config field
     python benchmarks/mtd.py --image-size 256 --minutes 7 --threads 8 \
-        --set "device='cuda'" --set amp=False    # an H100: ~10000 steps at 256 px (lesson 08)
+        --set "device='cuda'" --set amp=False    # an H100: ~10000 steps at 256 px (mtd_experiments.md)
 
 Without ``--steps`` the number of steps is fitted to ``--minutes`` from the measured speed of a
 few warm-up steps, so the cosine schedule ends when the time does. On a shared machine that
@@ -57,7 +57,8 @@ from memseg_tutorial.training import Trainer  # noqa: E402
 
 VALIDATION_KEY = 3_000_017
 
-# The CPU preset of this benchmark (random weights, 2 cores, 30 minutes). See lesson 08.
+# The CPU preset of this benchmark (random weights, 2 cores, 30 minutes). Lesson 08 (section 8) sums up
+# why; mtd_experiments.md records every setting tried.
 BENCHMARK_SETTINGS = dict(
     preset="quick",
     image_size=128,
@@ -70,29 +71,29 @@ BENCHMARK_SETTINGS = dict(
     schedule="cosine",
     warmup_fraction=0.1,
     backbone_weights="none",
-    # Validation (lesson 08): calibrated frozen random layer1-3 did as well as training them
+    # Validation (mtd_experiments.md): calibrated frozen random layer1-3 did as well as training them
     # (0.734/0.879 vs 0.729/0.869) at a cheaper step; calibration beat none (0.705/0.862).
     train_encoder=False,
-    # Fifth round (lesson 08): the stem trains, so a bank built once holds features the encoder no
+    # Fifth round (mtd_experiments.md): the stem trains, so a bank built once holds features the encoder no
     # longer computes; rebuilt every 25 steps (2 % of the time), with the memory map below.
     memory_refresh_every=25,
     train_stem=True,  # as in lesson 04; a fixed stem was 14 % faster but worse on validation pixels
     calibrate_batchnorm=True,
     grey_sources=True,
-    # Validation with wide bands (lesson 08): structure anomalies 4 times in 5 instead of 1 in 2
+    # Validation with wide bands (mtd_experiments.md): structure anomalies 4 times in 5 instead of 1 in 2
     # raised image AUROC on two seeds (0.725 vs 0.702, 0.718 vs 0.687) at the same pixel AUROC.
     texture_probability=0.2,
-    # Validation, third round (lesson 08): per-image standardisation removes the tile-to-tile
+    # Validation, third round (mtd_experiments.md): per-image standardisation removes the tile-to-tile
     # exposure spread that random features cannot discount (+0.04 image, +0.02 pixel AUROC on
     # both seeds), and a Gaussian blur of sigma 2 px on the 128 px map adds about +0.015 pixel
     # AUROC at the same image AUROC (sigma 4: pixel +0.03, image -0.02).
     per_image_standardization=True,
     map_smoothing_sigma=2.0,
-    # Fifth round (lesson 08): MemSeg's own memory map m1, added to the decoder's logit at a
+    # Fifth round (mtd_experiments.md): MemSeg's own memory map m1, added to the decoder's logit at a
     # quarter of its normal spread, with the bank refreshed: after 800 steps pixel AUROC +0.016 and
     # +0.044 at image AUROC +0.000 and +0.016 on two seeds (after 200 steps it traded 0.01-0.015
     # of image AUROC for +0.015 to +0.03 of pixel AUROC); with a bank built once, a trade in three
-    # of the four runs. The MTD test run then lost pixel AUROC (README, lesson 08).
+    # of the four runs. The MTD test run then lost pixel AUROC (README, mtd_experiments.md).
     memory_map_weight=0.25,
     score_top_k=100,
     checkpoint_every=0,
