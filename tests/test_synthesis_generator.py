@@ -280,3 +280,130 @@ def test_torch_batch_pastes_the_texture_with_the_configured_transparency(delta):
     torch.testing.assert_close(out[inside], expected[inside], atol=1e-5, rtol=0)
     assert torch.equal(out[~inside], images[~inside])
     assert (out - images)[inside].abs().mean() > 0.03  # the anomaly is really there (measured: 0.12)
+
+
+def position_image(size: int = SIZE) -> np.ndarray:
+    """uint8 (S, S, 3) whose pixels say where they come from: row * 4, column * 4, 255 - row."""
+    rows, cols = np.mgrid[:size, :size]
+    return np.stack([rows * 4, cols * 4, 255 - rows], axis=2).astype(np.uint8)
+
+
+def test_structure_source_shuffles_the_configured_4x8_grid():
+    # With identity augmenters, a full mask (threshold -1) and delta 1 the result is the grid
+    # shuffle itself: a permutation of the 4 rows x 8 columns cells (16 x 8 pixels), not 8 x 4.
+    import imgaug.augmenters as iaa
+
+    config = get_config(
+        "quick", image_size=SIZE, texture_probability=0.0, transparency_range=(1.0, 1.0), perlin_threshold=-1.0
+    )
+    assert config.structure_grid == (4, 8)  # the paper's grid
+    synthesizer = AnomalySynthesizer(config, FakeTextures(), kind="texture")
+    synthesizer.augmenters = [iaa.Identity() for _ in range(10)]
+    image = position_image()
+    for i in range(3):
+        sample = synthesizer.synth(image, make_rng(9, i))
+        assert sample.source == "structure" and (sample.mask == 1).all()
+        source_rows, source_cols = sample.image[..., 0] // 4, sample.image[..., 1] // 4
+        rows, cols = np.mgrid[:SIZE, :SIZE]
+        assert (source_rows % 16 == rows % 16).all() and (source_cols % 8 == cols % 8).all()
+        assert not np.array_equal(sample.image, image)
+
+
+def test_torch_structure_source_shuffles_the_configured_4x8_grid(monkeypatch):
+    # Same on the batched path, with the augmenters replaced by the identity.
+    from memseg_tutorial.synthesis import torch_synthesis
+
+    def identity(images, generator, count):
+        return images, None
+
+    monkeypatch.setattr(torch_synthesis, "apply_random_augmenters_torch", identity)
+    config = get_config(
+        "quick", image_size=SIZE, texture_probability=0.0, transparency_range=(1.0, 1.0), perlin_threshold=-1.0
+    )
+    image = torch.from_numpy(position_image()).permute(2, 0, 1).float().div(255)
+    images = image.expand(4, -1, -1, -1).contiguous()
+    textures = torch.rand(1, 3, 8, 8)  # unused: texture_probability is 0
+    out, masks = synthesize_batch_torch(images, textures, None, torch.Generator().manual_seed(0), config)
+    assert (masks == 1).all()
+    source_rows = (out[:, 0] * 255).round().long() // 4
+    source_cols = (out[:, 1] * 255).round().long() // 4
+    rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    assert (source_rows % 16 == rows % 16).all() and (source_cols % 8 == cols % 8).all()
+    assert not torch.allclose(out, images)
+
+
+def torch_texture_batch(
+    textures: torch.Tensor, batch: int, seed: int, **overrides
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, anomalous images) of a texture-only batch whose masks cover every pixel."""
+    config = get_config("quick", image_size=32, texture_probability=1.0, perlin_threshold=-1.0, **overrides)
+    images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    out, masks = synthesize_batch_torch(images, textures, None, torch.Generator().manual_seed(seed), config)
+    assert (masks == 1).all()
+    return images, out
+
+
+def test_torch_batch_draws_from_every_texture():
+    # With delta 1 and full masks each result is one texture; all T textures get used.
+    colours = torch.tensor([[0.9, 0.1, 0.6], [0.2, 0.8, 0.3], [0.5, 0.4, 0.95]])
+    textures = colours[:, :, None, None].expand(-1, -1, 16, 16).contiguous()
+    _, out = torch_texture_batch(textures, 24, seed=0, transparency_range=(1.0, 1.0))
+    used = set()
+    for result in out:
+        matches = [
+            k for k, c in enumerate(colours)
+            if torch.allclose(result, c.view(3, 1, 1).expand_as(result), atol=1e-5)
+        ]
+        assert len(matches) == 1
+        used.add(matches[0])
+    assert used == {0, 1, 2}
+
+
+def test_torch_batch_draws_one_transparency_per_sample():
+    # Like the numpy path, delta ~ U(0.15, 1) per sample: recover each sample's delta from the
+    # blend with a constant texture; they lie in range and differ within the batch.
+    colour = torch.tensor([0.9, 0.1, 0.6]).view(1, 3, 1, 1)
+    images, out = torch_texture_batch(colour.expand(1, 3, 16, 16).contiguous(), 8, seed=1)
+    change, gap = (out - images).flatten(1), (colour - images).flatten(1)
+    deltas = (change * gap).sum(dim=1) / (gap * gap).sum(dim=1)
+    torch.testing.assert_close(change, deltas[:, None] * gap, atol=1e-5, rtol=0)
+    assert ((deltas >= 0.15 - 1e-5) & (deltas <= 1.0 + 1e-5)).all()
+    assert deltas.std() > 0.1, deltas  # U(0.15, 1) has std 0.25
+
+
+def test_synthetic_items_differ_between_indices(config):
+    # Each item draws from make_rng(seed, index): different synthetic items, different masks.
+    synthesizer = AnomalySynthesizer(config, FakeTextures(), kind="texture")
+    dataset = TrainingSampleDataset(FakeObjects(), synthesizer, length=16, seed=2)
+    masks = [dataset.sample(i)[1].tobytes() for i in range(16) if dataset.is_synthetic(i)]
+    assert len(masks) == 8 and len(set(masks)) == 8
+
+
+class TwoObjects(FakeObjects):
+    """Two images whose discs do not overlap: a foreground of one image misses the other's disc."""
+
+    def __init__(self) -> None:
+        self.images = []
+        for centre in ((18, 18), (46, 46)):
+            image = np.full((SIZE, SIZE, 3), 30, dtype=np.uint8)
+            cv2.circle(image, centre, 12, (200, 190, 180), thickness=-1)
+            self.images.append(image)
+
+
+def test_dataset_masks_lie_in_the_foreground_of_their_own_image(config):
+    # Foregrounds are cached per image: every synthetic mask lies on the object of the image it
+    # was drawn on (found as the image that the result equals outside the mask).
+    images = TwoObjects()
+    dataset = TrainingSampleDataset(
+        images, AnomalySynthesizer(config, FakeTextures(), kind="object"), length=32, seed=0
+    )
+    used = set()
+    for index in range(32):
+        if not dataset.is_synthetic(index):
+            continue
+        result, mask, _ = dataset.sample(index)
+        outside = mask == 0
+        (own,) = [k for k, image in enumerate(images.images) if np.array_equal(result[outside], image[outside])]
+        used.add(own)
+        assert (mask <= foreground_mask(images.images[own], config.foreground_kernel)).all()
+    assert used == {0, 1}

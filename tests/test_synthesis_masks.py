@@ -130,3 +130,35 @@ def test_default_torch_masks_are_mostly_the_first_perlin_draw():
     assert kept.float().mean() > 0.8  # measured: ~95 %
     assert torch.equal(masks[kept], first[kept])
     assert 0.02 < masks.mean() < 0.08  # measured: ~0.04
+
+
+def test_foreground_mask_opens_before_it_closes():
+    # The spec's order: opening drops a 3x3 speck one pixel from the object before closing could
+    # bridge it in; closing first would glue the speck to the object's edge.
+    disc = np.zeros((40, 40), np.uint8)
+    cv2.circle(disc, (20, 20), 10, 1, thickness=-1)
+    specked = disc.copy()
+    specked[19:22, 32:35] = 1  # the disc ends at column 30
+
+    def as_image(binary: np.ndarray) -> np.ndarray:
+        return np.repeat(np.where(binary > 0, 200, 40).astype(np.uint8)[..., None], 3, axis=2)
+
+    np.testing.assert_array_equal(foreground_mask(as_image(specked)), foreground_mask(as_image(disc)))
+
+
+def test_fallback_ellipses_are_centred_anywhere_on_the_foreground():
+    # The fallback must not always sit at one spot (e.g. the first foreground pixel, the disc's
+    # top): over many draws the ellipses' centroids spread around the disc's centre (32, 32).
+    _, disc = disc_image()
+    rows, cols = np.mgrid[:64, :64]
+    numpy_masks = np.stack(
+        [fallback_ellipse_mask((64, 64), np.random.default_rng(s), disc) for s in range(40)]
+    )
+    torch_masks = fallback_ellipse_masks_torch(
+        torch.from_numpy(disc).expand(40, -1, -1).clone(), torch.Generator().manual_seed(0)
+    ).numpy()
+    for masks in (numpy_masks, torch_masks):
+        area = masks.sum(axis=(1, 2))
+        centre_y, centre_x = (masks * rows).sum(axis=(1, 2)) / area, (masks * cols).sum(axis=(1, 2)) / area
+        assert abs(centre_y.mean() - 32) < 4 and abs(centre_x.mean() - 32) < 4  # measured: < 2
+        assert centre_y.std() > 3 and centre_x.std() > 3  # measured: ~6

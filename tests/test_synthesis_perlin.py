@@ -147,3 +147,21 @@ def test_torch_perlin_masks_are_their_noise_above_the_threshold():
         assert torch.equal(masks, (noise > value).float())
     cover = (noise > threshold).float().mean(dim=(1, 2))
     assert int(((cover > 0) & (cover < 0.5)).sum()) >= batch // 2, cover
+
+
+def test_the_rotation_range_is_honoured_by_both_paths():
+    # A one-angle range fixes the rotation: the same draws at 0 and at 90 degrees differ by
+    # exactly that rotation. A range ignored in favour of (-90, 90) rotates each call at random.
+    shape = (48, 48)
+    for seed in range(3):
+        upright = random_perlin_noise(shape, np.random.default_rng(seed), rotation_range=(0.0, 0.0))
+        turned = random_perlin_noise(shape, np.random.default_rng(seed), rotation_range=(90.0, 90.0))
+        np.testing.assert_allclose(turned, rotate_image(upright, 90.0), atol=1e-5)
+    device = torch.device("cpu")
+    upright, turned = (
+        random_perlin_noise_torch(4, shape, torch.Generator().manual_seed(0), device, rotation_range=(a, a))
+        for a in (0.0, 90.0)
+    )
+    expected = rotate_batch(upright[:, None], torch.full((4,), 90.0))[:, 0]
+    torch.testing.assert_close(turned, expected, atol=1e-4, rtol=0)
+    assert (turned - upright).abs().amax() > 0.1  # the two angles really differ

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -324,3 +326,52 @@ def test_torch_rotate_is_rotate_batch_by_an_angle_in_range(monkeypatch):
     assert angles.shape == (5,) and ((-45 <= angles) & (angles <= 45)).all()
     torch.testing.assert_close(out, real_rotate_batch(images, angles))
     assert (angles.abs() > 5).any() and not torch.allclose(out, images, atol=0.05)
+
+
+def test_the_drawn_augmenters_compose():
+    # Each augmenter works on the previous one's output: with three plain additions the result
+    # is the sum of the chosen ones, not only the last one applied to the original image.
+    import imgaug.augmenters as iaa
+
+    image = np.random.default_rng(0).integers(0, 100, (8, 8, 3), dtype=np.uint8)
+    adds = [1, 10, 100]
+    for seed, count in ((0, 3), (1, 2), (2, 2)):
+        augmenters = [iaa.Add(a) for a in adds]
+        out, chosen = apply_random_augmenters(image, np.random.default_rng(seed), augmenters, count)
+        np.testing.assert_array_equal(out, image + sum(adds[k] for k in chosen))
+
+
+def test_torch_drawn_augmenters_compose(monkeypatch):
+    # Same for the batched path: stage j works on the output of stage j - 1.
+    from memseg_tutorial.synthesis import torch_augment
+
+    def adder(amount: float):
+        return lambda images, generator: images + amount
+
+    monkeypatch.setattr(torch_augment, "TORCH_AUGMENTERS", (adder(0.001), adder(0.01), adder(0.1)))
+    images = seeded_rand(0, 6, 3, 4, 4)
+    out, chosen = apply_random_augmenters_torch(images, torch.Generator().manual_seed(0), 3)
+    torch.testing.assert_close(out, images + 0.111, atol=1e-6, rtol=0)
+    out, chosen = apply_random_augmenters_torch(images, torch.Generator().manual_seed(1), 2)
+    amounts = torch.tensor([0.001, 0.01, 0.1])[chosen].sum(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, images + amounts, atol=1e-6, rtol=0)
+
+
+def test_torch_grid_shuffle_draws_one_order_per_image():
+    # Like the numpy path (one permutation per call), each image of a batch gets its own order;
+    # one order shared by the batch would give identical structure sources for identical inputs.
+    images = seeded_rand(0, 1, 3, 32, 64).expand(4, -1, -1, -1)
+    shuffled = grid_shuffle_torch(images, (4, 8), torch.Generator().manual_seed(0))
+    assert all(not torch.equal(shuffled[0], shuffled[b]) for b in range(1, 4))
+
+
+def test_torch_posterize_draws_every_bit_depth_from_1_to_8():
+    # imgaug's Posterize() draws nb_bits from {1, ..., 8} inclusive (8 bits leaves the image as is).
+    images = seeded_rand(0, 200, 3, 8, 8)
+    out = (posterize(images, torch.Generator().manual_seed(0)) * 255).round().long()
+    levels = (images * 255).round().long()
+    bits = set()
+    for n in range(len(images)):
+        step = max(2**k for k in range(8) if torch.equal(out[n], levels[n] // 2**k * 2**k))
+        bits.add(8 - int(math.log2(step)))
+    assert bits == set(range(1, 9))
