@@ -34,6 +34,7 @@ from .seeding import make_rng, use_deterministic_algorithms
 
 MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
 GPU_BATCH_KEY = 2_000_003  # make_rng(seed, GPU_BATCH_KEY, step) drives the GPU synthesis of step k
+GPU_TEXTURE_KEY = 2_000_029  # make_rng(seed, GPU_TEXTURE_KEY, g) draws the textures of GPU texture pool g
 MEMORY_MAP_KEY = 4_000_037  # make_rng(seed, MEMORY_MAP_KEY) picks the images that calibrate the memory map
 MEMORY_MAP_IMAGES = 64
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -509,15 +510,74 @@ class Trainer:
         return trainer
 
 
+class TexturePool:
+    """The textures the GPU synthesis draws from: ``size`` of them on the device at a time.
+
+    DTD has 5,640 images; the CPU path draws from all of them, so the GPU path must not settle for
+    one fixed handful. Every ``refresh_every`` steps the pool is redrawn from the whole source
+    (without repeats within a pool), and the next pool is read in a background thread while the
+    current one is in use, so the GPU does not wait for JPEG decoding. Pool g is a pure function
+    of (seed, g), so batch k sees the same textures in a resumed run. A source that fits in one
+    pool is loaded once, whole.
+    """
+
+    def __init__(self, source, seed: int, device: torch.device, size: int = 64, refresh_every: int = 50):
+        if size < 1 or refresh_every < 1:
+            raise ValueError(f"TexturePool needs size >= 1 and refresh_every >= 1, got {size} and {refresh_every}.")
+        self.source, self.seed, self.device = source, seed, device
+        self.size = min(size, len(source))
+        self.refresh_every = refresh_every if len(source) > self.size else 0  # 0: one pool, never redrawn
+        self.generation: int | None = None
+        self.textures: torch.Tensor | None = None  # (T, 3, S, S) float in [0, 1] on the device
+        self._next = None  # (generation, Future) of the pool being read in the background
+        self._executor = None
+
+    def generation_of(self, step: int) -> int:
+        return step // self.refresh_every if self.refresh_every else 0
+
+    def indices(self, generation: int) -> np.ndarray:
+        """The source indices of pool ``generation``."""
+        if not self.refresh_every:
+            return np.arange(self.size)
+        rng = make_rng(self.seed, GPU_TEXTURE_KEY, generation)
+        return rng.choice(len(self.source), size=self.size, replace=False)
+
+    def _read(self, generation: int) -> np.ndarray:
+        return np.stack([self.source.load(i) for i in self.indices(generation)])  # (T, S, S, 3) uint8
+
+    def at(self, step: int) -> torch.Tensor:
+        """The pool for training step ``step``."""
+        generation = self.generation_of(step)
+        if generation != self.generation:
+            ahead = self._next
+            self._next = None
+            if ahead is not None and ahead[0] == generation:
+                textures = ahead[1].result()
+            else:
+                if ahead is not None:
+                    ahead[1].result()  # one reader at a time: the source's cache is not thread-safe
+                textures = self._read(generation)
+            self.textures = torch.from_numpy(textures).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            self.generation = generation
+            if self.refresh_every:
+                if self._executor is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="texture-pool")
+                self._next = (generation + 1, self._executor.submit(self._read, generation + 1))
+        return self.textures
+
+
 class GpuSampleStream:
     """The training stream on the GPU: normal images and textures live on the device as tensors,
     and ``synthesize_batch_torch`` simulates the anomalies of a batch in one go.
 
     Batch k draws its image indices from ``make_rng(seed, GPU_BATCH_KEY, k)`` and seeds a
-    ``torch.Generator`` from it, so batch k is reproducible and a resumed run continues exactly.
+    ``torch.Generator`` from it, and its textures come from :class:`TexturePool`, so batch k is
+    reproducible and a resumed run continues exactly.
     """
 
-    def __init__(self, trainer: Trainer, max_textures: int = 64) -> None:
+    def __init__(self, trainer: Trainer, max_textures: int = 64, texture_refresh_every: int = 50) -> None:
         from .synthesis import foreground_mask
 
         self.trainer = trainer
@@ -531,12 +591,7 @@ class GpuSampleStream:
             self.foregrounds = torch.from_numpy(fg).to(device)[:, None]  # (N, 1, S, S)
         else:
             self.foregrounds = None
-        rng = make_rng(config.seed, GPU_BATCH_KEY)
-        count = min(max_textures, len(trainer.texture_source))
-        textures = np.stack([trainer.texture_source.sample(rng) for _ in range(count)])
-        self.textures = (
-            torch.from_numpy(textures).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-        )  # (T, 3, S, S)
+        self.textures = TexturePool(trainer.texture_source, config.seed, device, max_textures, texture_refresh_every)
 
     def batch(self, step: int) -> dict:
         from .data.images import normalize_tensor
@@ -550,7 +605,7 @@ class GpuSampleStream:
         generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
         foregrounds = None if self.foregrounds is None else self.foregrounds.index_select(0, chosen[n:])
         synthetic, synthetic_masks = synthesize_batch_torch(
-            images[n:], self.textures, foregrounds, generator, config
+            images[n:], self.textures.at(step), foregrounds, generator, config
         )
         masks = torch.zeros(len(images), 1, *images.shape[-2:], device=device)
         images = torch.cat([images[:n], synthetic])

@@ -14,6 +14,7 @@ from memseg_tutorial.checkpoint import load_checkpoint, load_model
 from memseg_tutorial.data import MVTecDataset
 from memseg_tutorial.training import (
     GpuSampleStream,
+    TexturePool,
     Trainer,
     cuda_autocast_dtype,
     dataset_images,
@@ -312,6 +313,76 @@ def test_gpu_sample_stream_runs_on_any_device(sample_root, texture_source):
     assert batch["mask"][:2].sum() == 0 and (batch["mask"][2:].flatten(1).sum(1) > 0).all()
     assert torch.equal(stream.batch(1)["image"], batch["image"])
     assert not torch.equal(stream.batch(2)["image"], batch["image"])
+
+
+class CountingTextures:
+    """A texture source of ``n`` flat textures whose value is their index; counts what it reads."""
+
+    def __init__(self, n: int, size: int = 8) -> None:
+        self.n, self.size, self.reads = n, size, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, index: int) -> np.ndarray:
+        self.reads.append(int(index))
+        return np.full((self.size, self.size, 3), index, dtype=np.uint8)
+
+
+def pool_indices(textures: torch.Tensor) -> list[int]:
+    return (textures[:, 0, 0, 0] * 255).round().long().tolist()
+
+
+def test_texture_pool_is_redrawn_from_the_whole_source():
+    # The GPU synthesis must not settle for one handful of DTD's 5,640 textures: the pool is
+    # redrawn every refresh_every steps, distinct within a pool, and over a run it reaches them all.
+    source = CountingTextures(40)
+    pool = TexturePool(source, seed=3, device=torch.device("cpu"), size=6, refresh_every=2)
+    seen, previous = set(), None
+    for step in range(60):
+        chosen = pool_indices(pool.at(step))
+        assert len(set(chosen)) == 6 and chosen == pool.indices(step // 2).tolist()
+        if step % 2 == 1:
+            assert chosen == previous  # one pool for refresh_every steps
+        elif previous is not None:
+            assert chosen != previous
+        previous = chosen
+        seen.update(chosen)
+    assert seen == set(range(40))
+
+
+def test_texture_pool_of_a_step_does_not_depend_on_the_way_there():
+    # A resumed run starts at step k with no history: it must get the same textures as a run
+    # that walked there, whether the pool was read ahead in the background or on demand.
+    walked = TexturePool(CountingTextures(30), seed=0, device=torch.device("cpu"), size=5, refresh_every=3)
+    for step in range(10):
+        walked.at(step)
+    fresh = TexturePool(CountingTextures(30), seed=0, device=torch.device("cpu"), size=5, refresh_every=3)
+    assert torch.equal(fresh.at(9), walked.at(9))
+    assert torch.equal(fresh.at(4), walked.at(4))  # backwards too (the read-ahead is of pool 4)
+    other_seed = TexturePool(CountingTextures(30), seed=1, device=torch.device("cpu"), size=5, refresh_every=3)
+    assert not torch.equal(other_seed.at(9), walked.at(9))
+
+
+def test_texture_pool_reads_a_small_source_once():
+    source = CountingTextures(4)
+    pool = TexturePool(source, seed=0, device=torch.device("cpu"), size=64, refresh_every=1)
+    assert sorted(pool_indices(pool.at(0))) == [0, 1, 2, 3]
+    assert pool.at(500) is pool.at(0) and sorted(source.reads) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="refresh_every"):
+        TexturePool(source, seed=0, device=torch.device("cpu"), refresh_every=0)
+
+
+def test_gpu_sample_stream_batches_repeat_across_texture_pools(sample_root, texture_source):
+    """Batch k of a stream that started at k equals batch k of one that walked through earlier pools."""
+    objects = MVTecDataset(sample_root, "object", "train", image_size=64)
+    config = tiny_config(texture_probability=1.0)
+    trainer = Trainer(config, objects, texture_source, kind="object", progress=False)
+    walked = GpuSampleStream(trainer, max_textures=2, texture_refresh_every=2)
+    batches = [walked.batch(step)["image"] for step in range(6)]
+    fresh = GpuSampleStream(trainer, max_textures=2, texture_refresh_every=2)
+    assert torch.equal(fresh.batch(5)["image"], batches[5])
+    assert walked.textures.generation == 2 and len(texture_source) > 2
 
 
 def test_holdout_split_is_disjoint(train_set):
