@@ -358,13 +358,14 @@ class Predictor:
             scores.append(prediction.score)
             pixels.append(_pixel_sample(prediction.anomaly_map))
         # n normals resolve the percentile p when 1 / (n + 1) <= 1 - p / 100 (p = 100: the maximum).
-        needed = math.ceil(100 / (100 - image_percentile)) - 1 if image_percentile < 100 else 0
+        # Rounded first: 100 - 99.9 is 0.0999999..., which would ask for 1000 normals instead of 999.
+        needed = math.ceil(round(100 / (100 - image_percentile), 9)) - 1 if image_percentile < 100 else 0
         if len(scores) < needed:
             rate = expected_false_alarm_rate(len(scores), image_percentile)
             warnings.warn(
                 f"too few normal images ({len(scores)}) for the {image_percentile:g}th "
-                f"percentile: expect about {rate:.0%} of new normal images above the image "
-                f"threshold, not {1 - image_percentile / 100:.0%}. Hold out at least "
+                f"percentile: expect about {100 * rate:.2g}% of new normal images above the image "
+                f"threshold, not {100 - image_percentile:.2g}%. Hold out at least "
                 f"{needed} normal images.",
                 stacklevel=2,
             )

@@ -21,6 +21,7 @@ from memseg_tutorial.evaluation import (
     pixel_auroc,
     predict_dataset,
     pro_curve,
+    require_finite,
 )
 
 
@@ -35,6 +36,14 @@ def test_pixel_auroc_perfect_and_reversed():
     masks[1, 1:3, 1:3] = 1
     assert pixel_auroc(masks, masks * 0.9 + 0.05) == pytest.approx(1.0)
     assert pixel_auroc(masks, 1.0 - masks) == pytest.approx(0.0)
+
+
+def test_pixel_auroc_pairs_each_pixel_with_its_own_mask_pixel():
+    """An L-shaped defect on a non-square map: a map read transposed (or in another order than
+    its mask) would no longer rank every defect pixel first."""
+    masks = np.zeros((1, 3, 5))
+    masks[0, 0, :] = masks[0, :, 0] = 1
+    assert pixel_auroc(masks, masks * 0.8 + 0.1) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -76,6 +85,11 @@ def test_aupro_hand_computed():
     # Area to FPR 0.3: 0.75 * 1/9 + 1.0 * (0.3 - 1/9) = 0.272222..., divided by 0.3.
     expected = (0.75 / 9 + (0.3 - 1 / 9)) / 0.3
     assert aupro(*_hand_case(), fpr_limit=0.3) == pytest.approx(expected)
+
+
+def test_aupro_up_to_fpr_one_is_the_whole_area():
+    """fpr_limit 1 is allowed (the config accepts (0, 1]): the whole hand curve, 0.75/9 + 8/9."""
+    assert aupro(*_hand_case(), fpr_limit=1.0) == pytest.approx(0.75 / 9 + 8 / 9)
 
 
 def test_area_interpolates_at_the_limit():
@@ -326,6 +340,15 @@ def test_evaluation_needs_normal_and_defective_images():
     dataset.labels = [1] * len(dataset)
     with pytest.raises(ValueError, match="Image AUROC needs both normal and anomalous images"):
         evaluate(_BatchNormMaps(), dataset, _tiny_config())
+
+
+def test_a_map_with_infinite_pixels_is_refused_even_when_its_score_is_finite():
+    """-inf pixels never reach a top-k score, so the map itself must be checked, pixel by pixel."""
+    anomaly_map = np.full((4, 4), 0.2, np.float32)
+    require_finite(["ok.png"], [anomaly_map], np.array([0.2]))
+    anomaly_map[0, 0] = -np.inf
+    with pytest.raises(ValueError, match=r"Non-finite score for bad\.png"):
+        require_finite(["bad.png"], [anomaly_map], np.array([0.2]))
 
 
 def test_a_model_with_non_finite_maps_is_named_as_diverged():

@@ -161,6 +161,18 @@ def test_overlay_panel_shows_image_heat_map_and_contour():
     np.testing.assert_array_equal(outlined[45:, :], image[45:, :])  # below the label, off the outline
 
 
+def test_overlay_outlines_the_defect_mask_not_a_fixed_threshold():
+    """The contour is the prediction's defect mask (here from a calibrated pixel threshold of
+    0.3): a region at 0.4 is outlined although it lies below the uncalibrated 0.5."""
+    image = np.zeros((60, 80, 3), np.uint8)
+    anomaly_map = np.zeros((60, 80), np.float32)
+    anomaly_map[20:40, 30:60] = 0.4
+    prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.4,
+                            is_anomalous=True, defect_mask=anomaly_map > 0.3)
+    outlined = overlay_panel(prediction)[:, 160:]
+    assert (outlined[39, 30:60] == (255, 0, 0)).all()
+
+
 def test_failed_overlay_write_leaves_nothing(checkpoint, odd_images, tmp_path, monkeypatch):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     predictions = predictor.predict(odd_images)
@@ -243,6 +255,56 @@ def test_non_finite_scores_are_an_error_not_normal(odd_images):
         predictor.predict(np.zeros((8, 8, 3), np.uint8))
 
 
+class _OneHotPixel(torch.nn.Module):
+    """One hot pixel in an otherwise cold map at the model size."""
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.zeros(x.shape[0], *x.shape[-2:])
+        maps[:, 10, 20] = 1.0
+        return maps
+
+
+def test_score_comes_from_the_model_size_map_whatever_the_image_size():
+    """Top-10 mean of the 64 x 64 map: 1/10 for a small and a large photo alike (scoring the map
+    stretched to 256 x 512 would spread the hot pixel over many and raise the score)."""
+    predictor = Predictor(_OneHotPixel(), get_config("quick", image_size=64, score_top_k=10), "cpu")
+    for shape in ((64, 64, 3), (256, 512, 3)):
+        assert predictor.predict(np.zeros(shape, np.uint8))[0].score == pytest.approx(0.1)
+
+
+class _BrightnessMaps(torch.nn.Module):
+    """The map is the image's brightness; NaN for a white image (one bad input among good ones)."""
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        white = x.flatten(1).mean(dim=1) > 2.0  # ImageNet-normalised white is about 2.4
+        return torch.where(white[:, None, None], torch.nan, torch.sigmoid(x.mean(dim=1)))
+
+
+def test_arrays_in_several_batches_keep_their_order_and_names():
+    """batch_size 1: each array is scored in its own batch and named by its place in the input."""
+    predictor = Predictor(_BrightnessMaps(), get_config("quick", image_size=64), "cpu", batch_size=1)
+    greys = [np.full((8, 8, 3), value, np.uint8) for value in (0, 100, 200)]
+    scores = [p.score for p in predictor.predict(greys)]
+    assert scores == sorted(scores) and len(set(scores)) == 3  # darker scores lower
+    assert scores == pytest.approx([predictor.predict(grey)[0].score for grey in greys])
+    with pytest.raises(ValueError, match=r"image array 2: .*non-finite"):
+        predictor.predict([*greys[:2], np.full((8, 8, 3), 255, np.uint8)])
+
+
+def test_pixel_threshold_sample_is_drawn_from_the_whole_map(monkeypatch):
+    """Large normal maps cold in their top quarter (more than a sample's worth of pixels) and hot
+    below: a sample of the whole map has a hot median, one of the first pixels a cold one."""
+    predictor = Predictor(_NaNMaps(), get_config("quick", image_size=64), "cpu")
+    hot_below = np.ones((480, 640), np.float32)
+    hot_below[:120] = 0.0  # 76800 pixels, more than CALIBRATION_PIXELS_PER_IMAGE
+    monkeypatch.setattr(predictor, "maps_and_scores",
+                        lambda images: ([hot_below] * len(images), np.zeros(len(images), np.float32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # too few normals: not the point here
+        thresholds = predictor.calibrate([np.zeros((480, 640, 3), np.uint8)] * 2, pixel_percentile=50)
+    assert thresholds.pixel == 1.0
+
+
 def _predictions(paths: list[str]) -> list[Prediction]:
     image = np.zeros((6, 5, 3), np.uint8)
     return [Prediction(path, image, np.zeros((6, 5), np.float32), 0.25, False,
@@ -270,6 +332,29 @@ def test_scores_csv_quotes_odd_file_names(tmp_path):
         rows = list(csv.reader(file))
     assert rows[0] == ["file", "score", "anomalous", "image_threshold", "pixel_threshold", "overlay"]
     assert [row[:5] for row in rows[1:]] == [[path, "0.250000", "0", "0.500000", "0.500000"] for path in paths]
+
+
+@pytest.mark.parametrize(("percentile", "needed"), [(99.0, 99), (99.9, 999), (99.95, 1999), (95.0, 19)])
+def test_normals_needed_for_a_percentile_are_counted_exactly(percentile, needed):
+    """n normals resolve the percentile p when 1/(n + 1) <= 1 - p/100; floating point must not
+    ask for one more (100 - 99.9 is 0.0999...), and the warning names sub-percent rates."""
+    predictor = Predictor(_BrightnessMaps(), get_config("quick", image_size=32), "cpu", batch_size=256)
+    greys = [np.full((4, 4, 3), i % 200, np.uint8) for i in range(needed)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predictor.calibrate(greys, image_percentile=percentile)
+    with pytest.warns(UserWarning, match=rf"\({needed - 1}\) .* about [0-9.]+% .* not {100 - percentile:.2g}%\. "
+                                         rf"Hold out at least {needed} "):
+        predictor.calibrate(greys[:-1], image_percentile=percentile)
+
+
+def test_scores_csv_has_each_threshold_in_its_own_column(tmp_path):
+    """Different image and pixel thresholds (the defaults are both 0.5), so a swap shows up."""
+    predictor = Predictor(torch.nn.Linear(2, 2), get_config("quick"), thresholds=Thresholds(0.25, 0.75))
+    predictor.save_overlays(_predictions(["a.png"]), tmp_path)
+    with open(tmp_path / "scores.csv", newline="", encoding="utf-8") as file:
+        row = next(csv.DictReader(file))
+    assert (row["image_threshold"], row["pixel_threshold"]) == ("0.250000", "0.750000")
 
 
 @pytest.mark.parametrize(

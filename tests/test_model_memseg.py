@@ -186,6 +186,12 @@ def test_image_scores_top_k_mean_and_max():
         image_scores(maps, mode="median")
 
 
+def test_image_scores_refuse_top_k_below_one():
+    """top_k 0 would average no pixels: NaN scores that would pass for a diverged model."""
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        image_scores(torch.rand(2, 4, 4), top_k=0)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 100, 100), (1, 3, 64, 80), (1, 3, 48, 48)])
 def test_sizes_not_multiple_of_32_rejected(shape):
     model = make_model(64)
