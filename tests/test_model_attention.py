@@ -186,3 +186,17 @@ def test_decoder_output_depends_on_every_input(which):
     before = run(inputs)
     changed = run({**inputs, which: torch.randn_like(inputs[which])})
     assert float((changed - before).abs().max()) > 1e-3
+
+
+def test_msff_and_decoder_convolutions_are_3x3_and_only_coordinate_attention_is_1x1():
+    """Lessons 06-07: every MSFF and decoder conv is 3x3 (padding 1), the head that gives the 2 logits
+    included; only coordinate attention uses 1x1 convs. A 1x1 head keeps every shape, and the
+    composition test above calls the model's own head, so neither would notice."""
+    for module in (MSFF(), Decoder()):
+        for name, conv in module.named_modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                one_by_one = ".attention." in name
+                assert conv.kernel_size == ((1, 1) if one_by_one else (3, 3)), name
+                assert conv.padding == ((0, 0) if one_by_one else (1, 1)), name
+    head = Decoder().head
+    assert (head.in_channels, head.out_channels) == (48, 2)

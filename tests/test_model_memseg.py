@@ -257,3 +257,35 @@ def test_float16_autocast_matches_float32_when_attention_passes_float16_range(me
     maps = lambda out: torch.softmax(out["logits"], dim=1)[:, 1]  # noqa: E731
     # float16 rounding in the encoder may flip a pixel whose two logits nearly tie: compare means.
     assert (maps(half) - maps(reference)).abs().mean() < 0.01
+
+
+def test_memory_bank_built_in_chunks_holds_every_image_in_order():
+    """build_memory_bank runs the encoder batch_size images at a time; the paper's N = 30 spans
+    several chunks, so every chunk must land in the bank, in order (a bank that keeps only the
+    first chunk still has the right shapes and passes every forward-pass test)."""
+    torch.manual_seed(8)
+    model = MemSeg(image_size=32, memory_size=7, backbone_weights="none").eval()
+    images = torch.randn(7, 3, 32, 32)
+    model.build_memory_bank(images, batch_size=3)  # chunks of 3, 3 and 1
+    assert len(model.memory_bank) == 7
+    with torch.no_grad():
+        expected = model.encoder.memory_features(images)  # one pass over all seven
+    for stored, level in zip(model.memory_bank.levels, expected, strict=True):
+        torch.testing.assert_close(stored, level, rtol=0, atol=1e-5)
+
+
+def test_spatial_maps_come_from_the_memory_differences():
+    """m1..m3 are built from DI (the second half of CI), the difference to the closest memory
+    sample: maps computed from the feature half would still have the right shapes."""
+    from memseg_tutorial.model import spatial_attention_maps
+
+    model = make_model(64, memory=2, seed=9)
+    with torch.no_grad():
+        out = model.forward_with_intermediates(torch.randn(2, 3, 64, 64))
+    bank = model.memory_bank.levels
+    features = [out["features"][k] for k in ("f1", "f2", "f3")]
+    for d, f, m, c in zip(out["differences"], features, bank, out["concatenated"], strict=True):
+        torch.testing.assert_close(d, (m[out["memory_indices"]] - f) ** 2)
+        torch.testing.assert_close(c[:, f.shape[1]:], d)
+    for got, expected in zip(out["spatial_maps"], spatial_attention_maps(out["differences"]), strict=True):
+        torch.testing.assert_close(got, expected)

@@ -133,7 +133,7 @@ def test_default_torch_masks_are_mostly_the_first_perlin_draw():
 
 
 def test_foreground_mask_opens_before_it_closes():
-    # The spec's order: opening drops a 3x3 speck one pixel from the object before closing could
+    # Lesson 02's order: opening drops a 3x3 speck one pixel from the object before closing could
     # bridge it in; closing first would glue the speck to the object's edge.
     disc = np.zeros((40, 40), np.uint8)
     cv2.circle(disc, (20, 20), 10, 1, thickness=-1)

@@ -494,3 +494,60 @@ def test_torch_load_problems_are_said_in_a_few_words():
         "Weights only load failed.\n\x1b[1mWeightsUnpickler error: Unsupported global: GLOBAL "
         "torchvision.models.resnet.ResNet was not an allowed global by default.\x1b[0m")).startswith(
         "it holds Python objects (torchvision.models.resnet.ResNet)")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_optimizer_gets_the_configured_weight_decay_and_only_trainable_parameters(optimizer):
+    """config.weight_decay (5e-4 in both presets) must reach the optimiser: torch's own defaults
+    (AdamW 0.01, SGD 0) would otherwise apply silently. Frozen parameters stay out."""
+    from memseg_tutorial.training import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    model.bias.requires_grad_(False)
+    optimizer = build_optimizer(model, tiny_config(optimizer=optimizer, lr=2e-3, weight_decay=1e-3))
+    (group,) = optimizer.param_groups
+    assert (group["lr"], group["weight_decay"]) == (2e-3, 1e-3)
+    assert len(group["params"]) == 1 and group["params"][0] is model.weight
+
+
+def test_each_optimizer_step_uses_that_steps_learning_rate(train_set, texture_source):
+    """The schedule steps AFTER the optimiser: step k must update the weights with lr_factor(k).
+    Stepping it first trains step k at step k+1's rate (the warm-up loses its first value)
+    while the history still logs the right numbers."""
+    from memseg_tutorial.training import learning_rates
+
+    config = tiny_config(steps=4, warmup_fraction=0.5, schedule="cosine")  # factors 0.5, 1, 1, 0.5
+    trainer = make_trainer(config, train_set, texture_source)
+    used = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    trainer.build_memory_bank()
+    for step in range(2):
+        trainer.train_step(trainer.batch(step))
+    np.testing.assert_allclose(used, learning_rates(config)[:2], rtol=1e-12)
+    assert used[0] == pytest.approx(0.5 * config.lr)
+
+
+def test_checkpoints_are_written_every_checkpoint_every_steps(train_set, texture_source, tmp_path, monkeypatch):
+    """checkpoint_every = k saves after every k-th step and at the end, so a crash loses fewer
+    than k steps (a run that saved only at the first interval would lose all the rest)."""
+    trainer = make_trainer(tiny_config(steps=3, checkpoint_every=1), train_set, texture_source, run_dir=tmp_path)
+    saved = []
+    monkeypatch.setattr(trainer, "save", lambda path=None: saved.append(trainer.step))  # no 200 MB files
+    trainer.fit()
+    assert saved == [1, 2, 3]
+
+
+def test_the_trainer_keeps_layer1_to_layer3_frozen_unless_asked(train_set, texture_source):
+    """Lesson 04: layer1..3 are frozen (the bank compares their features), stem and layer4 train;
+    config.train_encoder=True (random weights only) trains them too. The optimiser must see
+    exactly the trainable parameters."""
+    from memseg_tutorial.model import FROZEN_LAYERS
+
+    for train_encoder in (False, True):
+        trainer = make_trainer(tiny_config(train_encoder=train_encoder), train_set, texture_source)
+        encoder = trainer.model.encoder
+        for name in FROZEN_LAYERS:
+            assert all(p.requires_grad == train_encoder for p in getattr(encoder, name).parameters()), name
+        assert all(p.requires_grad for p in encoder.layer4.parameters())
+        in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+        assert in_optimizer == {id(p) for p in trainer.model.parameters() if p.requires_grad}
