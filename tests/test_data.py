@@ -223,6 +223,22 @@ def test_mask_size_mismatch_names_the_mask(tmp_path):
         test[test.defects.index("dent")]
 
 
+def test_transposed_mask_is_refused_too(tmp_path):
+    """A mask 60 high and 40 wide for an image 40 high and 60 wide: the same pixel count, misaligned."""
+    root = _tiny_mvtec(tmp_path, image_shape=(40, 60), mask_shape=(60, 40))
+    test = MVTecDataset(root, "toy", "test", image_size=16)
+    with pytest.raises(ValueError, match=r"000_mask.png.*must match"):
+        test[test.defects.index("dent")]
+
+
+def test_hidden_folders_in_test_are_not_defect_types(tmp_path):
+    """Jupyter's .ipynb_checkpoints (or a .Trash folder) beside test/<defect> is no defect class."""
+    root = _tiny_mvtec(tmp_path)
+    _write(root / "toy" / "test" / ".ipynb_checkpoints" / "000-checkpoint.png", np.zeros((40, 60, 3), np.uint8))
+    test = MVTecDataset(root, "toy", "test", image_size=16)
+    assert sorted(test.defects) == ["dent", "good"]
+
+
 def test_missing_mask_file(tmp_path):
     root = _tiny_mvtec(tmp_path)
     (root / "toy" / "ground_truth" / "dent" / "000_mask.png").unlink()
@@ -311,6 +327,25 @@ def test_unreadable_texture_names_the_file(tmp_path):
     source = TextureSource(tmp_path, image_size=8)
     with pytest.raises(ValueError, match="broken.jpg"):
         source.load(0)
+
+
+def test_center_square_crops_the_middle_of_wide_and_tall_images():
+    """Textures are cropped to their centred square, never taken off-centre or squashed."""
+    from memseg_tutorial.data.textures import center_square
+
+    wide = np.arange(4 * 8).reshape(4, 8)
+    np.testing.assert_array_equal(center_square(wide), wide[:, 2:6])
+    tall = wide.T.copy()
+    np.testing.assert_array_equal(center_square(tall), tall[2:6, :])
+
+
+def test_sample_draws_every_texture(tmp_path):
+    """Uniform over all textures: the last one is drawn too (an off-by-one would never use it)."""
+    for i, grey in enumerate((0, 100, 200)):
+        _write(tmp_path / f"{i}.png", np.full((6, 6, 3), grey, np.uint8))
+    source = TextureSource(tmp_path, image_size=4)
+    rng = np.random.default_rng(0)
+    assert {int(source.sample(rng)[0, 0, 0]) for _ in range(60)} == {0, 100, 200}
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,6 +465,27 @@ def test_mtd_without_split_file(tmp_path):
         MTDDataset(root)
 
 
+def test_mtd_split_file_without_a_column_is_explained(tmp_path):
+    """A split.csv written by hand without its mask column: one clear error, not a KeyError later."""
+    root = _tiny_mtd(tmp_path, n_free=2, n_defect=1)
+    (root / "split.csv").write_text("split,label,image\ntrain,good,MT_Free/Imgs/exp0.jpg\n")
+    with pytest.raises(ValueError, match=r"split.csv lacks the columns \['mask'\]"):
+        MTDDataset(root)
+
+
+def test_write_mtd_split_seed_chooses_the_training_tiles(tmp_path):
+    """The seed picks which normal tiles train: one seed gives one file, other seeds other splits."""
+    root = _tiny_mtd(tmp_path, n_defect=1)
+
+    def train_rows(seed):
+        lines = write_mtd_split(root, seed=seed).read_text().splitlines()
+        return frozenset(line for line in lines if line.startswith("train,"))
+
+    first = train_rows(0)
+    assert len(first) == 8 and train_rows(0) == first
+    assert len({first, *(train_rows(seed) for seed in range(1, 4))}) > 1
+
+
 SHARED_MTD = shared_data_dir() / "mtd" if shared_data_dir() is not None else None
 
 
@@ -474,3 +530,28 @@ def test_masks_read_the_same_whatever_their_encoding(tmp_path, values, dtype):
     soft = np.full((8, 10), 100, np.uint8)  # a faint 8-bit mask stays below the 127 threshold
     cv2.imwrite(str(tmp_path / "soft.png"), soft)
     assert read_mask(tmp_path / "soft.png").max() == 0
+
+
+def test_a_faint_16_bit_mask_value_is_no_defect(tmp_path):
+    """A 16-bit mask is thresholded on its own scale: anti-aliasing at 100/255 of it is no defect."""
+    from memseg_tutorial.data.images import read_mask
+
+    mask = np.zeros((8, 10), np.uint16)
+    mask[2:5, 3:7] = 200 * 257  # the defect
+    mask[6:, :] = 100 * 257  # faint anti-aliasing, as in the 8-bit case above
+    cv2.imwrite(str(tmp_path / "m16.png"), mask)
+    expected = np.zeros((8, 10), np.float32)
+    expected[2:5, 3:7] = 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16.png"), expected)
+
+
+def test_shrinking_an_image_averages_its_pixels():
+    """Area interpolation when shrinking: fine detail (MVTec grid or carpet, 1024 px to 256) keeps
+    its mean brightness; linear sampling would alias it away (here: to black)."""
+    from memseg_tutorial.data.images import resize_image
+
+    dots = np.zeros((64, 64, 3), np.uint8)
+    dots[::4, ::4] = 255  # one bright pixel per 4 x 4 block: mean 255 / 16
+    small = resize_image(dots, 16)
+    assert small.shape == (16, 16, 3)
+    assert np.abs(small.astype(np.float32) - 255 / 16).max() <= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import re
 import tarfile
@@ -499,6 +500,70 @@ def test_mvtec_archive_with_wrong_content_is_reported(tmp_path, monkeypatch):
         download_mvtec("toy")
 
 
+def test_mvtec_archive_with_an_empty_train_folder_is_reported(tmp_path, monkeypatch):
+    """Folders alone are not MVTec AD: train/good must hold images, else the archive is wrong (and kept)."""
+    path = tmp_path / "empty.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("toy", "toy/train", "toy/train/good", "toy/test"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+    monkeypatch.setattr(download_module, "mvtec_category_info",
+                        lambda category: _info(path, sha256=None, name="toy.tar.gz"))
+    with pytest.raises(DownloadError, match="toy/train/good with images"):
+        download_mvtec("toy", tmp_path / "mv")
+    assert (tmp_path / "data" / "downloads" / "toy.tar.gz").is_file() and not (tmp_path / "mv").exists()
+
+
+def test_download_mvtec_replaces_an_incomplete_category_folder(tmp_path, monkeypatch):
+    """A category folder without train/good (a copy by hand that stopped) is fetched again and replaced."""
+    archive = _make_tar(tmp_path / "toy.tar.gz", _toy_category(np.random.default_rng(0)))
+    monkeypatch.setattr(download_module, "mvtec_category_info",
+                        lambda category: _info(archive, sha256=None, name=f"{category}.tar.gz"))
+    root = tmp_path / "mv"
+    (root / "toy" / "test" / "good").mkdir(parents=True)
+    (root / "toy" / "test" / "good" / "stale.png").write_bytes(b"half")
+    assert download_mvtec("toy", root) == root
+    assert len(MVTecDataset(root, "toy", "test", image_size=8)) == 2
+    assert not (root / "toy" / "test" / "good" / "stale.png").exists()
+
+
+class _DroppedResponse:
+    """A response that says it has 100 bytes and delivers 40: chunked (raising, as http.client does
+    for a cut chunked stream) or with a Content-Length (simply ending early)."""
+
+    def __init__(self, chunked: bool) -> None:
+        self.chunked, self.sent = chunked, False
+        self.headers = {} if chunked else {"Content-Length": "100"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+    def read(self, size):
+        if self.sent:
+            if self.chunked:
+                raise http.client.IncompleteRead(b"", 60)
+            return b""
+        self.sent = True
+        return b"x" * 40
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_a_dropped_download_is_a_download_error_and_keeps_nothing(tmp_path, monkeypatch, chunked):
+    """GitHub sends the MTD archive chunked; a cut connection must give the by-hand instructions,
+    and a short file must never reach the final name (there is no checksum to catch it later)."""
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: _DroppedResponse(chunked))
+    folder = tmp_path / "downloads"
+    with pytest.raises(DownloadError, match="Download it by hand") as caught:
+        download_module.download_file(download_module.MTD, folder, progress=False)
+    if not chunked:
+        assert "dropped after 40 of 100 bytes" in str(caught.value)
+    assert download_module.MTD.sha256 is None and not folder.exists()
+
+
 def test_download_dtd_returns_images_folder(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     archive = _make_tar(tmp_path / "dtd.tar.gz", {"dtd/images/banded/banded_0001.jpg": _png_bytes(rng),
@@ -531,6 +596,18 @@ def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
     monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", {**counts, "MT_Free": 6})
     with pytest.raises(DownloadError, match="MT_Free: 5 images, expected 6"):
         download_module.check_mtd_folder(root)
+
+
+def test_mtd_images_without_masks_are_reported(tmp_path, monkeypatch):
+    """Every MTD image needs its .png mask: without it a defective tile could not be scored."""
+    monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", dict.fromkeys(download_module.MTD_IMAGE_COUNTS, 1))
+    for folder in download_module.MTD_IMAGE_COUNTS:
+        (tmp_path / folder / "Imgs").mkdir(parents=True)
+        (tmp_path / folder / "Imgs" / "exp1_num_1.jpg").write_bytes(b"jpg")
+        if folder != "MT_Crack":
+            (tmp_path / folder / "Imgs" / "exp1_num_1.png").write_bytes(b"png")
+    with pytest.raises(DownloadError, match=r"MT_Crack: 1 images without a \.png mask \(e\.g\. exp1_num_1\.jpg\)"):
+        download_module.check_mtd_folder(tmp_path)
 
 
 def test_mtd_archive_with_wrong_content_is_kept_and_root_not_created(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""environment.yml (conda) and pyproject.toml (pip) must name the same packages."""
+"""The project's own files: environment.yml (conda) and pyproject.toml (pip) name the same
+packages, and the linter reads every Python file."""
 
 from __future__ import annotations
 
@@ -91,3 +92,20 @@ def test_a_package_added_on_one_side_is_detected():
 @pytest.mark.parametrize("text", ["dependencies:\n  - python=3.11\n", ""])
 def test_an_environment_without_pip_section_names_nothing(text):
     assert environment_pip_packages(text) == set()
+
+
+def test_the_linter_reads_every_python_file_of_the_project():
+    """`make test` lints these folders; an exclude pattern that matches a folder name anywhere (it
+    once was "data", which also hid memseg_tutorial/data/) would silently skip whole packages."""
+    import subprocess
+    import sys
+
+    folders = ["memseg_tutorial", "tests", "benchmarks", "tools"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--show-files", *folders],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    linted = {Path(line.strip()).resolve() for line in shown.splitlines() if line.strip().endswith(".py")}
+    expected = {path.resolve() for folder in folders for path in (ROOT / folder).rglob("*.py")
+                if "__pycache__" not in path.parts}
+    assert expected - linted == set()

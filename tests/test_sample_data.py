@@ -119,6 +119,25 @@ def test_ensure_reuses_a_complete_dataset(sample_root, monkeypatch):
     assert ensure_sample_dataset(sample_root) == sample_root
 
 
+def test_a_sample_of_another_seed_is_regenerated(tmp_path, monkeypatch):
+    """ensure_sample_dataset(seed=1) must not hand back a finished seed-0 dataset."""
+    root = tmp_path / "sample"
+    root.mkdir()
+    (root / ".complete").write_text(json.dumps({"version": sample_module._VERSION, "seed": 0}))
+    calls = []
+    monkeypatch.setattr(sample_module, "generate_sample_dataset", lambda root, seed: calls.append(seed) or root)
+    assert ensure_sample_dataset(root, seed=0) == root and calls == []
+    assert ensure_sample_dataset(root, seed=1) == root and calls == [1]
+
+
+def test_sample_images_are_stored_in_rgb_order(sample_root):
+    """The surface plate is drawn warm grey (RGB 152, 140, 118): read back as RGB it stays warm."""
+    from memseg_tutorial.data.images import read_image_rgb
+
+    red, _, blue = read_image_rgb(sample_root / "surface" / "train" / "good" / "000.png").reshape(-1, 3).mean(axis=0)
+    assert red - blue > 20
+
+
 def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     root = tmp_path / "sample"
     calls = {"n": 0}

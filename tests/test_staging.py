@@ -126,6 +126,19 @@ def test_fresh_folders_and_other_names_are_left_alone(tmp_path, capsys):
     assert all(str(path) in printed for path in gone) and "(0.0 MB)" in printed
 
 
+@needs_locks
+def test_a_held_folder_is_kept_however_long_it_has_been_quiet(tmp_path):
+    """On this machine the lock decides: a live writer quiet for days keeps its folder (the day rule
+    is only for folders whose lock cannot be asked)."""
+    entry = age(make_entry(tmp_path, f".run.partial-{HOST}-5-ab12cd34"), 2 * UNLOCKED_IDLE_SECONDS)
+    handle = os.open(entry, os.O_RDONLY)  # a second open file: flock conflicts even within one process
+    try:
+        staging.fcntl.flock(handle, staging.fcntl.LOCK_EX)
+        assert remove_abandoned(tmp_path / "run", "partial") == [] and entry.is_dir()
+    finally:
+        os.close(handle)
+
+
 def test_folders_of_another_host_go_only_after_a_quiet_day(tmp_path, capsys):
     final = tmp_path / "dtd.tar.gz"
     recent = age(make_entry(tmp_path, f".dtd.tar.gz.part-{OTHER}-12-ab12cd34"), 2 * 3600)
