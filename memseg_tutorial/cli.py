@@ -286,7 +286,7 @@ def cmd_train(args) -> int:
             ("--set", args.set), ("--preset", args.preset), ("--steps", args.steps),
             ("--image-size", args.image_size), ("--weights", args.weights), ("--device", args.device),
             ("--kind", args.kind), ("--category", args.category), ("--name", args.name),
-            ("--overwrite", args.overwrite)) if value]
+            ("--overwrite", args.overwrite)) if value is not None and value is not False and value != []]  # 0 counts
         if given:
             raise CommandError(
                 f"{', '.join(given)} cannot change a run being resumed (it keeps its settings, schedule "

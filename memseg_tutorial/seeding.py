@@ -13,7 +13,9 @@ def make_rng(seed: int, *keys: int) -> np.random.Generator:
     """A numpy generator for ``seed`` and any extra integer keys (sample index, worker id).
 
     ``make_rng(seed, i)`` is the same generator whatever the process or worker that asks for it,
-    which is what makes a sample reproducible by its index.
+    which is what makes a sample reproducible by its index. Mind one trap when adding a key:
+    numpy's SeedSequence ignores trailing zeros, so ``make_rng(s, k)`` is ``make_rng(s, k, 0)``;
+    give each stream its own first key (the ``*_KEY`` constants of ``training.py``).
     """
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
 

@@ -95,6 +95,17 @@ def test_preset_help_names_the_default_without_the_environment_variable(command,
     assert f"default: $MEMSEG_PRESET, else {preset}" in " ".join(out.split())
 
 
+def test_runs_and_data_folders_from_the_environment_may_start_with_a_tilde(tmp_path, monkeypatch):
+    """MEMSEG_RUNS_DIR="~/memseg/runs" (quoted, so the shell leaves the ~ alone) is a folder in
+    the home folder, not a folder named "~" in the working directory."""
+    from memseg_tutorial.paths import data_dir, runs_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", "~/memseg/runs")
+    monkeypatch.setenv("MEMSEG_DATA_DIR", "~/memseg/data")
+    assert (runs_dir(), data_dir()) == (tmp_path / "memseg" / "runs", tmp_path / "memseg" / "data")
+
+
 def test_missing_checkpoint(tmp_path, capsys):
     code, _, err = run(["evaluate", str(tmp_path / "nope.pt")], capsys)
     assert_one_line_error(code, err, "checkpoint not found", "nope.pt")
@@ -204,7 +215,7 @@ def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample
     assert json.loads((run_folder / "metrics.json").read_text()) == {"test_detection_rate": 1.0}
 
 
-def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tmp_path, capsys):
+def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tmp_path, monkeypatch, capsys):
     (tmp_path / "a_folder").mkdir()
     code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "a_folder")], capsys)
     assert_one_line_error(code, err, "is a folder")
@@ -213,6 +224,9 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     cv2.imwrite(str(image), np.full((40, 60, 3), 128, np.uint8))
     code, _, err = run(["predict", str(checkpoint), str(image), "--out", str(tmp_path / "a_file")], capsys)
     assert_one_line_error(code, err, "is a file")
+    monkeypatch.setattr(cli, "_evaluate_run", lambda *args: pytest.fail("evaluated before checking --out"))
+    code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "a_file" / "m.json")], capsys)
+    assert_one_line_error(code, err, "Cannot write", "a_file is not a folder")
 
 
 def _train_argv(sample_root, *extra):
@@ -302,7 +316,15 @@ def test_ctrl_c_during_training_is_reported_once_with_the_resume_command(sample_
     checkpoint = tmp_path / "cut" / "checkpoint.pt"
     assert_one_line_error(code, err, "interrupted at step 2", f"--resume {checkpoint}")
     assert code == 130 and "nterrupted" not in out  # said once, on stderr
-    assert load_checkpoint(checkpoint)["step"] == 2
+    stopped = load_checkpoint(checkpoint)
+    assert stopped["step"] == 2
+    monkeypatch.setattr(Trainer, "train_step", real_step)  # the command the message gives finishes the run
+    code, out, err = run(["train", "--resume", str(checkpoint), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "resuming" in out and "at step 2 of 4" in out
+    resumed = load_checkpoint(checkpoint)
+    assert resumed["step"] == 4 and len(resumed["history"]) == 4
+    assert resumed["config"] == stopped["config"]  # the run's own settings (64 px), not a preset's
 
 
 def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_results(
@@ -340,7 +362,8 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
 
 
 def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
-    for flags in (["--steps", "9"], ["--image-size", "128"], ["--name", "other"], ["--category", "object"]):
+    for flags in (["--steps", "9"], ["--steps", "0"], ["--image-size", "0"], ["--image-size", "128"],
+                  ["--name", "other"], ["--category", "object"]):  # 0 is given too, though falsy
         code, _, err = run(["train", "--resume", str(checkpoint), *flags], capsys)
         assert_one_line_error(code, err, flags[0], "cannot change a run being resumed")
 
@@ -352,6 +375,93 @@ def test_an_unforeseen_error_is_still_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_download", broken)
     code, _, err = run(["download", "sample"], capsys)
     assert_one_line_error(code, err, "KeyError", "MEMSEG_DEBUG")
+
+
+def test_a_multi_line_error_is_one_line_and_ctrl_c_anywhere_exits_130(monkeypatch, capsys):
+    """A library's message may span lines (OpenCV, torch); the user still sees one line, and
+    Ctrl-C outside training still exits 130 (1 would read as a failed step)."""
+    def multi_line(args):
+        raise ValueError("Cannot read x.png:\n  the file is damaged")
+
+    monkeypatch.setattr(cli, "cmd_download", multi_line)
+    code, _, err = run(["download", "sample"], capsys)
+    assert code == 1
+    assert_one_line_error(code, err, "Cannot read x.png: the file is damaged")
+
+    def ctrl_c(args):  # outside training (evaluate, predict, a download): no checkpoint to name
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_download", ctrl_c)
+    code, _, err = run(["download", "sample"], capsys)
+    assert code == 130  # the shell's code for Ctrl-C, as the module docstring promises
+    assert_one_line_error(code, err, "interrupted")
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden"])
+def test_a_run_name_is_never_a_parent_or_a_hidden_folder(sample_root, tmp_path, monkeypatch, capsys, name):
+    """--name .. would make runs/.. the run folder (and --overwrite would empty it); a hidden name
+    would be taken for a staging folder."""
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    for command in (_train_argv(sample_root, "--name", name), ["demo", "--steps", "1", "--name", name]):
+        code, _, err = run(command, capsys)
+        assert_one_line_error(code, err, "run name", "plain folder name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_preset_comes_from_the_flag_then_the_environment_then_the_command(monkeypatch):
+    """--preset, else $MEMSEG_PRESET, else full for train and quick for demo (the --help text)."""
+    parse = cli.build_parser().parse_args
+    monkeypatch.setenv("MEMSEG_PRESET", "full")
+    assert cli.demo_config(parse(["demo"])).preset == "full"
+    assert cli.demo_config(parse(["demo", "--preset", "quick"])).preset == "quick"
+    monkeypatch.setenv("MEMSEG_PRESET", "quick")
+    assert cli._config(parse(["train"]), "full").preset == "quick"
+
+
+def test_device_flags_are_obeyed(checkpoint, sample_root, tmp_path, monkeypatch, capsys):
+    """--device cuda on a machine without a GPU is a clear error for every command, not a silent
+    CPU run (so --device is read at all), and nothing is written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((40, 60, 3), 128, np.uint8))
+    for argv in (_train_argv(sample_root, "--name", "g", "--device", "cuda"),
+                 ["evaluate", str(checkpoint), "--out", str(tmp_path / "m.json"), "--device", "cuda"],
+                 ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "p"), "--device", "cuda"]):
+        code, _, err = run(argv, capsys)
+        assert_one_line_error(code, err, "no CUDA GPU")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_evaluate_category_flag_picks_the_test_split(checkpoint, sample_root, tmp_path, capsys):
+    """--category evaluates the model on another category's test split (lesson 09's cross-check)
+    and says so in the record and its file name."""
+    code, out, err = run(["evaluate", str(checkpoint), "--data", str(sample_root), "--category", "object"],
+                         capsys)
+    assert code == 0, err
+    record = json.loads((checkpoint.parent / "evaluation_object.json").read_text())
+    assert record["category"] == "object"
+    assert record["test_images"] == len(MVTecDataset(sample_root, "object", "test", image_size=64))
+
+
+def test_predict_percentile_flags_set_the_thresholds(checkpoint, sample_root, tmp_path, capsys):
+    """--pixel-percentile moves only the pixel threshold (lesson 09: percentiles of the held-out
+    normals' scores and pixels)."""
+    import re
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((sample_root / "surface" / "train" / "good").iterdir())[:3]:
+        shutil.copy(path, images)
+    thresholds = {}
+    for pixel in ("50", "99.9"):
+        code, out, err = run(["predict", str(checkpoint), str(images), "--normals", str(images),
+                              "--out", str(tmp_path / pixel), "--pixel-percentile", pixel], capsys)
+        assert code == 0, err
+        image, pixel_threshold = re.search(r"thresholds: image ([\d.]+), pixel ([\d.]+)", out).groups()
+        thresholds[pixel] = float(image), float(pixel_threshold)
+    assert thresholds["50"][0] == thresholds["99.9"][0] and thresholds["50"][1] < thresholds["99.9"][1]
 
 
 def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):

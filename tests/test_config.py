@@ -25,6 +25,10 @@ def test_quick_preset_is_small_and_on_cpu():
     assert config.preset == "quick" and config.device == "cpu"
     assert config.image_size < 256 and config.steps < 2700 and config.memory_size < 30
     assert get_device(config) == torch.device("cpu")
+    # the README's preset table (and the lessons' stored shapes and counts) are these numbers
+    assert (config.image_size, config.batch_normal, config.batch_synthetic) == (128, 4, 4)
+    assert config.memory_size == 8
+    assert (config.optimizer, config.backbone_weights) == ("adamw", "none")
 
 
 def test_environment_variable_selects_preset(monkeypatch):
@@ -33,6 +37,8 @@ def test_environment_variable_selects_preset(monkeypatch):
     monkeypatch.setenv("MEMSEG_PRESET", "full")
     assert get_config().preset == "full"
     assert get_config("quick").preset == "quick"  # an argument beats the environment
+    monkeypatch.setenv("MEMSEG_PRESET", " Quick ")  # as typed in a shell or a Colab form
+    assert get_config().preset == "quick"
     monkeypatch.setenv("MEMSEG_PRESET", "huge")
     with pytest.raises(ValueError, match="Unknown preset 'huge'"):
         get_config()
@@ -70,6 +76,16 @@ def test_device_helper(monkeypatch):
         get_device("cuda")
     with pytest.raises(ValueError):
         get_device("tpu")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        get_device(get_config("quick", device="cuda"))  # a Config's own device is read
+
+
+def test_device_helper_on_a_machine_with_a_gpu(monkeypatch):
+    """With a GPU visible, "auto" (the full preset's) takes it, and "cpu" (the quick preset's)
+    still means the CPU: the lessons' quick numbers are CPU numbers."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_device("auto") == get_device(None) == get_device(get_config("full")) == torch.device("cuda")
+    assert get_device("cpu") == get_device(get_config("quick")) == torch.device("cpu")
 
 
 def test_parse_overrides_reads_python_literals():
@@ -103,10 +119,20 @@ def test_a_value_of_the_wrong_type_is_named(key, value, message):
         get_config("quick", **{key: value})
 
 
+@pytest.mark.parametrize("size", [0, -32, 48, 80, 100])
+def test_image_size_must_be_a_positive_multiple_of_32(size):
+    """ResNet18 halves the side five times (lesson 04): at 48 or 80 px the decoder's upsampled
+    maps no longer line up with the encoder's."""
+    with pytest.raises(ValueError, match=rf"image_size must be a positive multiple of 32 .*got {size}\."):
+        get_config("quick", image_size=size)
+    assert get_config("quick", image_size=96).image_size == 96
+
+
 @pytest.mark.parametrize("key, value", [
     ("score_top_k", 0), ("batch_synthetic", 0), ("lr", -1.0), ("lr", 0), ("warmup_fraction", 2.0),
     ("aupro_fpr_limit", 0.0), ("perlin_threshold", 5.0), ("seed", -1), ("structure_grid", (0, 0)),
     ("structure_augmenters", 11), ("structure_augmenters", 0), ("momentum", 1.0), ("checkpoint_every", -1),
+    ("memory_size", 0),  # an empty memory bank: nothing to compare with (lesson 04)
 ])
 def test_a_value_out_of_range_fails_when_the_config_is_built(key, value):
     with pytest.raises(ValueError, match=rf"^{key} "):

@@ -85,3 +85,21 @@ def test_setup_asks_for_a_restart_when_the_install_changed_numpy(monkeypatch):
         setup_notebook("quick")
     monkeypatch.setattr(importlib.metadata, "version", lambda name: np.__version__)
     assert setup_notebook("quick").preset == "quick"
+
+
+def test_setup_defaults_to_the_quick_preset_and_seeds_torch_and_numpy(monkeypatch):
+    """Lessons run on a laptop CPU unless told otherwise, and a lesson cell's own torch.rand or
+    np.random draw repeats from one run of the notebook to the next."""
+    import matplotlib
+    import numpy as np
+    import torch
+
+    from memseg_tutorial.notebook import setup_notebook
+
+    monkeypatch.delenv("MEMSEG_PRESET", raising=False)
+    with matplotlib.rc_context():  # setup_notebook sets figure defaults for the whole process
+        assert setup_notebook().preset == "quick"
+        first = torch.rand(3), np.random.rand(3)
+        setup_notebook()
+        again = torch.rand(3), np.random.rand(3)
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])

@@ -17,6 +17,7 @@ from memseg_tutorial.plots import (
     plot_loss_curve,
     plot_per_defect_table,
     plot_roc_and_pro,
+    plot_test_overlays,
 )
 
 
@@ -51,6 +52,19 @@ def test_heatmap_overlay_blends_jet_colours():
     np.testing.assert_allclose(heatmap_overlay(image, heat, alpha=0.25), 0.25 * jet, atol=1e-6)
     np.testing.assert_allclose(heatmap_overlay(image, heat + 5, alpha=1.0), plt.get_cmap("jet")(np.ones((4, 5)))[..., :3],
                                atol=1e-6)  # clipped to [0, 1] first
+
+
+def test_overlays_leave_their_inputs_unchanged():
+    """A lesson shows the raw anomaly map (values above 1 included) after its overlay: the
+    overlay clips a copy, never the caller's map or image."""
+    image = np.full((4, 5, 3), 0.5, np.float32)
+    heat = np.linspace(-1.0, 3.0, 20, dtype=np.float32).reshape(4, 5)
+    mask = (heat > 1.0).astype(np.float32)
+    kept = image.copy(), heat.copy(), mask.copy()
+    heatmap_overlay(image, heat)
+    mask_overlay(image, mask)
+    for now, before in zip((image, heat, mask), kept, strict=True):
+        np.testing.assert_array_equal(now, before)
 
 
 def test_image_grid_places_titles_and_blank_cells():
@@ -102,6 +116,33 @@ def test_per_defect_bars_carry_each_metric_in_order():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["image AUROC", "pixel AUROC", "AUPRO@0.3"]
     ax = plot_per_defect_table(per_defect, overall, fpr_limit=0.05).axes[0]
     assert ax.get_legend().get_texts()[2].get_text() == "AUPRO@0.05"
+
+
+def test_test_overlays_show_each_images_own_mask_and_map(tmp_path):
+    """The demo's overlays.png (lesson 09): two normals, then one image per defect type, each row
+    with that image's ground truth, its anomaly map and its score."""
+    import types
+
+    import cv2
+
+    defects = ["good", "crack", "good", "good", "hole"]
+    paths = []
+    for k in range(len(defects)):
+        paths.append(tmp_path / f"{k}.png")
+        cv2.imwrite(str(paths[-1]), np.full((8, 8, 3), 40 * k, np.uint8))
+    masks = np.zeros((5, 8, 8), bool)
+    masks[1, 2:4, 2:4] = masks[4, 5:7, 1:3] = True
+    maps = np.random.default_rng(0).random((5, 8, 8)).astype(np.float32)
+    result = types.SimpleNamespace(paths=paths, defects=defects, masks=masks, maps=maps,
+                                   scores=np.array([0.1, 0.9, 0.2, 0.3, 0.8]))
+    rows = np.array(plot_test_overlays(result, per_defect=1, normals=2).axes).reshape(-1, 4)
+    shown = [0, 2, 1, 4]  # the first two normals, then crack and hole
+    assert [row[0].get_ylabel() for row in rows] == [defects[i] for i in shown]
+    for row, i in zip(rows, shown, strict=True):
+        np.testing.assert_allclose(row[0].images[0].get_array(), np.full((8, 8, 3), 40 * i / 255), atol=1e-6)
+        np.testing.assert_array_equal(row[1].images[0].get_array(), masks[i])
+        np.testing.assert_array_equal(row[2].images[0].get_array(), maps[i])
+        assert row[3].get_title() == f"score {result.scores[i]:.3f}"
 
 
 def test_to_display_accepts_a_one_channel_tensor():
