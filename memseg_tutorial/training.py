@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -518,19 +520,19 @@ class TexturePool:
     (without repeats within a pool), and the next pool is read in a background thread while the
     current one is in use, so the GPU does not wait for JPEG decoding. Pool g is a pure function
     of (seed, g), so batch k sees the same textures in a resumed run. A source that fits in one
-    pool is loaded once, whole.
+    pool is loaded once, whole; no pool is read ahead past ``total_steps``.
     """
 
-    def __init__(self, source, seed: int, device: torch.device, size: int = 64, refresh_every: int = 50):
+    def __init__(self, source, seed: int, device: torch.device, size: int = 64, refresh_every: int = 50,
+                 total_steps: int | None = None):
         if size < 1 or refresh_every < 1:
             raise ValueError(f"TexturePool needs size >= 1 and refresh_every >= 1, got {size} and {refresh_every}.")
-        self.source, self.seed, self.device = source, seed, device
+        self.source, self.seed, self.device, self.total_steps = source, seed, device, total_steps
         self.size = min(size, len(source))
         self.refresh_every = refresh_every if len(source) > self.size else 0  # 0: one pool, never redrawn
         self.generation: int | None = None
         self.textures: torch.Tensor | None = None  # (T, 3, S, S) float in [0, 1] on the device
-        self._next = None  # (generation, Future) of the pool being read in the background
-        self._executor = None
+        self._next: tuple[int, Future] | None = None  # the pool being read in the background
 
     def generation_of(self, step: int) -> int:
         return step // self.refresh_every if self.refresh_every else 0
@@ -545,26 +547,32 @@ class TexturePool:
     def _read(self, generation: int) -> np.ndarray:
         return np.stack([self.source.load(i) for i in self.indices(generation)])  # (T, S, S, 3) uint8
 
+    def _read_ahead(self, generation: int) -> Future:
+        """A daemon thread: it never holds up the interpreter's exit, and ends with its read."""
+        future: Future = Future()
+
+        def read() -> None:
+            try:
+                future.set_result(self._read(generation))
+            except BaseException as error:  # handed to whoever asks for this pool
+                future.set_exception(error)
+
+        threading.Thread(target=read, name=f"texture-pool-{generation}", daemon=True).start()
+        return future
+
     def at(self, step: int) -> torch.Tensor:
         """The pool for training step ``step``."""
         generation = self.generation_of(step)
         if generation != self.generation:
             ahead = self._next
+            # Another pool's read-ahead (a jump, a resume) is left to finish on its own.
+            textures = ahead[1].result() if ahead is not None and ahead[0] == generation else self._read(generation)
             self._next = None
-            if ahead is not None and ahead[0] == generation:
-                textures = ahead[1].result()
-            else:
-                if ahead is not None:
-                    ahead[1].result()  # one reader at a time: the source's cache is not thread-safe
-                textures = self._read(generation)
             self.textures = torch.from_numpy(textures).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
             self.generation = generation
-            if self.refresh_every:
-                if self._executor is None:
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="texture-pool")
-                self._next = (generation + 1, self._executor.submit(self._read, generation + 1))
+            following = (generation + 1) * self.refresh_every
+            if self.refresh_every and (self.total_steps is None or following < self.total_steps):
+                self._next = (generation + 1, self._read_ahead(generation + 1))
         return self.textures
 
 
@@ -591,7 +599,8 @@ class GpuSampleStream:
             self.foregrounds = torch.from_numpy(fg).to(device)[:, None]  # (N, 1, S, S)
         else:
             self.foregrounds = None
-        self.textures = TexturePool(trainer.texture_source, config.seed, device, max_textures, texture_refresh_every)
+        self.textures = TexturePool(trainer.texture_source, config.seed, device, max_textures,
+                                    texture_refresh_every, total_steps=config.steps)
 
     def batch(self, step: int) -> dict:
         from .data.images import normalize_tensor

@@ -117,7 +117,7 @@ def test_thresholds_are_percentiles_of_normals(checkpoint, sample_root):
 def test_too_few_normals_for_the_percentile_are_announced(checkpoint, sample_root):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     normals = resolve_images(sample_root / "surface" / "test" / "good")[:6]
-    with pytest.warns(UserWarning, match=r"too few normal images \(6\) .* about 14% .* at least 99"):
+    with pytest.warns(UserWarning, match=r"too few normal images \(6\) .* about 1 in 7 .* not 1 in 100\. Hold out at least 99 "):
         predictor.calibrate(normals, image_percentile=99)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 6 normals can resolve an 80th percentile: no warning
@@ -337,13 +337,13 @@ def test_scores_csv_quotes_odd_file_names(tmp_path):
 @pytest.mark.parametrize(("percentile", "needed"), [(99.0, 99), (99.9, 999), (99.95, 1999), (95.0, 19)])
 def test_normals_needed_for_a_percentile_are_counted_exactly(percentile, needed):
     """n normals resolve the percentile p when 1/(n + 1) <= 1 - p/100; floating point must not
-    ask for one more (100 - 99.9 is 0.0999...), and the warning names sub-percent rates."""
+    ask for one more (100 - 99.9 is 0.0999...), and the warning's two rates differ even one short."""
     predictor = Predictor(_BrightnessMaps(), get_config("quick", image_size=32), "cpu", batch_size=256)
     greys = [np.full((4, 4, 3), i % 200, np.uint8) for i in range(needed)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         predictor.calibrate(greys, image_percentile=percentile)
-    with pytest.warns(UserWarning, match=rf"\({needed - 1}\) .* about [0-9.]+% .* not {100 - percentile:.2g}%\. "
+    with pytest.warns(UserWarning, match=rf"\({needed - 1}\) .* about 1 in {needed} .* not 1 in {needed + 1}\. "
                                          rf"Hold out at least {needed} "):
         predictor.calibrate(greys[:-1], image_percentile=percentile)
 

@@ -3,8 +3,10 @@ leaves a broken checkpoint behind."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -318,15 +320,26 @@ def test_gpu_sample_stream_runs_on_any_device(sample_root, texture_source):
 class CountingTextures:
     """A texture source of ``n`` flat textures whose value is their index; counts what it reads."""
 
-    def __init__(self, n: int, size: int = 8) -> None:
-        self.n, self.size, self.reads = n, size, []
+    def __init__(self, n: int, size: int = 8, broken_in: str | None = None) -> None:
+        self.n, self.size, self.broken_in = n, size, broken_in
+        self.reads, self.threads = [], []
 
     def __len__(self) -> int:
         return self.n
 
     def load(self, index: int) -> np.ndarray:
+        thread = threading.current_thread().name
+        if thread == self.broken_in:
+            raise OSError(f"texture {index} is damaged")
         self.reads.append(int(index))
+        self.threads.append(thread)
         return np.full((self.size, self.size, 3), index, dtype=np.uint8)
+
+
+def join_texture_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("texture-pool-"):
+            thread.join()
 
 
 def pool_indices(textures: torch.Tensor) -> list[int]:
@@ -349,6 +362,10 @@ def test_texture_pool_is_redrawn_from_the_whole_source():
         previous = chosen
         seen.update(chosen)
     assert seen == set(range(40))
+    join_texture_threads()
+    # Pool 0 is read on demand; every later one ahead of time, in the background.
+    assert set(source.threads[:6]) == {threading.current_thread().name}
+    assert all(name.startswith("texture-pool-") for name in source.threads[6:])
 
 
 def test_texture_pool_of_a_step_does_not_depend_on_the_way_there():
@@ -362,6 +379,68 @@ def test_texture_pool_of_a_step_does_not_depend_on_the_way_there():
     assert torch.equal(fresh.at(4), walked.at(4))  # backwards too (the read-ahead is of pool 4)
     other_seed = TexturePool(CountingTextures(30), seed=1, device=torch.device("cpu"), size=5, refresh_every=3)
     assert not torch.equal(other_seed.at(9), walked.at(9))
+
+
+def test_texture_pool_reads_no_pool_past_the_last_step_and_survives_a_failed_read_ahead():
+    source = CountingTextures(30)
+    pool = TexturePool(source, seed=0, device=torch.device("cpu"), size=5, refresh_every=2, total_steps=6)
+    for step in range(6):
+        pool.at(step)
+    join_texture_threads()
+    assert len(source.reads) == 3 * 5  # pools 0-2; pool 3 would start at step 6, after the run
+    # A read-ahead that fails (a damaged file) fails the pool it read, not the one a jump asks for.
+    source = CountingTextures(30, broken_in="texture-pool-1")
+    pool = TexturePool(source, seed=0, device=torch.device("cpu"), size=5, refresh_every=2)
+    pool.at(0)
+    assert pool_indices(pool.at(4)) == pool.indices(2).tolist()
+    walked = TexturePool(source, seed=0, device=torch.device("cpu"), size=5, refresh_every=2)
+    walked.at(0)
+    with pytest.raises(OSError, match="damaged"):
+        walked.at(2)  # the pool whose read failed says why
+    join_texture_threads()
+
+
+def test_texture_source_cache_is_safe_across_threads(tmp_path):
+    """The GPU path reads its next pool in a background thread while other code may load too.
+    Here another thread loads (and evicts) at the worst moment, between the cache lookup and the
+    move to the end: without the lock, the entry is gone and move_to_end raises KeyError."""
+    from collections import OrderedDict
+
+    from memseg_tutorial.data import TextureSource
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((6, 6, 3), 40 * i, np.uint8))
+    source = TextureSource(tmp_path, image_size=4, cache_size=1)
+
+    class Intrusive(OrderedDict):
+        armed = True
+
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            if found is not None and Intrusive.armed:
+                Intrusive.armed = False
+                others.append(threading.Thread(target=lambda: [source.load(k) for k in (1, 2)]))
+                others[0].start()
+                others[0].join(timeout=0.3)  # with the lock it waits for this lookup to finish
+            return found
+
+    others = []
+    source._cache = Intrusive()
+    source.load(0)  # cached
+    assert source.load(0)[0, 0, 0] == 0  # the lookup that the other thread tries to interrupt
+    others[0].join()
+    assert list(source._cache) == [2]
+
+
+def test_texture_source_pickles_for_spawned_workers(tmp_path):
+    """DataLoader workers started with spawn (Windows, macOS) get a pickled copy: the lock stays behind."""
+    import pickle
+
+    from memseg_tutorial.data import TextureSource
+
+    cv2.imwrite(str(tmp_path / "0.png"), np.full((6, 6, 3), 90, np.uint8))
+    copy = pickle.loads(pickle.dumps(TextureSource(tmp_path, image_size=4)))
+    assert copy.load(0)[0, 0, 0] == 90 and copy._lock.acquire(blocking=False)
 
 
 def test_texture_pool_reads_a_small_source_once():

@@ -183,17 +183,21 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
             partial = staging / info.filename
             with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                received = 0
+                received, cut = 0, False
                 with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename, disable=not progress) as bar:
-                    for block in iter(lambda: response.read(CHUNK_SIZE), b""):
-                        out.write(block)
-                        digest.update(block)
-                        received += len(block)
-                        bar.update(len(block))
-            if total is not None and received != total:  # a dropped connection can just end the stream
+                    try:
+                        for block in iter(lambda: response.read(CHUNK_SIZE), b""):
+                            out.write(block)
+                            digest.update(block)
+                            received += len(block)
+                            bar.update(len(block))
+                    except http.client.IncompleteRead:  # a cut chunked stream (GitHub's archives)
+                        cut = True
+            if cut or (total is not None and received != total):  # a cut sized stream just ends
+                of_total = f" of {total:,}" if total is not None else ""
                 raise DownloadError(
-                    f"Could not download {info.name} from {info.url}: the connection dropped after {received:,} "
-                    f"of {total:,} bytes; nothing was kept.\n" + _manual_instructions(info, target)
+                    f"Could not download {info.name} from {info.url}: the connection dropped after {received:,}"
+                    f"{of_total} bytes; nothing was kept.\n" + _manual_instructions(info, target)
                 )
             actual = digest.hexdigest()
             if info.sha256 is not None and actual != info.sha256.lower():
@@ -205,7 +209,7 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
             os.replace(partial, target)
     except ChecksumError:
         raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # IncompleteRead: cut off
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
         raise DownloadError(
             f"Could not download {info.name} from {info.url}: {reason}.\n" + _manual_instructions(info, target)

@@ -7,6 +7,7 @@ so that every lesson runs offline.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -54,13 +55,15 @@ class TextureSource:
     """Square uint8 RGB textures of side ``image_size``, drawn with a numpy generator.
 
     Resized textures are cached in memory (least recently used first out beyond ``cache_size``)
-    because the synthesis asks for one per synthetic sample, thousands of times per run.
+    because the synthesis asks for one per synthetic sample, thousands of times per run. The cache
+    is guarded by a lock: the GPU path reads its next texture pool in a background thread.
     """
 
     def __init__(self, folder: str | Path | None = None, image_size: int = 256, cache_size: int = 1024):
         self.image_size = int(image_size)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         if folder is None:
             self.folder = None
             self.paths: list[Path] = []
@@ -99,19 +102,30 @@ class TextureSource:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"Texture index {index} out of range for {len(self)} textures.")
-        cached = self._cache.get(index)
-        if cached is None:
+        with self._lock:
+            cached = self._cache.get(index)
+            if cached is not None:
+                self._cache.move_to_end(index)
+        if cached is None:  # decoded outside the lock, so two threads can decode at once
             if self.folder is None:
                 raw = load_bundled_texture(self.names[index])
             else:
                 raw = read_image_rgb(self.paths[index])
             cached = resize_image(center_square(raw), self.image_size)
-            self._cache[index] = cached
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(index)
+            with self._lock:
+                self._cache[index] = cached
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
         return cached.copy()
+
+    def __getstate__(self) -> dict:  # DataLoader workers started with spawn get a pickled copy
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """A texture chosen uniformly with ``rng`` (reproducible for a seeded generator)."""
