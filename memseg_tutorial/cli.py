@@ -283,10 +283,10 @@ def cmd_train(args) -> int:
         from .config import Config
 
         given = [flag for flag, value in (
-            ("--set", args.set), ("--preset", args.preset), ("--steps", args.steps),
+            ("--set", args.set or None), ("--preset", args.preset), ("--steps", args.steps),
             ("--image-size", args.image_size), ("--weights", args.weights), ("--device", args.device),
             ("--kind", args.kind), ("--category", args.category), ("--name", args.name),
-            ("--overwrite", args.overwrite)) if value is not None and value is not False and value != []]  # 0 counts
+            ("--overwrite", args.overwrite or None)) if value is not None]  # 0 is given, too
         if given:
             raise CommandError(
                 f"{', '.join(given)} cannot change a run being resumed (it keeps its settings, schedule "

@@ -359,13 +359,14 @@ class Predictor:
             pixels.append(_pixel_sample(prediction.anomaly_map))
         # n normals resolve the percentile p when 1 / (n + 1) <= 1 - p / 100 (p = 100: the maximum).
         # Rounded first: 100 - 99.9 is 0.0999999..., which would ask for 1000 normals instead of 999.
-        needed = math.ceil(round(100 / (100 - image_percentile), 9)) - 1 if image_percentile < 100 else 0
+        every = round(100 / (100 - image_percentile), 9) if image_percentile < 100 else math.inf  # 1 in `every`
+        needed = math.ceil(every) - 1 if image_percentile < 100 else 0
         if len(scores) < needed:
             # In counts: a percentage would print "1%" for both 1 in 99 and 1 in 100.
             warnings.warn(
                 f"too few normal images ({len(scores)}) for the {image_percentile:g}th "
                 f"percentile: expect about 1 in {len(scores) + 1} new normal images above the image "
-                f"threshold, not 1 in {round(100 / (100 - image_percentile), 6):g}. Hold out at least "
+                f"threshold, not 1 in {every:g}. Hold out at least "
                 f"{needed} normal images.",
                 stacklevel=2,
             )

@@ -37,6 +37,8 @@ from .seeding import make_rng, use_deterministic_algorithms
 MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
 GPU_BATCH_KEY = 2_000_003  # make_rng(seed, GPU_BATCH_KEY, step) drives the GPU synthesis of step k
 GPU_TEXTURE_KEY = 2_000_029  # make_rng(seed, GPU_TEXTURE_KEY, g) draws the textures of GPU texture pool g
+TEXTURE_POOL_SIZE = 64  # textures on the GPU at a time (lesson 08, section 5)
+TEXTURE_POOL_REFRESH_EVERY = 50  # steps between two redraws of the pool
 MEMORY_MAP_KEY = 4_000_037  # make_rng(seed, MEMORY_MAP_KEY) picks the images that calibrate the memory map
 MEMORY_MAP_IMAGES = 64
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -523,7 +525,8 @@ class TexturePool:
     pool is loaded once, whole; no pool is read ahead past ``total_steps``.
     """
 
-    def __init__(self, source, seed: int, device: torch.device, size: int = 64, refresh_every: int = 50,
+    def __init__(self, source, seed: int, device: torch.device, size: int = TEXTURE_POOL_SIZE,
+                 refresh_every: int = TEXTURE_POOL_REFRESH_EVERY,
                  total_steps: int | None = None):
         if size < 1 or refresh_every < 1:
             raise ValueError(f"TexturePool needs size >= 1 and refresh_every >= 1, got {size} and {refresh_every}.")
@@ -585,7 +588,8 @@ class GpuSampleStream:
     reproducible and a resumed run continues exactly.
     """
 
-    def __init__(self, trainer: Trainer, max_textures: int = 64, texture_refresh_every: int = 50) -> None:
+    def __init__(self, trainer: Trainer, max_textures: int = TEXTURE_POOL_SIZE,
+                 texture_refresh_every: int = TEXTURE_POOL_REFRESH_EVERY) -> None:
         from .synthesis import foreground_mask
 
         self.trainer = trainer
@@ -599,8 +603,8 @@ class GpuSampleStream:
             self.foregrounds = torch.from_numpy(fg).to(device)[:, None]  # (N, 1, S, S)
         else:
             self.foregrounds = None
-        self.textures = TexturePool(trainer.texture_source, config.seed, device, max_textures,
-                                    texture_refresh_every, total_steps=config.steps)
+        self.texture_pool = TexturePool(trainer.texture_source, config.seed, device, max_textures,
+                                        texture_refresh_every, total_steps=config.steps)
 
     def batch(self, step: int) -> dict:
         from .data.images import normalize_tensor
@@ -614,7 +618,7 @@ class GpuSampleStream:
         generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
         foregrounds = None if self.foregrounds is None else self.foregrounds.index_select(0, chosen[n:])
         synthetic, synthetic_masks = synthesize_batch_torch(
-            images[n:], self.textures.at(step), foregrounds, generator, config
+            images[n:], self.texture_pool.at(step), foregrounds, generator, config
         )
         masks = torch.zeros(len(images), 1, *images.shape[-2:], device=device)
         images = torch.cat([images[:n], synthetic])

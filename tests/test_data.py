@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -320,6 +321,45 @@ def test_empty_texture_folder(tmp_path):
 def test_missing_texture_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent"):
         TextureSource(tmp_path / "absent")
+
+
+def test_texture_source_cache_is_safe_across_threads(tmp_path):
+    """The GPU path reads its next pool in a background thread while other code may load too.
+    Here another thread loads (and evicts) at the worst moment, between the cache lookup and the
+    move to the end: without the lock, the entry is gone and move_to_end raises KeyError."""
+    from collections import OrderedDict
+
+    for i in range(3):
+        _write(tmp_path / f"{i}.png", np.full((6, 6, 3), 40 * i, np.uint8))
+    source = TextureSource(tmp_path, image_size=4, cache_size=1)
+
+    class Intrusive(OrderedDict):
+        armed = True
+
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            if found is not None and Intrusive.armed:
+                Intrusive.armed = False
+                others.append(threading.Thread(target=lambda: [source.load(k) for k in (1, 2)]))
+                others[0].start()
+                others[0].join(timeout=0.3)  # with the lock it waits for this lookup to finish
+            return found
+
+    others = []
+    source._cache = Intrusive()
+    source.load(0)  # cached
+    assert source.load(0)[0, 0, 0] == 0  # the lookup that the other thread tries to interrupt
+    others[0].join()
+    assert list(source._cache) == [2]
+
+
+def test_texture_source_pickles_for_spawned_workers(tmp_path):
+    """DataLoader workers started with spawn (Windows, macOS) get a pickled copy: the lock stays behind."""
+    import pickle
+
+    _write(tmp_path / "0.png", np.full((6, 6, 3), 90, np.uint8))
+    copy = pickle.loads(pickle.dumps(TextureSource(tmp_path, image_size=4)))
+    assert copy.load(0)[0, 0, 0] == 90 and copy._lock.acquire(blocking=False)
 
 
 def test_unreadable_texture_names_the_file(tmp_path):

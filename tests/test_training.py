@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -400,49 +399,6 @@ def test_texture_pool_reads_no_pool_past_the_last_step_and_survives_a_failed_rea
     join_texture_threads()
 
 
-def test_texture_source_cache_is_safe_across_threads(tmp_path):
-    """The GPU path reads its next pool in a background thread while other code may load too.
-    Here another thread loads (and evicts) at the worst moment, between the cache lookup and the
-    move to the end: without the lock, the entry is gone and move_to_end raises KeyError."""
-    from collections import OrderedDict
-
-    from memseg_tutorial.data import TextureSource
-
-    for i in range(3):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((6, 6, 3), 40 * i, np.uint8))
-    source = TextureSource(tmp_path, image_size=4, cache_size=1)
-
-    class Intrusive(OrderedDict):
-        armed = True
-
-        def get(self, key, default=None):
-            found = super().get(key, default)
-            if found is not None and Intrusive.armed:
-                Intrusive.armed = False
-                others.append(threading.Thread(target=lambda: [source.load(k) for k in (1, 2)]))
-                others[0].start()
-                others[0].join(timeout=0.3)  # with the lock it waits for this lookup to finish
-            return found
-
-    others = []
-    source._cache = Intrusive()
-    source.load(0)  # cached
-    assert source.load(0)[0, 0, 0] == 0  # the lookup that the other thread tries to interrupt
-    others[0].join()
-    assert list(source._cache) == [2]
-
-
-def test_texture_source_pickles_for_spawned_workers(tmp_path):
-    """DataLoader workers started with spawn (Windows, macOS) get a pickled copy: the lock stays behind."""
-    import pickle
-
-    from memseg_tutorial.data import TextureSource
-
-    cv2.imwrite(str(tmp_path / "0.png"), np.full((6, 6, 3), 90, np.uint8))
-    copy = pickle.loads(pickle.dumps(TextureSource(tmp_path, image_size=4)))
-    assert copy.load(0)[0, 0, 0] == 90 and copy._lock.acquire(blocking=False)
-
-
 def test_texture_pool_reads_a_small_source_once():
     source = CountingTextures(4)
     pool = TexturePool(source, seed=0, device=torch.device("cpu"), size=64, refresh_every=1)
@@ -461,7 +417,7 @@ def test_gpu_sample_stream_batches_repeat_across_texture_pools(sample_root, text
     batches = [walked.batch(step)["image"] for step in range(6)]
     fresh = GpuSampleStream(trainer, max_textures=2, texture_refresh_every=2)
     assert torch.equal(fresh.batch(5)["image"], batches[5])
-    assert walked.textures.generation == 2 and len(texture_source) > 2
+    assert walked.texture_pool.generation == 2 and len(texture_source) > 2
 
 
 def test_holdout_split_is_disjoint(train_set):

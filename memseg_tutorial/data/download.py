@@ -195,10 +195,8 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
                         cut = True
             if cut or (total is not None and received != total):  # a cut sized stream just ends
                 of_total = f" of {total:,}" if total is not None else ""
-                raise DownloadError(
-                    f"Could not download {info.name} from {info.url}: the connection dropped after {received:,}"
-                    f"{of_total} bytes; nothing was kept.\n" + _manual_instructions(info, target)
-                )
+                raise _download_error(info, target, f"the connection dropped after {received:,}{of_total} bytes; "
+                                                    "nothing was kept")
             actual = digest.hexdigest()
             if info.sha256 is not None and actual != info.sha256.lower():
                 raise ChecksumError(
@@ -209,16 +207,14 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
             os.replace(partial, target)
     except ChecksumError:
         raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        reason = getattr(error, "reason", None) or error
-        raise DownloadError(
-            f"Could not download {info.name} from {info.url}: {reason}.\n" + _manual_instructions(info, target)
-        ) from error
-    except ValueError as error:  # urlopen's "unknown url type" and the like
-        raise DownloadError(
-            f"Could not download {info.name} from {info.url}: {error}.\n" + _manual_instructions(info, target)
-        ) from error
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:  # ValueError:
+        raise _download_error(info, target, getattr(error, "reason", None) or error) from error  # unknown url type
     return target
+
+
+def _download_error(info: DownloadInfo, target: Path, reason: object) -> DownloadError:
+    return DownloadError(f"Could not download {info.name} from {info.url}: {reason}.\n"
+                         + _manual_instructions(info, target))
 
 
 # --------------------------------------------------------------------------------------------
