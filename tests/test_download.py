@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
+import os
 import re
 import tarfile
 import urllib.error
@@ -573,10 +574,9 @@ def test_download_dtd_returns_images_folder(tmp_path, monkeypatch):
     assert (images / "banded" / "banded_0001.jpg").is_file()
 
 
-def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
+def _offer_mtd_zip(path: Path, counts: dict[str, int], monkeypatch) -> None:
+    """A small MTD archive (``counts`` images with masks per folder) as what download_mtd fetches."""
     rng = np.random.default_rng(0)
-    counts = {"MT_Free": 5, "MT_Blowhole": 1, "MT_Break": 1, "MT_Crack": 1, "MT_Fray": 1, "MT_Uneven": 1}
-    path = tmp_path / "mtd.zip"
     with zipfile.ZipFile(path, "w") as zipped:
         for folder, count in counts.items():
             for i in range(count):
@@ -585,9 +585,15 @@ def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
                 zipped.writestr(f"{stem}.png", _png_bytes(rng, grey=True))
     monkeypatch.setattr(download_module, "MTD", _info(path, sha256=None, name="mtd.zip"))
     monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", counts)
+
+
+def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
+    counts = {"MT_Free": 5, "MT_Blowhole": 1, "MT_Break": 1, "MT_Crack": 1, "MT_Fray": 1, "MT_Uneven": 1}
+    _offer_mtd_zip(tmp_path / "mtd.zip", counts, monkeypatch)
     root = download_module.download_mtd()
     assert root == tmp_path / "data" / "mtd"
     assert sorted(p.name for p in root.parent.iterdir()) == ["downloads", "mtd"]  # no staging left
+    assert not any((root.parent / "downloads").iterdir())  # the archive is deleted once the copy is in place
     lines = (root / "split.csv").read_text().splitlines()
     assert lines[0] == "split,label,image,mask" and len(lines) == 1 + 10
     assert sum(line.startswith("train,good") for line in lines) == 4  # floor(0.8 * 5)
@@ -595,6 +601,25 @@ def test_download_mtd_checks_content_and_writes_split(tmp_path, monkeypatch):
     monkeypatch.setattr(download_module, "MTD_IMAGE_COUNTS", {**counts, "MT_Free": 6})
     with pytest.raises(DownloadError, match="MT_Free: 5 images, expected 6"):
         download_module.check_mtd_folder(root)
+
+
+def test_mtd_archive_survives_a_failed_final_move(tmp_path, monkeypatch):
+    """The archive is deleted only after the extracted copy is in place: nothing downloaded is lost."""
+    _offer_mtd_zip(tmp_path / "mtd.zip", dict.fromkeys(download_module.MTD_IMAGE_COUNTS, 1), monkeypatch)
+
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if Path(target) == tmp_path / "data" / "mtd":  # only the final move of the extracted copy
+            raise PermissionError("no permission to move it")
+        real_replace(source, target)
+
+    monkeypatch.setattr(download_module.os, "replace", failing_replace)
+    with pytest.raises(PermissionError):
+        download_module.download_mtd(keep_archive=False)
+    monkeypatch.undo()
+    assert (tmp_path / "data" / "downloads" / "mtd.zip").is_file()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]
 
 
 def test_mtd_images_without_masks_are_reported(tmp_path, monkeypatch):

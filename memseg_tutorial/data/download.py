@@ -454,12 +454,15 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
         if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
         with staging_dir(root, "download") as staging:  # the extraction stages inside: one folder to clean
-            extracted = download_and_extract(MTD, staging / "archive", keep_archive=keep_archive,
+            # The archive stays until the copy is in place: a failed move must not cost the download.
+            extracted = download_and_extract(MTD, staging / "archive", keep_archive=True,
                                              content_problem=_mtd_problem)
             source = _mtd_source(extracted)
             if root.exists() and not any(root.iterdir()):
                 root.rmdir()
             os.replace(source, root)
+        if not keep_archive:
+            (downloads_dir() / MTD.filename).unlink(missing_ok=True)
     check_mtd_folder(root)
     if not (root / SPLIT_FILE).is_file():
         write_mtd_split(root)
