@@ -49,7 +49,8 @@ class Config:
     batch_normal: int = 4
     batch_synthetic: int = 4
     steps: int = 2700
-    # lr 0.04 and 2700 steps are the paper's; SGD with momentum 0.9 and weight decay 5e-4 are this preset's.
+    # lr 0.04 and 2700 steps are the paper's; SGD with momentum 0.9 is this preset's; weight decay 5e-4 and the
+    # cosine schedule with 10 % warm-up are the public re-implementation's.
     optimizer: str = "sgd"  # "sgd" (with the paper's lr 0.04) or "adamw" (public re-implementation)
     lr: float = 0.04
     momentum: float = 0.9

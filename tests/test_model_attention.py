@@ -200,3 +200,17 @@ def test_msff_and_decoder_convolutions_are_3x3_and_only_coordinate_attention_is_
                 assert conv.padding == ((0, 0) if one_by_one else (1, 1)), name
     head = Decoder().head
     assert (head.in_channels, head.out_channels) == (48, 2)
+
+
+def test_stem_skip_is_a_plain_convolution():
+    """SPEC: conv(f0 64->48), unlike the up-blocks' conv + BN + ReLU. A ReLU there would clip the skip
+    to values >= 0 and a BN would rescale it; the composition test above calls the model's own skip."""
+    torch.manual_seed(8)
+    skip = Decoder().stem_skip
+    f0 = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        out = skip(f0)
+        expected = torch.nn.functional.conv2d(f0, skip.weight, skip.bias, padding=1)
+    assert isinstance(skip, torch.nn.Conv2d) and (skip.in_channels, skip.out_channels) == (64, 48)
+    torch.testing.assert_close(out, expected)
+    assert float(out.min()) < 0

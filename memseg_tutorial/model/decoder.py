@@ -36,7 +36,8 @@ class Decoder(nn.Module):
         self.up3 = UpConvBlock(256 + 256, 128)
         self.up2 = UpConvBlock(128 + 128, 64)
         self.up1 = UpConvBlock(64 + 64, 48)
-        self.stem_skip = conv_bn_relu(64, 48)  # conv(f0 64 -> 48)
+        # A plain conv (SPEC: conv(f0 64->48)), unlike the up-blocks: no BN, and no ReLU to clip the skip.
+        self.stem_skip = nn.Conv2d(64, 48, kernel_size=3, padding=1)
         self.up0 = UpConvBlock(48 + 48, 48)
         self.head = nn.Conv2d(48, 2, kernel_size=3, padding=1)
 
