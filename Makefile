@@ -56,4 +56,4 @@ lab: install
 	$(VENV)/bin/jupyter lab notebooks
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs predictions .pytest_cache

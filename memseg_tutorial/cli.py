@@ -259,6 +259,9 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
                           progress=not args.no_progress, run_info=run_info)
     print(f"training: {trainer.config.summary()} | {len(train)} normal images of "
           f"{args.category!r} ({trainer.kind}) | device {trainer.device}", flush=True)
+    if trainer.device.type == "cpu" and trainer.config.preset == "full":
+        print(f"warning: the full preset ({trainer.config.steps} steps at {trainer.config.image_size} px) "
+              f"takes hours on a CPU; --preset quick trains in minutes.", file=sys.stderr, flush=True)
     if clear_run_dir:
         shutil.rmtree(run_dir)
     try:
@@ -301,6 +304,10 @@ def cmd_train(args) -> int:
                 f"exists: copy {resume.name} into a new run folder as checkpoint.pt and resume that."
             )
         config = Config.from_dict(checkpoint["config"])
+        if checkpoint["step"] >= config.steps:  # nothing to continue: leave its files as they are
+            print(f"{resume} has finished ({checkpoint['step']} of {config.steps} steps): nothing to train. "
+                  f"Evaluate it with: python -m memseg_tutorial evaluate {resume}")
+            return 0
         run = checkpoint.get("run", {})
         if args.data is None:
             args.data = _run_data(run)  # the run's own data (None: the offline sample)
@@ -355,6 +362,9 @@ def cmd_evaluate(args) -> int:
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
     run = checkpoint.get("run", {})
     category = args.category or run.get("category") or config.category
+    trained_on = run.get("category") or config.category
+    if category != trained_on:
+        print(f"note: this checkpoint was trained on {trained_on!r}; evaluating it on {category!r}.")
     if args.data is None:
         args.data = _run_data(run)  # the run's own data (None: the offline sample)
     root, is_sample = _dataset_root(args)
@@ -402,7 +412,9 @@ def cmd_predict(args) -> int:
         print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} "
               f"({thresholds.source})")
     else:
-        print(f"thresholds: {predictor.thresholds.source} (use --normals to calibrate)")
+        saved = predictor.thresholds
+        print(f"thresholds: image {saved.image:.4f}, pixel {saved.pixel:.4f} ({saved.source}; "
+              f"--normals FOLDER sets new ones)")
     start = time.perf_counter()
     results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
 
@@ -505,7 +517,7 @@ def cmd_demo(args) -> int:
         f"threshold from {DEMO_HOLDOUT} held-out normals: {record['test_detection_rate']:.0%} of "
         f"test defects flagged, {record['test_false_alarm_rate']:.0%} false alarms on test normals "
         f"(about {record['expected_false_alarm_rate']:.0%} expected from {DEMO_HOLDOUT} normals)\n"
-        f"written: {final_dir}/ (checkpoint.pt, metrics.json, loss_curve.png, overlays.png)"
+        f"written: {final_dir}/ (checkpoint.pt, metrics.json, history.json, loss_curve.png, overlays.png)"
     )
     return 0
 
@@ -642,8 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train + evaluate on the offline sample data (minutes on a CPU)",
         formatter_class=formatter,
         description="The whole pipeline offline: sample data -> training (quick preset) -> test "
-                    "metrics -> runs/<name>/ with checkpoint.pt, metrics.json, loss_curve.png and "
-                    "overlays.png.",
+                    "metrics -> runs/<name>/ with checkpoint.pt, metrics.json, history.json, "
+                    "loss_curve.png and overlays.png.",
         epilog="examples:\n  python -m memseg_tutorial demo\n"
                "  python -m memseg_tutorial demo --category object --steps 30 --name demo_object",
     )

@@ -219,8 +219,10 @@ class EvaluationResult:
     fpr_limit: float = 0.3  # the FPR up to which AUPRO was integrated
 
     def table(self) -> str:
-        """A plain-text table: one row per defect type, then all defects together."""
-        return format_results_table(self.per_defect, self.metrics, self.fpr_limit)
+        """A plain-text table: one row per defect type, the normal images' count, then all together."""
+        overall = {**self.metrics, "count": len(self.labels)}
+        return format_results_table(self.per_defect, overall, self.fpr_limit,
+                                    normal_count=int((np.asarray(self.labels) == 0).sum()))
 
 
 def _nan_if_undefined(metric, *args) -> float:
@@ -278,21 +280,26 @@ def _cell(value: float, width: int) -> str:
     return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
 
 
-def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limit: float = 0.3) -> str:
-    """One row per defect type, then "all"; n/a marks a metric the row's data cannot define."""
+def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limit: float = 0.3,
+                         normal_count: int | None = None) -> str:
+    """One row per defect type, then "all"; n/a marks a metric the row's data cannot define.
+
+    ``normal_count`` adds a "good" row with the count only: every defect row is scored against
+    those normal images, so they have no metrics of their own, but a reader should see how many.
+    """
     aupro_label = f"AUPRO@{fpr_limit:g}"
     width = max(11, len(aupro_label) + 2)
     header = f"{'defect':<14}{'images':>7}{'image AUROC':>13}{'pixel AUROC':>13}{aupro_label:>{width}}"
-    lines = [header, "-" * len(header)]
-    rows = list(per_defect.items())
+
+    def row(name: str, m: dict) -> str:
+        return (f"{name:<14}{m.get('count', '')!s:>7}{_cell(m['image_auroc'], 13)}{_cell(m['pixel_auroc'], 13)}"
+                f"{_cell(m['aupro'], width)}")
+
+    lines = [header, "-" * len(header), *(row(name, m) for name, m in per_defect.items())]
+    if normal_count is not None:
+        lines.append(f"{'good':<14}{normal_count:>7}  (the normal images each row is scored against)")
     if overall:
-        rows.append(("all", overall))
-    for name, m in rows:
-        count = m.get("count", "")
-        lines.append(
-            f"{name:<14}{count!s:>7}{_cell(m['image_auroc'], 13)}{_cell(m['pixel_auroc'], 13)}"
-            f"{_cell(m['aupro'], width)}"
-        )
+        lines.append(row("all", overall))
     return "\n".join(lines)
 
 

@@ -434,7 +434,12 @@ class Predictor:
 
 
 def overlay_panel(prediction: Prediction, alpha: float = 0.5) -> np.ndarray:
-    """uint8 (H, 3W, 3): the image, the heat map over it, and the image with the defect contour."""
+    """uint8 (h + H, 3W, 3): a label strip (the score, and ANOMALOUS when flagged) above the image,
+    the heat map over it, and the image with the defect contour.
+
+    The label has a strip of its own so that it never covers the image or its defect, and it is
+    sized to the panel, so it fits on a 50 px image as on a wide 1024 x 64 one.
+    """
     image = prediction.image
     heat = cv2.applyColorMap(
         (np.clip(prediction.anomaly_map, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET
@@ -447,8 +452,19 @@ def overlay_panel(prediction: Prediction, alpha: float = 0.5) -> np.ndarray:
     )
     thickness = max(1, round(max(image.shape[:2]) / 200))
     cv2.drawContours(contoured, contours, -1, (255, 0, 0), thickness)
+    row = np.concatenate([image, blended, contoured], axis=1)
     label = f"score {prediction.score:.3f}" + (" ANOMALOUS" if prediction.is_anomalous else "")
-    scale = max(0.35, max(image.shape[:2]) / 700)
-    cv2.putText(contoured, label, (4, int(30 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 255, 0), max(1, thickness // 2), cv2.LINE_AA)
-    return np.concatenate([image, blended, contoured], axis=1)
+    return np.concatenate([label_strip(label, row.shape[1], image.shape[0]), row], axis=0)
+
+
+def label_strip(text: str, width: int, image_height: int) -> np.ndarray:
+    """A black uint8 strip (h, width, 3) with ``text`` in yellow: about a tenth of the image's
+    height tall (readable at any size), and never wider than the strip."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (unit_width, _), _ = cv2.getTextSize(text, font, 1.0, 1)
+    scale = min(max(0.4, image_height / 300), 0.95 * (width - 8) / unit_width)
+    weight = max(1, round(scale))
+    (_, text_height), baseline = cv2.getTextSize(text, font, scale, weight)
+    strip = np.zeros((text_height + baseline + 8, width, 3), np.uint8)
+    cv2.putText(strip, text, (4, 4 + text_height), font, scale, (255, 255, 0), weight, cv2.LINE_AA)
+    return strip

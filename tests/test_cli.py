@@ -157,6 +157,17 @@ def test_train_set_reaches_the_config_and_flags_win(sample_root, tmp_path, monke
     assert config["steps"] == 1  # --steps beats --set steps=5
 
 
+def test_the_full_preset_on_a_cpu_warns_that_it_takes_hours(sample_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    full = ["train", "--preset", "full", "--data", str(sample_root), "--steps", "1", "--image-size", "64",
+            "--weights", "none", "--device", "cpu", "--set", "memory_size=2", "--no-progress"]
+    for preset, warned in (("full", True), ("quick", False)):
+        argv = [preset if item == "full" else item for item in full] + ["--name", preset]
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        assert ("warning: the full preset (1 steps at 64 px) takes hours on a CPU; --preset quick" in err) is warned
+
+
 @pytest.mark.parametrize(("item", "needle"), [("no_such_field=1", "no_such_field"),
                                               ("lr=three", "--set"), ("lr", "KEY=VALUE")])
 def test_train_bad_set(sample_root, capsys, item, needle):
@@ -201,6 +212,7 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys, monk
         assert metrics[key] == computed[0].metrics[key], key
     assert metrics["per_defect"] == computed[0].per_defect
     assert "AUPRO@0.3" in out
+    assert "note:" not in out  # the category it was trained on
 
 
 def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):
@@ -325,6 +337,14 @@ def test_ctrl_c_during_training_is_reported_once_with_the_resume_command(sample_
     resumed = load_checkpoint(checkpoint)
     assert resumed["step"] == 4 and len(resumed["history"]) == 4
     assert resumed["config"] == stopped["config"]  # the run's own settings (64 px), not a preset's
+    # Resuming the finished run says so and leaves its files alone (no retraining, no rewritten curve).
+    files = [checkpoint, tmp_path / "cut" / "history.json", tmp_path / "cut" / "loss_curve.png"]
+    before = [(path.stat().st_mtime_ns, path.read_bytes()) for path in files]
+    code, out, err = run(["train", "--resume", str(checkpoint), "--no-progress"], capsys)
+    assert code == 0 and err == ""
+    assert "has finished (4 of 4 steps): nothing to train" in out and f"evaluate {checkpoint}" in out
+    assert "training:" not in out
+    assert [(path.stat().st_mtime_ns, path.read_bytes()) for path in files] == before
 
 
 def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_results(
@@ -339,8 +359,9 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
     assert_one_line_error(code, err, "c.png", "not a PNG, JPEG")
     assert not (tmp_path / "out").exists()
     (images / "c.png").unlink()
-    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
+    code, out, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
     assert code == 0, err
+    assert "thresholds: image 0.5000, pixel 0.5000 (default" in out  # the values in use, not only their source
     (tmp_path / "out" / "mine.txt").write_text("keep me")
     (tmp_path / "out" / "my_overlay.png").write_text("mine too: not listed in scores.csv")
     (images / "b.png").unlink()
@@ -439,6 +460,7 @@ def test_evaluate_category_flag_picks_the_test_split(checkpoint, sample_root, tm
     code, out, err = run(["evaluate", str(checkpoint), "--data", str(sample_root), "--category", "object"],
                          capsys)
     assert code == 0, err
+    assert "note: this checkpoint was trained on 'surface'; evaluating it on 'object'." in out
     record = json.loads((checkpoint.parent / "evaluation_object.json").read_text())
     assert record["category"] == "object"
     assert record["test_images"] == len(MVTecDataset(sample_root, "object", "test", image_size=64))
@@ -536,11 +558,19 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
 ):
     import shutil
 
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self, batch):  # an unfinished run: a finished one has nothing to resume
+        if self.step == 1:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
     data = tmp_path / "mydata"
     shutil.copytree(sample_root / "surface", data / "surface")
-    code, _, err = run(_train_argv(data, "--name", "r"), capsys)
-    assert code == 0, err
+    code, _, err = run(_train_argv(data, "--name", "r", "--steps", "2"), capsys)
+    assert code == 130 and "interrupted at step 1" in err
     run_dir = tmp_path / "runs" / "r"
     shutil.copy(run_dir / "checkpoint.pt", run_dir / "backup.pt")
     code, _, err = run(["train", "--resume", str(run_dir / "backup.pt")], capsys)

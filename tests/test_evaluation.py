@@ -311,6 +311,18 @@ def test_a_defect_type_with_empty_masks_gets_nan_pixel_metrics():
     assert ghost_row.split() == ["ghost", "2", "1.000", "n/a", "n/a"]
 
 
+def test_result_table_counts_the_normal_images_and_all_of_them():
+    """The normal images have no metrics of their own, but the table says how many there are, and
+    the "all" row counts every test image."""
+    result = evaluate(_BatchNormMaps(), _TinyTestSet(), _tiny_config())
+    rows = {line.split()[0]: line.split()[1:] for line in result.table().splitlines()[2:]}
+    normals, total = int((result.labels == 0).sum()), len(result.labels)
+    assert 0 < normals < total
+    assert rows["good"][0] == str(normals) and rows["all"][0] == str(total)
+    assert list(rows)[-2:] == ["good", "all"]
+    assert sum(int(rows[name][0]) for name in result.per_defect) + normals == total
+
+
 @pytest.mark.parametrize("mode", ["max", "topk_mean"])
 def test_evaluation_scores_follow_the_configured_score_mode(mode):
     """The image score is the per-image max, or the mean of the top score_top_k pixels, as the

@@ -135,14 +135,14 @@ def test_overlays_and_scores_written(checkpoint, odd_images, tmp_path):
     assert names == sorted(p.name for p in written) == ["scores.csv", "tall_overlay.png",
                                                          "wide_overlay.png"]
     panel = cv2.imread(str(tmp_path / "out" / "wide_overlay.png"))
-    assert panel.shape == (50, 3 * 90, 3)  # image | heat map | contour
+    assert panel.shape[1:] == (3 * 90, 3) and 50 < panel.shape[0] < 2 * 50  # label strip over image | heat map | contour
     rows = (tmp_path / "out" / "scores.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("file,score")
 
 
 def test_overlay_panel_shows_image_heat_map_and_contour():
     """Panel 1 is the image, panel 2 the heat map blended over it, panel 3 the image with the
-    defect's outline in red (and the score written in its top-left corner)."""
+    defect's outline in red; the score is written in a strip above them, never on the image."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     anomaly_map = np.zeros((60, 80), np.float32)
@@ -150,7 +150,9 @@ def test_overlay_panel_shows_image_heat_map_and_contour():
     prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.9,
                             is_anomalous=True, defect_mask=anomaly_map > 0.5)
     panel = overlay_panel(prediction, alpha=0.5)
-    first, heat, outlined = panel[:, :80], panel[:, 80:160], panel[:, 160:]
+    assert panel.shape[1:] == (240, 3) and panel.shape[0] > 60
+    body = panel[-60:]
+    first, heat, outlined = body[:, :80], body[:, 80:160], body[:, 160:]
     np.testing.assert_array_equal(first, image)
     jet = cv2.cvtColor(cv2.applyColorMap((anomaly_map * 255).astype(np.uint8), cv2.COLORMAP_JET),
                        cv2.COLOR_BGR2RGB)
@@ -158,7 +160,25 @@ def test_overlay_panel_shows_image_heat_map_and_contour():
     np.testing.assert_allclose(heat.astype(np.float32), expected, atol=2)  # rounding may differ
     assert (outlined[20, 30:60] == (255, 0, 0)).all() and (outlined[39, 30:60] == (255, 0, 0)).all()
     np.testing.assert_array_equal(outlined[25:35, 35:55], image[25:35, 35:55])  # inside: untouched
-    np.testing.assert_array_equal(outlined[45:, :], image[45:, :])  # below the label, off the outline
+    np.testing.assert_array_equal(outlined[:18], image[:18])  # above the outline: no label on the image
+    np.testing.assert_array_equal(outlined[45:, :], image[45:, :])  # below the outline
+
+
+@pytest.mark.parametrize("height, width", [(50, 50), (64, 1024), (300, 40), (1024, 1024)])
+def test_overlay_label_fits_its_strip_at_any_image_size(height, width):
+    """A 50 px image, a wide 1024 x 64 one, a narrow one: the whole label is drawn inside the strip
+    (ink, but none at the right edge where a cut label would end) and the strip stays a fraction of
+    the image's height when the image is tall enough to spare it."""
+    image = np.full((height, width, 3), 128, np.uint8)
+    anomaly_map = np.zeros((height, width), np.float32)
+    prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.829,
+                            is_anomalous=True, defect_mask=anomaly_map > 0.5)
+    panel = overlay_panel(prediction)
+    strip = panel[: panel.shape[0] - height]
+    np.testing.assert_array_equal(panel[-height:, :width], image)
+    assert strip.any() and not strip[:, -3:].any()
+    if height >= 256:
+        assert len(strip) < height / 8
 
 
 def test_overlay_outlines_the_defect_mask_not_a_fixed_threshold():
@@ -169,7 +189,7 @@ def test_overlay_outlines_the_defect_mask_not_a_fixed_threshold():
     anomaly_map[20:40, 30:60] = 0.4
     prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.4,
                             is_anomalous=True, defect_mask=anomaly_map > 0.3)
-    outlined = overlay_panel(prediction)[:, 160:]
+    outlined = overlay_panel(prediction)[-60:, 160:]
     assert (outlined[39, 30:60] == (255, 0, 0)).all()
 
 
