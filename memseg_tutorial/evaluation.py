@@ -297,7 +297,7 @@ def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limi
 
     lines = [header, "-" * len(header), *(row(name, m) for name, m in per_defect.items())]
     if normal_count is not None:
-        lines.append(f"{'good':<14}{normal_count:>7}  (the normal images each row is scored against)")
+        lines.append(f"{'good':<14}{normal_count:>7}  (normal images, in every row)")
     if overall:
         lines.append(row("all", overall))
     return "\n".join(lines)
