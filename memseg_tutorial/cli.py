@@ -259,7 +259,7 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
                           progress=not args.no_progress, run_info=run_info)
     print(f"training: {trainer.config.summary()} | {len(train)} normal images of "
           f"{args.category!r} ({trainer.kind}) | device {trainer.device}", flush=True)
-    if trainer.device.type == "cpu" and trainer.config.preset == "full":
+    if resume is None and trainer.device.type == "cpu" and trainer.config.preset == "full":
         print(f"warning: the full preset ({trainer.config.steps} steps at {trainer.config.image_size} px) "
               f"takes hours on a CPU; --preset quick trains in minutes.", file=sys.stderr, flush=True)
     if clear_run_dir:
@@ -361,8 +361,8 @@ def cmd_evaluate(args) -> int:
     out = _check_output_file(Path(args.out).expanduser()) if args.out else None
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
     run = checkpoint.get("run", {})
-    category = args.category or run.get("category") or config.category
     trained_on = run.get("category") or config.category
+    category = args.category or trained_on
     if category != trained_on:
         print(f"note: this checkpoint was trained on {trained_on!r}; evaluating it on {category!r}.")
     if args.data is None:
@@ -407,14 +407,12 @@ def cmd_predict(args) -> int:
             f"overlays); choose another --out, or pass --overwrite to replace them."
         )
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    hint = "; --normals FOLDER sets new ones"
     if args.normals is not None:
-        thresholds = _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)
-        print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} "
-              f"({thresholds.source})")
-    else:
-        saved = predictor.thresholds
-        print(f"thresholds: image {saved.image:.4f}, pixel {saved.pixel:.4f} ({saved.source}; "
-              f"--normals FOLDER sets new ones)")
+        _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)  # sets predictor.thresholds
+        hint = ""
+    thresholds = predictor.thresholds
+    print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} ({thresholds.source}{hint})")
     start = time.perf_counter()
     results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
 

@@ -407,7 +407,6 @@ class Predictor:
         """
         out_dir = Path(out_dir)
         created = not out_dir.exists()
-        out_dir.mkdir(parents=True, exist_ok=True)
         try:
             with staging_dir(out_dir / PREDICTIONS_NAME) as staging:  # locked; removed at the end
                 names, rows = [], [SCORES_CSV_HEADER]
@@ -459,7 +458,8 @@ def overlay_panel(prediction: Prediction, alpha: float = 0.5) -> np.ndarray:
 
 def label_strip(text: str, width: int, image_height: int) -> np.ndarray:
     """A black uint8 strip (h, width, 3) with ``text`` in yellow: about a tenth of a tall image's
-    height, never too small to read, and the text never wider than the strip."""
+    height, at least font scale 0.4 unless the strip is too narrow for that, and the text never
+    wider than the strip."""
     font = cv2.FONT_HERSHEY_SIMPLEX
     (unit_width, _), _ = cv2.getTextSize(text, font, 1.0, 1)
     scale = min(max(0.4, image_height / 300), 0.95 * (width - 8) / unit_width)

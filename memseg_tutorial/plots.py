@@ -453,7 +453,7 @@ def plot_predictions(predictions, titles: Sequence[str] | None = None,
         ax.set_xticks([])
         ax.set_yticks([])
         label = titles[k] if titles is not None else (predictions[k].path or f"image {k}")
-        ax.set_title(f"{label}: score {predictions[k].score:.3f}", fontsize=9)
+        ax.set_title(label, fontsize=9)  # the score is in the panel's label strip
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -84,23 +84,21 @@ def staging_dir(final: Path, tag: str = "partial") -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(final, tag)
     folder = Path(tempfile.mkdtemp(prefix=f"{_prefix(final, tag)}{_machine()}-{os.getpid()}-", dir=final.parent))
-    handle = None
+    handle, succeeded = None, False
     try:
         if fcntl is not None:
             handle = os.open(folder, _OPEN_FLAGS)
             with contextlib.suppress(OSError):  # a file system without locks: the day rule protects it
                 fcntl.flock(handle, fcntl.LOCK_EX)
         yield folder
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        for empty in made:
-            with contextlib.suppress(OSError):  # not empty (someone else's work), or already gone
-                empty.rmdir()
-        raise
+        succeeded = True
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if handle is not None:
             os.close(handle)
+        for empty in [] if succeeded else made:
+            with contextlib.suppress(OSError):  # not empty (someone else's work), or already gone
+                empty.rmdir()
 
 
 @contextmanager

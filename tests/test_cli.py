@@ -157,15 +157,17 @@ def test_train_set_reaches_the_config_and_flags_win(sample_root, tmp_path, monke
     assert config["steps"] == 1  # --steps beats --set steps=5
 
 
-def test_the_full_preset_on_a_cpu_warns_that_it_takes_hours(sample_root, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("preset", "warned"), [(None, True), ("full", True), ("quick", False)])
+def test_the_full_preset_on_a_cpu_warns_that_it_takes_hours(sample_root, tmp_path, monkeypatch, capsys,
+                                                            preset, warned):
+    """train's default preset is full (without --preset or $MEMSEG_PRESET), and on a CPU it says so."""
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
-    full = ["train", "--preset", "full", "--data", str(sample_root), "--steps", "1", "--image-size", "64",
-            "--weights", "none", "--device", "cpu", "--set", "memory_size=2", "--no-progress"]
-    for preset, warned in (("full", True), ("quick", False)):
-        argv = [preset if item == "full" else item for item in full] + ["--name", preset]
-        code, _, err = run(argv, capsys)
-        assert code == 0, err
-        assert ("warning: the full preset (1 steps at 64 px) takes hours on a CPU; --preset quick" in err) is warned
+    monkeypatch.delenv("MEMSEG_PRESET", raising=False)
+    argv = _train_argv(sample_root, "--weights", "none", "--device", "cpu")
+    del argv[1:3]  # the helper's --preset quick
+    code, _, err = run(argv + (["--preset", preset] if preset else []), capsys)
+    assert code == 0, err
+    assert ("warning: the full preset (1 steps at 64 px) takes hours on a CPU; --preset quick" in err) is warned
 
 
 @pytest.mark.parametrize(("item", "needle"), [("no_such_field=1", "no_such_field"),
@@ -239,6 +241,19 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     monkeypatch.setattr(cli, "_evaluate_run", lambda *args: pytest.fail("evaluated before checking --out"))
     code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "a_file" / "m.json")], capsys)
     assert_one_line_error(code, err, "Cannot write", "a_file is not a folder")
+
+
+def _ctrl_c_at(monkeypatch, step: int):
+    """Training stops as if Ctrl-C were pressed before step ``step``; returns the real train_step."""
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self, batch):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    return real_step
 
 
 def _train_argv(sample_root, *extra):
@@ -315,15 +330,8 @@ def test_ctrl_c_before_the_first_step_says_nothing_was_saved(sample_root, tmp_pa
 
 def test_ctrl_c_during_training_is_reported_once_with_the_resume_command(sample_root, tmp_path, monkeypatch,
                                                                          capsys):
-    real_step = Trainer.train_step
-
-    def step_then_ctrl_c(self, batch):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return real_step(self, batch)
-
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
-    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    real_step = _ctrl_c_at(monkeypatch, 2)
     code, out, err = run(_train_argv(sample_root, "--name", "cut", "--steps", "4"), capsys)
     checkpoint = tmp_path / "cut" / "checkpoint.pt"
     assert_one_line_error(code, err, "interrupted at step 2", f"--resume {checkpoint}")
@@ -437,6 +445,8 @@ def test_the_preset_comes_from_the_flag_then_the_environment_then_the_command(mo
     assert cli.demo_config(parse(["demo", "--preset", "quick"])).preset == "quick"
     monkeypatch.setenv("MEMSEG_PRESET", "quick")
     assert cli._config(parse(["train"]), "full").preset == "quick"
+    monkeypatch.delenv("MEMSEG_PRESET")
+    assert cli.demo_config(parse(["demo"])).preset == "quick"
 
 
 def test_device_flags_are_obeyed(checkpoint, sample_root, tmp_path, monkeypatch, capsys):
@@ -558,15 +568,8 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
 ):
     import shutil
 
-    real_step = Trainer.train_step
-
-    def step_then_ctrl_c(self, batch):  # an unfinished run: a finished one has nothing to resume
-        if self.step == 1:
-            raise KeyboardInterrupt
-        return real_step(self, batch)
-
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    _ctrl_c_at(monkeypatch, 1)  # an unfinished run: a finished one has nothing to resume
     data = tmp_path / "mydata"
     shutil.copytree(sample_root / "surface", data / "surface")
     code, _, err = run(_train_argv(data, "--name", "r", "--steps", "2"), capsys)

@@ -16,6 +16,7 @@ from memseg_tutorial.plots import (
     mask_overlay,
     plot_loss_curve,
     plot_per_defect_table,
+    plot_predictions,
     plot_roc_and_pro,
     plot_test_overlays,
 )
@@ -143,6 +144,25 @@ def test_test_overlays_show_each_images_own_mask_and_map(tmp_path):
         np.testing.assert_array_equal(row[1].images[0].get_array(), masks[i])
         np.testing.assert_array_equal(row[2].images[0].get_array(), maps[i])
         assert row[3].get_title() == f"score {result.scores[i]:.3f}"
+
+
+def test_prediction_rows_show_each_overlay_panel_titled_by_name():
+    """Lesson 09: one row per prediction, its overlay panel (whose strip carries the score) under
+    the given title or the file name."""
+    from memseg_tutorial.inference import Prediction, overlay_panel
+
+    rng = np.random.default_rng(1)
+    predictions = []
+    for k, path in enumerate(("a.png", None)):
+        image = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+        anomaly_map = rng.random((16, 24)).astype(np.float32)
+        predictions.append(Prediction(path=path, image=image, anomaly_map=anomaly_map, score=0.1 * (k + 1),
+                                      is_anomalous=bool(k), defect_mask=anomaly_map > 0.5))
+    axes = plot_predictions(predictions).axes
+    assert [ax.get_title() for ax in axes] == ["a.png", "image 1"]
+    for ax, prediction in zip(axes, predictions, strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), overlay_panel(prediction))
+    assert [ax.get_title() for ax in plot_predictions(predictions, titles=["good", "crack"]).axes] == ["good", "crack"]
 
 
 def test_to_display_accepts_a_one_channel_tensor():
