@@ -39,6 +39,20 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def assert_maps_agree(a: np.ndarray, b: np.ndarray) -> None:
+    """CPU and GPU anomaly maps (one, or a stack) equal within 5e-3, but for at most one pixel in
+    a thousand of each map.
+
+    A model trained for 3 steps from random weights has logits of up to 1e7 (the spatial
+    attention multiplies three channel means of squared differences), so its map is almost a
+    step: where a logit crosses zero, float32's order of summation alone moves that pixel's
+    probability by hundredths (H100: 1 of 139,264 pixels, by 0.006 to 0.024 with the CPU's
+    thread count). A real disagreement (another memory item, a missed calibration) moves regions."""
+    far = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) > 5e-3
+    per_map = far.reshape(-1, far.shape[-2] * far.shape[-1]).mean(axis=1)
+    assert per_map.max() <= 1e-3, f"{far.sum()} of {far.size} pixels differ by more than 5e-3"
+
+
 def test_gpu_synthesis_batches_live_on_the_gpu(train_set, texture_source):
     trainer = make_trainer(cuda_config(), train_set, texture_source)
     assert trainer.uses_gpu_synthesis
@@ -120,7 +134,7 @@ def test_evaluation_and_inference_on_the_gpu(sample_root, train_set, texture_sou
     gpu = evaluate(model, test_set, config)  # runs where the model is (lesson 09 relies on it)
     model, config, _ = load_model(path, "cpu")
     cpu = evaluate(model, test_set, config, device="cpu")
-    np.testing.assert_allclose(gpu.maps, cpu.maps, atol=5e-3)  # H200: up to 1.3e-3
+    assert_maps_agree(gpu.maps, cpu.maps)
     for name, value in cpu.metrics.items():
         assert gpu.metrics[name] == pytest.approx(value, abs=5e-3), name
 
@@ -132,4 +146,4 @@ def test_evaluation_and_inference_on_the_gpu(sample_root, train_set, texture_sou
     on_cpu = Predictor(model, config)  # with no device given, it predicts where the model is
     assert on_cpu.device.type == "cpu" and not next(on_cpu.model.parameters()).is_cuda
     for gpu_prediction, cpu_prediction in zip(predictions, on_cpu.predict(test_set.image_paths[:2]), strict=True):
-        np.testing.assert_allclose(cpu_prediction.anomaly_map, gpu_prediction.anomaly_map, atol=5e-3)
+        assert_maps_agree(cpu_prediction.anomaly_map, gpu_prediction.anomaly_map)
