@@ -415,11 +415,20 @@ def cmd_predict(args) -> int:
     print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} ({thresholds.source}{hint})")
     start = time.perf_counter()
     results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
+    skipped = []
+
+    def unreadable(path, error):  # raising here leaves nothing written (save_overlays)
+        if not args.skip_unreadable:
+            raise CommandError(f"{error} Add --skip-unreadable to leave such files out.")
+        skipped.append(path)
+        print(f"skipped: {error}", file=sys.stderr)
 
     def predictions():
-        for prediction in predictor.iter_predict(paths):
+        for prediction in predictor.iter_predict(paths, on_unreadable=unreadable):
             results.append((prediction.score, prediction.is_anomalous, prediction.path))
             yield prediction
+        if not results:
+            raise CommandError(f"none of the {len(paths)} images could be read (each is named above).")
 
     written = {path.name.casefold() for path in predictor.save_overlays(predictions(), out)}
     for stale in earlier:  # only after the new set is complete (--overwrite); on a case-blind disk
@@ -428,7 +437,9 @@ def cmd_predict(args) -> int:
     seconds = time.perf_counter() - start
     for score, anomalous, path in results:
         print(f"{score:.4f}  {'ANOMALOUS' if anomalous else 'normal':<9}  {path}")
-    print(f"{len(results)} images in {seconds:.1f} s (with the overlays); overlays and scores.csv in {out}")
+    left_out = f"; {len(skipped)} unreadable files left out (named on stderr)" if skipped else ""
+    print(f"{len(results)} images in {seconds:.1f} s (with the overlays){left_out}; overlays and scores.csv "
+          f"in {out}")
     return 0
 
 
@@ -644,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pixel threshold = this percentile of the normal pixels (default 99.9)")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace the scores.csv and overlays of an earlier predict in --out")
+    predict.add_argument("--skip-unreadable", action="store_true",
+                         help="leave out image files that cannot be read (each named on stderr) "
+                              "instead of stopping at the first")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                          help="where to run (default: auto, a CUDA GPU when one is visible)")
     predict.set_defaults(handler=cmd_predict)

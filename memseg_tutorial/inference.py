@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +189,24 @@ def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray] | None]:
     return list(resolve_images(inputs)), None
 
 
+
+def _read_files(
+    paths: list[Path], on_unreadable: Callable[[Path, Exception], None] | None
+) -> tuple[list[Path], list[np.ndarray]]:
+    """(the paths that were read, their uint8 RGB images); see ``Predictor.iter_predict``."""
+    kept, images = [], []
+    for path in paths:
+        try:
+            image = read_image_rgb(path)
+        except (ValueError, OSError) as error:
+            if on_unreadable is None:
+                raise
+            on_unreadable(path, error)
+            continue
+        kept.append(path)
+        images.append(image)
+    return kept, images
+
 # Calibration keeps at most this many pixels of each normal map (all of a 256 x 256 map): the pixel
 # percentile of many large photos, without holding every full-size map in memory.
 CALIBRATION_PIXELS_PER_IMAGE = 1 << 16
@@ -315,15 +333,26 @@ class Predictor:
         return list(self.iter_predict(inputs))
 
     def iter_predict(
-        self, inputs: str | os.PathLike | Iterable[str | os.PathLike] | Sequence[np.ndarray]
+        self,
+        inputs: str | os.PathLike | Iterable[str | os.PathLike] | Sequence[np.ndarray],
+        on_unreadable: Callable[[Path, Exception], None] | None = None,
     ) -> Iterator[Prediction]:
         """:meth:`predict` one batch at a time: files are read as they are needed, so a folder of
-        thousands of photos needs the memory of one batch (the command line writes as it goes)."""
+        thousands of photos needs the memory of one batch (the command line writes as it goes).
+
+        A file that turns out to be unreadable (cut short, damaged, gone) only when it is read
+        raises, unless ``on_unreadable`` is given: then it is told the path and the error, and
+        the file is left out, so that one bad photo late in a long run loses nothing else.
+        """
         paths, arrays = _read_inputs(inputs)
         for start in range(0, len(paths), self.batch_size):
             chunk_paths = paths[start : start + self.batch_size]
-            images = (arrays[start : start + self.batch_size] if arrays is not None
-                      else [read_image_rgb(path) for path in chunk_paths])
+            if arrays is not None:
+                images = arrays[start : start + self.batch_size]
+            else:
+                chunk_paths, images = _read_files(chunk_paths, on_unreadable)
+                if not images:
+                    continue
             maps, scores = self.maps_and_scores(images)
             names = [str(p) if p is not None else f"image array {start + i}"
                      for i, p in enumerate(chunk_paths)]

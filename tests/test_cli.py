@@ -602,8 +602,36 @@ def test_a_truncated_image_gives_one_line_on_stderr_not_a_decoder_message_too(ch
                              str(tmp_path / name), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: Cannot read image {tmp_path / name}: {reason}."]
+    assert result.stderr.strip().splitlines() == [
+        f"error: Cannot read image {tmp_path / name}: {reason}. Add --skip-unreadable to leave such files out."]
     assert not (tmp_path / "out").exists()
+
+
+def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoint, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "c"):
+        cv2.imwrite(str(images / f"{name}.png"), np.full((40, 60, 3), 128, np.uint8))
+    (images / "b.png").write_bytes((images / "a.png").read_bytes()[:60])  # a PNG cut short
+    argv = ["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "b.png", "truncated", "--skip-unreadable")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    code, out, err = run([*argv, "--skip-unreadable"], capsys)
+    assert code == 0
+    assert err.strip().splitlines() == [f"skipped: Cannot read image {images / 'b.png'}: the PNG file is "
+                                        "truncated (it has no complete end chunk)."]
+    assert "2 images in" in out and "1 unreadable files left out" in out
+    rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [str(images / "a.png"), str(images / "c.png")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "c_overlay.png",
+                                                                   "scores.csv"]
+    (images / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    code, _, err = run([*argv[:-1], str(tmp_path / "none"), "--skip-unreadable"], capsys)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "error: none of the 3 images could be read (each is named above).")
+    assert len(err.strip().splitlines()) == 4 and not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("api", ["top-level", "utils.logging", "none", "other-signature"])

@@ -444,6 +444,25 @@ def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_pat
     assert [p.score for p in streamed] == pytest.approx([p.score for p in whole])
 
 
+
+def test_iter_predict_can_leave_out_files_it_cannot_read(checkpoint, sample_root, tmp_path):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    predictor.batch_size = 2
+    paths = resolve_images(sample_root / "surface" / "test" / "good")[:3]
+    broken = [tmp_path / f"broken_{i}.png" for i in range(3)]
+    for path in broken:
+        path.write_bytes(paths[0].read_bytes()[:40])  # PNGs cut short: found only when read
+    told = []
+    inputs = [paths[0], broken[0], broken[1], broken[2], paths[1], paths[2]]  # batch 2: none readable
+    kept = list(predictor.iter_predict(inputs, on_unreadable=lambda path, error: told.append((path, error))))
+    assert [path for path, _ in told] == broken
+    assert all(isinstance(error, ValueError) and str(path) in str(error) for path, error in told)
+    expected = predictor.predict(paths)
+    assert [p.path for p in kept] == [p.path for p in expected]
+    for got, want in zip(kept, expected, strict=True):
+        assert got.score == pytest.approx(want.score, abs=1e-6)
+        np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, atol=1e-5)  # other batches
+
 def test_pixel_threshold_of_large_normals_comes_from_a_sample_of_their_pixels(checkpoint, monkeypatch):
     from memseg_tutorial.inference import CALIBRATION_PIXELS_PER_IMAGE
 
