@@ -458,14 +458,20 @@ class Trainer:
         return self.run_dir / CHECKPOINT_NAME
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the checkpoint atomically (temp file + rename)."""
+        """Write the checkpoint atomically (temp file + rename).
+
+        A finished run's checkpoint leaves out the optimiser's state, two thirds of the file
+        (AdamW keeps two numbers per weight): no training continues from it, and evaluation and
+        inference need only the model.
+        """
         self.calibrate_memory_map()
+        finished = self.step >= self.config.steps
         return save_checkpoint(
             Path(path) if path is not None else self.checkpoint_path,
             model=self.model,
             config=self.config,
             step=self.step,
-            optimizer=self.optimizer,
+            optimizer=None if finished else self.optimizer,
             scheduler=self.scheduler,
             scaler=self.scaler,
             history=self.history,

@@ -158,7 +158,7 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["step"] == 2 and checkpoint["seed"] == trainer.config.seed
     assert len(checkpoint["history"]) == 2
-    assert checkpoint["optimizer"] is not None and checkpoint["scheduler"] is not None
+    assert checkpoint["optimizer"] is None and checkpoint["scheduler"] is not None  # finished: no state
     model, config, _ = load_model(tmp_path)
     assert config == trainer.config
     assert model.encoder.standardize == config.per_image_standardization
@@ -170,6 +170,20 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     trainer.model.eval()
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
 
+
+
+def test_only_an_unfinished_run_keeps_the_optimiser_state(train_set, texture_source, tmp_path):
+    trainer = make_trainer(tiny_config(steps=2), train_set, texture_source, run_dir=tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    trainer.fit(steps=1)
+    unfinished, unfinished_size = load_checkpoint(path), path.stat().st_size
+    assert unfinished["optimizer"]["state"]  # what a resume needs to continue exactly
+    trainer.fit()
+    finished = load_checkpoint(path)
+    assert finished["step"] == 2 and finished["optimizer"] is None
+    assert path.stat().st_size < 0.5 * unfinished_size
+    resumed = Trainer.resume(path, train_set, texture_source, progress=False)  # still loads
+    assert resumed.step == 2 and resumed.fit() == finished["history"]
 
 def test_interrupted_write_keeps_the_previous_checkpoint(
     train_set, texture_source, tmp_path, monkeypatch
