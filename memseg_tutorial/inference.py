@@ -388,8 +388,11 @@ class Predictor:
             pixels.append(_pixel_sample(prediction.anomaly_map))
         # n normals resolve the percentile p when 1 / (n + 1) <= 1 - p / 100 (p = 100: the maximum).
         # Rounded first: 100 - 99.9 is 0.0999999..., which would ask for 1000 normals instead of 999.
-        every = round(100 / (100 - image_percentile), 9) if image_percentile < 100 else math.inf  # 1 in `every`
-        needed = math.ceil(every) - 1 if image_percentile < 100 else 0
+        if image_percentile < 100:
+            every = round(100 / (100 - image_percentile), 9)  # 1 in `every` normals above the threshold
+            needed = math.ceil(every) - 1
+        else:  # the maximum: no count of normals resolves it better
+            every, needed = math.inf, 0
         if len(scores) < needed:
             # In counts: a percentage would print "1%" for both 1 in 99 and 1 in 100.
             warnings.warn(
