@@ -239,9 +239,11 @@ def cmd_download(args) -> int:
     return 0
 
 
-def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_dir: bool = False):
-    """Train (or resume) into ``run_dir``; returns the trainer. ``clear_run_dir`` (--overwrite)
-    empties the folder once everything has been checked and training is about to start."""
+def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_dir: bool = False,
+           checkpoint: dict | None = None):
+    """Train (or resume ``checkpoint``, read from ``resume``) into ``run_dir``; returns the trainer.
+    ``clear_run_dir`` (--overwrite) empties the folder once everything has been checked and
+    training is about to start."""
     from .data import MVTecDataset
     from .training import Trainer
 
@@ -252,7 +254,8 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     run_info = {"data_root": str(root), "category": args.category,
                 "textures": str(args.textures) if args.textures else None}
     if resume is not None:
-        trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=not args.no_progress)
+        trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=not args.no_progress,
+                                 checkpoint=checkpoint)
         print(f"resuming {resume} at step {trainer.step} of {trainer.config.steps}")
     else:
         trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir,
@@ -315,7 +318,7 @@ def cmd_train(args) -> int:
         args.textures = args.textures or run.get("textures")
         run_dir = resume.parent
     else:
-        resume = None
+        resume = checkpoint = None
         from .config import parse_overrides
 
         overrides = parse_overrides(args.set)
@@ -328,7 +331,8 @@ def cmd_train(args) -> int:
         name = args.name if args.name is not None else f"{config.category}_{config.preset}"
         run_dir = runs_dir() / _check_run_name(name)
         clear = _check_run_dir(run_dir, args.overwrite)
-    trainer = _train(args, config, run_dir, resume, clear_run_dir=resume is None and clear)
+    trainer = _train(args, config, run_dir, resume, clear_run_dir=resume is None and clear,
+                     checkpoint=checkpoint)
     atomic_write_json({"history": trainer.history}, run_dir / "history.json")
     _save_figure(plot_loss_curve(trainer.history), run_dir / "loss_curve.png")
     print(f"done: {trainer.step} steps; checkpoint {trainer.checkpoint_path}")

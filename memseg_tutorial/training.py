@@ -500,9 +500,15 @@ class Trainer:
         run_dir: str | os.PathLike | None = None,
         device: torch.device | str | None = None,
         progress: bool = True,
+        checkpoint: dict | None = None,
     ) -> Trainer:
-        """A trainer that continues a checkpoint exactly: same weights, same next batch."""
-        checkpoint = load_checkpoint(path, map_location="cpu")
+        """A trainer that continues a checkpoint exactly: same weights, same next batch.
+
+        ``checkpoint``: what :func:`load_checkpoint` read from ``path``, when the caller has it
+        already (the command line checks it first), so that a large file is not read twice.
+        """
+        if checkpoint is None:
+            checkpoint = load_checkpoint(path, map_location="cpu")
         config = Config.from_dict(checkpoint["config"])
         run = checkpoint.get("run", {})
         trainer = cls(

@@ -70,6 +70,17 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
 
+
+def test_resume_can_take_the_checkpoint_its_caller_has_read(train_set, texture_source, tmp_path):
+    first = make_trainer(tiny_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    first.fit(steps=2)
+    path = first.save()
+    checkpoint = load_checkpoint(path)
+    path.unlink()  # so the file cannot be read a second time
+    resumed = Trainer.resume(path, train_set, texture_source, progress=False, checkpoint=checkpoint)
+    assert resumed.step == 2 and resumed.run_dir == tmp_path
+    assert_same_weights(first, resumed)
+
 def test_resume_keeps_an_object_runs_kind_and_foreground_setting(sample_root, texture_source, tmp_path):
     """An object run simulates anomalies only on the (possibly inverted) foreground; a resume
     that rebuilt it as a texture run would put them on the background."""
