@@ -68,6 +68,19 @@ def test_vectorised_matches_loop_reference(seed):
         assert ci[level].shape[1] == 2 * f.shape[1]
 
 
+
+def test_differences_carry_the_gradient_of_the_plain_formula():
+    """The stem trains through DI, so the in-place DI must give the gradient of (m - f)^2."""
+    generator = torch.Generator().manual_seed(3)
+    memory = random_levels(generator, 5)
+    features = [f.requires_grad_() for f in random_levels(generator, 2, offset=0.5)]
+    bank = make_bank(memory)
+    _, di, indices = bank(features)
+    weights = [torch.randn(d.shape, generator=generator) for d in di]
+    got = torch.autograd.grad(sum((d * w).sum() for d, w in zip(di, weights, strict=True)), features)
+    for m, f, w, g in zip(memory, features, weights, got, strict=True):
+        torch.testing.assert_close(g, -2.0 * (m[indices] - f.detach()) * w)
+
 def test_level_distances_is_mean_squared_difference():
     generator = torch.Generator().manual_seed(1)
     x, m = torch.randn(3, 5, 4, 4, generator=generator), torch.randn(6, 5, 4, 4, generator=generator)
