@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from memseg_tutorial import get_config
 from memseg_tutorial.data import MVTecDataset, TextureSource, generate_sample_dataset
 from memseg_tutorial.training import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: README, notebooks, benchmarks
 
 
 @pytest.fixture(autouse=True)

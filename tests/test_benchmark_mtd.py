@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from memseg_tutorial import get_config
 from memseg_tutorial.data.images import to_tensor
 from memseg_tutorial.seeding import make_rng
 from memseg_tutorial.synthesis import is_grey
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "mtd.py"
+SCRIPT = ROOT / "benchmarks" / "mtd.py"
 
 
 @pytest.fixture(scope="module")

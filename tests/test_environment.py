@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: read the two lists with a regular expression
     tomllib = None
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def normalise(requirement: str) -> str:

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REPO_URL = re.compile(r"^https://(?:github\.com|colab\.research\.google\.com/github)/memseg-tutorial/"
                       r"memseg-tutorial/blob/main/(?P<path>[^#?]+)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
