@@ -140,6 +140,13 @@ def test_overlays_and_scores_written(checkpoint, odd_images, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("file,score")
 
 
+
+def flagged(image: np.ndarray, anomaly_map: np.ndarray, score: float,
+            pixel_threshold: float = 0.5) -> Prediction:
+    """A prediction flagged ANOMALOUS, its defect mask the map above ``pixel_threshold``."""
+    return Prediction(path=None, image=image, anomaly_map=anomaly_map, score=score,
+                      is_anomalous=True, defect_mask=anomaly_map > pixel_threshold)
+
 def test_overlay_panel_shows_image_heat_map_and_contour():
     """Panel 1 is the image, panel 2 the heat map blended over it, panel 3 the image with the
     defect's outline in red; the score is written in a strip above them, never on the image."""
@@ -147,8 +154,7 @@ def test_overlay_panel_shows_image_heat_map_and_contour():
     image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     anomaly_map = np.zeros((60, 80), np.float32)
     anomaly_map[20:40, 30:60] = 0.9
-    prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.9,
-                            is_anomalous=True, defect_mask=anomaly_map > 0.5)
+    prediction = flagged(image, anomaly_map, score=0.9)
     panel = overlay_panel(prediction, alpha=0.5)
     assert panel.shape[1:] == (240, 3) and panel.shape[0] > 60
     body = panel[-60:]
@@ -171,8 +177,7 @@ def test_overlay_label_fits_its_strip_at_any_image_size(height, width):
     the image's height when the image is tall enough to spare it."""
     image = np.full((height, width, 3), 128, np.uint8)
     anomaly_map = np.zeros((height, width), np.float32)
-    prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.829,
-                            is_anomalous=True, defect_mask=anomaly_map > 0.5)
+    prediction = flagged(image, anomaly_map, score=0.829)
     panel = overlay_panel(prediction)
     strip = panel[: panel.shape[0] - height]
     np.testing.assert_array_equal(panel[-height:, :width], image)
@@ -187,8 +192,7 @@ def test_overlay_outlines_the_defect_mask_not_a_fixed_threshold():
     image = np.zeros((60, 80, 3), np.uint8)
     anomaly_map = np.zeros((60, 80), np.float32)
     anomaly_map[20:40, 30:60] = 0.4
-    prediction = Prediction(path=None, image=image, anomaly_map=anomaly_map, score=0.4,
-                            is_anomalous=True, defect_mask=anomaly_map > 0.3)
+    prediction = flagged(image, anomaly_map, score=0.4, pixel_threshold=0.3)
     outlined = overlay_panel(prediction)[-60:, 160:]
     assert (outlined[39, 30:60] == (255, 0, 0)).all()
 
