@@ -189,7 +189,6 @@ def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray] | None]:
     return list(resolve_images(inputs)), None
 
 
-
 def _read_files(
     paths: list[Path], on_unreadable: Callable[[Path, Exception], None] | None
 ) -> tuple[list[Path], list[np.ndarray]]:
@@ -206,6 +205,7 @@ def _read_files(
         kept.append(path)
         images.append(image)
     return kept, images
+
 
 # Calibration keeps at most this many pixels of each normal map (all of a 256 x 256 map): the pixel
 # percentile of many large photos, without holding every full-size map in memory.
