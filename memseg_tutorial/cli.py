@@ -400,7 +400,19 @@ def _calibrate(predictor, normals, *percentiles):
 def cmd_predict(args) -> int:
     from .inference import Predictor, earlier_outputs, resolve_images
 
-    paths = resolve_images(args.inputs)  # errors before the model is loaded
+    skipped = []
+
+    def unreadable(path, error):  # raising here, during predictions, leaves nothing written (save_overlays)
+        if not args.skip_unreadable:
+            raise CommandError(f"{error} Add --skip-unreadable to leave such files out.")
+        skipped.append(path)
+        print(f"skipped: {error}", file=sys.stderr)
+
+    # errors before the model is loaded; with --skip-unreadable, files that are no image are left out here
+    paths = resolve_images(args.inputs, unreadable if args.skip_unreadable else None)
+    total = len(paths) + len(skipped)
+    if not paths:
+        raise CommandError(f"no image could be read ({total} tried, each named above).")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
@@ -419,20 +431,13 @@ def cmd_predict(args) -> int:
     print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} ({thresholds.source}{hint})")
     start = time.perf_counter()
     results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
-    skipped = []
-
-    def unreadable(path, error):  # raising here leaves nothing written (save_overlays)
-        if not args.skip_unreadable:
-            raise CommandError(f"{error} Add --skip-unreadable to leave such files out.")
-        skipped.append(path)
-        print(f"skipped: {error}", file=sys.stderr)
 
     def predictions():
         for prediction in predictor.iter_predict(paths, on_unreadable=unreadable):
             results.append((prediction.score, prediction.is_anomalous, prediction.path))
             yield prediction
         if not results:
-            raise CommandError(f"none of the {len(paths)} images could be read (each is named above).")
+            raise CommandError(f"no image could be read ({total} tried, each named above).")
 
     written = {path.name.casefold() for path in predictor.save_overlays(predictions(), out)}
     for stale in earlier:  # only after the new set is complete (--overwrite); on a case-blind disk
@@ -441,7 +446,8 @@ def cmd_predict(args) -> int:
     seconds = time.perf_counter() - start
     for score, anomalous, path in results:
         print(f"{score:.4f}  {'ANOMALOUS' if anomalous else 'normal':<9}  {path}")
-    left_out = f"; {len(skipped)} unreadable files left out (named on stderr)" if skipped else ""
+    count = len(skipped)
+    left_out = f"; {count} unreadable file{'s' if count > 1 else ''} left out (named on stderr)" if count else ""
     print(f"{len(results)} images in {seconds:.1f} s (with the overlays){left_out}; overlays and scores.csv "
           f"in {out}")
     return 0
@@ -660,8 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true",
                          help="replace the scores.csv and overlays of an earlier predict in --out")
     predict.add_argument("--skip-unreadable", action="store_true",
-                         help="leave out image files that cannot be read (each named on stderr) "
-                              "instead of stopping at the first")
+                         help="leave out images to predict that cannot be read (each named on stderr) "
+                              "instead of stopping at the first; --normals must all be readable")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                          help="where to run (default: auto, a CUDA GPU when one is visible)")
     predict.set_defaults(handler=cmd_predict)

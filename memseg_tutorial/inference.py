@@ -112,11 +112,16 @@ class Prediction:
     defect_mask: np.ndarray  # bool (H, W): anomaly_map > thresholds.pixel
 
 
-def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def resolve_images(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    on_unreadable: Callable[[Path, Exception], None] | None = None,
+) -> list[Path]:
     """A folder, one image file, or a list of image files -> list of image paths (clear errors).
 
     Each file's first bytes are checked, so that a file which is no image stops the run before the
     model has scored the others (a file that is damaged further in still fails when it is read).
+    With ``on_unreadable``, a file that is missing, cannot be opened or is no image is passed to
+    it (with a ValueError saying why) and left out instead; the list may then be empty.
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -128,16 +133,38 @@ def resolve_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> l
             if not found:
                 raise ValueError(_no_images_message(item))
             paths.extend(found)
-        elif item.is_file():
+        elif item.is_file() or on_unreadable is not None:  # a missing one is reported below
             paths.append(item)
         else:
             raise FileNotFoundError(f"No such image file or folder: {item}")
     if not paths:
         raise ValueError("No input images were given.")
+    kept = []
     for path in paths:
-        if not has_image_signature(path):
-            raise ValueError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
-    return paths
+        try:
+            if not has_image_signature(path):
+                raise ValueError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
+        except (ValueError, OSError) as error:
+            if on_unreadable is None:
+                raise
+            on_unreadable(path, unreadable_error(path, error))
+            continue
+        kept.append(path)
+    return kept
+
+
+def unreadable_error(path: Path, error: Exception) -> ValueError:
+    """Every file that cannot be read, in the one form the package's reader uses:
+    "Cannot read image PATH: reason." (a vanished file or a refused open included)."""
+    if isinstance(error, ValueError) and str(error).startswith("Cannot read image"):
+        return error
+    if isinstance(error, FileNotFoundError):
+        reason = "the file is missing"
+    elif isinstance(error, OSError) and error.strerror:
+        reason = error.strerror[0].lower() + error.strerror[1:]
+    else:
+        reason = str(error).rstrip(".")
+    return ValueError(f"Cannot read image {path}: {reason}.")
 
 
 def _no_images_message(folder: Path) -> str:
@@ -177,7 +204,7 @@ def as_rgb_uint8(array: np.ndarray, name: str = "image array") -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_RGBA2RGB) if channels == 4 else array
 
 
-def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray] | None]:
+def _read_inputs(inputs, on_unreadable=None) -> tuple[list[Path | None], list[np.ndarray] | None]:
     """(paths, uint8 RGB images) of arrays (whose paths are None), or (paths, None) for a folder
     or image files: those are read one batch at a time, so that memory does not grow with them."""
     if isinstance(inputs, np.ndarray) or (
@@ -186,7 +213,7 @@ def _read_inputs(inputs) -> tuple[list[Path | None], list[np.ndarray] | None]:
         given = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
         arrays = [as_rgb_uint8(array, f"image array {i}") for i, array in enumerate(given)]
         return [None] * len(arrays), arrays
-    return list(resolve_images(inputs)), None
+    return resolve_images(inputs, on_unreadable), None
 
 
 def _read_files(
@@ -200,7 +227,7 @@ def _read_files(
         except (ValueError, OSError) as error:
             if on_unreadable is None:
                 raise
-            on_unreadable(path, error)
+            on_unreadable(path, unreadable_error(path, error))
             continue
         kept.append(path)
         images.append(image)
@@ -340,11 +367,11 @@ class Predictor:
         """:meth:`predict` one batch at a time: files are read as they are needed, so a folder of
         thousands of photos needs the memory of one batch (the command line writes as it goes).
 
-        A file that turns out to be unreadable (cut short, damaged, gone) only when it is read
-        raises, unless ``on_unreadable`` is given: then it is told the path and the error, and
-        the file is left out, so that one bad photo late in a long run loses nothing else.
+        A file that cannot be read (no image, cut short, damaged, gone) raises, unless
+        ``on_unreadable`` is given: then it is told the path and a ValueError saying why, and the
+        file is left out, so that one bad photo late in a long run loses nothing else.
         """
-        paths, arrays = _read_inputs(inputs)
+        paths, arrays = _read_inputs(inputs, on_unreadable)
         for start in range(0, len(paths), self.batch_size):
             chunk_paths = paths[start : start + self.batch_size]
             if arrays is not None:

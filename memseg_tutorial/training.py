@@ -460,9 +460,9 @@ class Trainer:
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the checkpoint atomically (temp file + rename).
 
-        A finished run's checkpoint leaves out the optimiser's state, two thirds of the file
-        (AdamW keeps two numbers per weight): no training continues from it, and evaluation and
-        inference need only the model.
+        A finished run's checkpoint leaves out the optimiser's state (with AdamW, which keeps two
+        numbers per trained weight, two thirds of the file): no training continues from it, and
+        evaluation and inference need only the model.
         """
         self.calibrate_memory_map()
         finished = self.step >= self.config.steps
@@ -505,7 +505,8 @@ class Trainer:
         """A trainer that continues a checkpoint exactly: same weights, same next batch.
 
         ``checkpoint``: what :func:`load_checkpoint` read from ``path``, when the caller has it
-        already (the command line checks it first), so that a large file is not read twice.
+        already (the command line checks it first), so that a large file is not read twice. The
+        trainer takes it over: the optimiser keeps its tensors and training changes them.
         """
         if checkpoint is None:
             checkpoint = load_checkpoint(path, map_location="cpu")

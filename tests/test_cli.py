@@ -617,11 +617,13 @@ def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoin
     code, _, err = run(argv, capsys)
     assert_one_line_error(code, err, "b.png", "truncated", "--skip-unreadable")
     assert not (tmp_path / "out").exists()  # nothing half-written
+    (images / "d.png").write_bytes(b"")  # no image at all: left out when the inputs are listed
     code, out, err = run([*argv, "--skip-unreadable"], capsys)
     assert code == 0
-    assert err.strip().splitlines() == [f"skipped: Cannot read image {images / 'b.png'}: the PNG file is "
-                                        "truncated (it has no complete end chunk)."]
-    assert "2 images in" in out and "1 unreadable files left out" in out
+    assert err.strip().splitlines() == [
+        f"skipped: Cannot read image {images / 'd.png'}: it is not a PNG, JPEG, BMP, TIFF or WebP file.",
+        f"skipped: Cannot read image {images / 'b.png'}: the PNG file is truncated (it has no complete end chunk)."]
+    assert "2 images in" in out and "2 unreadable files left out" in out
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == [str(images / "a.png"), str(images / "c.png")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "c_overlay.png",
@@ -629,9 +631,13 @@ def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoin
     (images / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     code, _, err = run([*argv[:-1], str(tmp_path / "none"), "--skip-unreadable"], capsys)
-    assert code == 1 and err.strip().splitlines()[-1] == (
-        "error: none of the 3 images could be read (each is named above).")
-    assert len(err.strip().splitlines()) == 4 and not (tmp_path / "none").exists()
+    assert code == 1 and err.strip().splitlines()[-1] == "error: no image could be read (4 tried, each named above)."
+    assert len(err.strip().splitlines()) == 5 and not (tmp_path / "none").exists()
+    code, _, err = run(["predict", str(checkpoint), str(images / "d.png"), "--out", str(tmp_path / "none"),
+                        "--skip-unreadable"], capsys)
+    assert code == 1 and err.strip().splitlines() == [  # refused before the model is loaded
+        f"skipped: Cannot read image {images / 'd.png'}: it is not a PNG, JPEG, BMP, TIFF or WebP file.",
+        "error: no image could be read (1 tried, each named above)."]
 
 
 @pytest.mark.parametrize("api", ["top-level", "utils.logging", "none", "other-signature"])

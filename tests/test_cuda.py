@@ -48,7 +48,9 @@ def assert_maps_agree(a: np.ndarray, b: np.ndarray) -> None:
     step: where a logit crosses zero, float32's order of summation alone moves that pixel's
     probability by hundredths (H100: 1 of 139,264 pixels, by 0.006 to 0.024 with the CPU's
     thread count). A real disagreement (another memory item, a missed calibration) moves regions."""
-    far = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) > 5e-3
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape and np.isfinite(a).all() and np.isfinite(b).all()
+    far = np.abs(a - b) > 5e-3
     per_map = far.reshape(-1, far.shape[-2] * far.shape[-1]).mean(axis=1)
     assert per_map.max() <= 1e-3, f"{far.sum()} of {far.size} pixels differ by more than 5e-3"
 

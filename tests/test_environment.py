@@ -15,7 +15,6 @@ except ModuleNotFoundError:  # Python 3.10: read the two lists with a regular ex
     tomllib = None
 
 
-
 def normalise(requirement: str) -> str:
     """'Scikit_Image>=0.20' -> 'scikit-image' (PEP 503 names; extras, markers and versions dropped)."""
     name = re.split(r"[\s\[<>=!~;@]", requirement.strip(), maxsplit=1)[0]

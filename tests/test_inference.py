@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -140,12 +141,12 @@ def test_overlays_and_scores_written(checkpoint, odd_images, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("file,score")
 
 
-
 def flagged(image: np.ndarray, anomaly_map: np.ndarray, score: float,
             pixel_threshold: float = 0.5) -> Prediction:
     """A prediction flagged ANOMALOUS, its defect mask the map above ``pixel_threshold``."""
     return Prediction(path=None, image=image, anomaly_map=anomaly_map, score=score,
                       is_anomalous=True, defect_mask=anomaly_map > pixel_threshold)
+
 
 def test_overlay_panel_shows_image_heat_map_and_contour():
     """Panel 1 is the image, panel 2 the heat map blended over it, panel 3 the image with the
@@ -448,7 +449,6 @@ def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_pat
     assert [p.score for p in streamed] == pytest.approx([p.score for p in whole])
 
 
-
 def test_iter_predict_can_leave_out_files_it_cannot_read(checkpoint, sample_root, tmp_path):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     predictor.batch_size = 2
@@ -466,6 +466,34 @@ def test_iter_predict_can_leave_out_files_it_cannot_read(checkpoint, sample_root
     for got, want in zip(kept, expected, strict=True):
         assert got.score == pytest.approx(want.score, abs=1e-6)
         np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, atol=1e-5)  # other batches
+
+
+def test_a_file_that_vanishes_during_the_run_is_named_and_left_out(checkpoint, sample_root, tmp_path):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    predictor.batch_size = 1
+    first, second = resolve_images(sample_root / "surface" / "test" / "good")[:2]
+    doomed = tmp_path / "doomed.png"
+    doomed.write_bytes(second.read_bytes())
+    told = []
+    stream = predictor.iter_predict([first, doomed], on_unreadable=lambda path, error: told.append((path, error)))
+    assert next(stream).path == str(first)
+    doomed.unlink()  # listed and checked at the start, gone when its batch is read
+    assert list(stream) == []
+    assert [(path, str(error)) for path, error in told] == [
+        (doomed, f"Cannot read image {doomed}: the file is missing.")]
+
+
+@pytest.mark.parametrize("error, reason", [
+    (FileNotFoundError(2, "No such file or directory"), "the file is missing"),
+    (PermissionError(13, "Permission denied"), "permission denied"),
+    (ValueError("Cannot read image x.png: the file is damaged or not a valid image."),
+     "the file is damaged or not a valid image"),
+])
+def test_every_unreadable_file_is_described_in_one_form(error, reason):
+    from memseg_tutorial.inference import unreadable_error
+
+    assert str(unreadable_error(Path("x.png"), error)) == f"Cannot read image x.png: {reason}."
+
 
 def test_pixel_threshold_of_large_normals_comes_from_a_sample_of_their_pixels(checkpoint, monkeypatch):
     from memseg_tutorial.inference import CALIBRATION_PIXELS_PER_IMAGE

@@ -68,7 +68,6 @@ def test_vectorised_matches_loop_reference(seed):
         assert ci[level].shape[1] == 2 * f.shape[1]
 
 
-
 def test_differences_carry_the_gradient_of_the_plain_formula():
     """The stem trains through DI, so the in-place DI must give the gradient of (m - f)^2."""
     generator = torch.Generator().manual_seed(3)
@@ -80,6 +79,7 @@ def test_differences_carry_the_gradient_of_the_plain_formula():
     got = torch.autograd.grad(sum((d * w).sum() for d, w in zip(di, weights, strict=True)), features)
     for m, f, w, g in zip(memory, features, weights, got, strict=True):
         torch.testing.assert_close(g, -2.0 * (m[indices] - f.detach()) * w)
+
 
 def test_level_distances_is_mean_squared_difference():
     generator = torch.Generator().manual_seed(1)

@@ -70,7 +70,6 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
 
-
 def test_resume_can_take_the_checkpoint_its_caller_has_read(train_set, texture_source, tmp_path):
     first = make_trainer(tiny_config(steps=3), train_set, texture_source, run_dir=tmp_path)
     first.fit(steps=2)
@@ -80,6 +79,7 @@ def test_resume_can_take_the_checkpoint_its_caller_has_read(train_set, texture_s
     resumed = Trainer.resume(path, train_set, texture_source, progress=False, checkpoint=checkpoint)
     assert resumed.step == 2 and resumed.run_dir == tmp_path
     assert_same_weights(first, resumed)
+
 
 def test_resume_keeps_an_object_runs_kind_and_foreground_setting(sample_root, texture_source, tmp_path):
     """An object run simulates anomalies only on the (possibly inverted) foreground; a resume
@@ -182,7 +182,6 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
 
 
-
 def test_only_an_unfinished_run_keeps_the_optimiser_state(train_set, texture_source, tmp_path):
     trainer = make_trainer(tiny_config(steps=2), train_set, texture_source, run_dir=tmp_path)
     path = tmp_path / "checkpoint.pt"
@@ -195,6 +194,7 @@ def test_only_an_unfinished_run_keeps_the_optimiser_state(train_set, texture_sou
     assert path.stat().st_size < 0.5 * unfinished_size
     resumed = Trainer.resume(path, train_set, texture_source, progress=False)  # still loads
     assert resumed.step == 2 and resumed.fit() == finished["history"]
+
 
 def test_interrupted_write_keeps_the_previous_checkpoint(
     train_set, texture_source, tmp_path, monkeypatch

@@ -27,8 +27,9 @@ def centre_memory(memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     """
     bank = memory.reshape(memory.shape[0], -1).float()  # (N, D)
     centre = bank.mean(dim=0)  # (D,)
-    centred = bank - centre  # (N, D)
-    return centre, centred.T.contiguous(), centred.square().sum(dim=1)  # ..., (D, N), (N,)
+    centred_t = torch.empty(bank.shape[1], bank.shape[0], dtype=bank.dtype, device=bank.device)
+    torch.sub(bank.T, centre[:, None], out=centred_t)  # (D, N), written once in that order
+    return centre, centred_t, centred_t.square().sum(dim=0)  # ..., (D, N), (N,)
 
 
 def centred_distances(
@@ -139,7 +140,7 @@ class MemoryBank(nn.Module):
         Always float32: under float16 autocast a squared difference overflows from |d| = 256.
         """
         indices = self.nearest(features)
-        differences = [  # the selected copy is new, so it can be reused in place: one pass less
+        differences = [  # the selected copy is new, so it can be reused in place: one temporary less
             m.index_select(0, indices).float().sub_(f).square_()  # (B, C_l, H_l, W_l)
             for f, m in zip(features, self.levels, strict=True)
         ]
