@@ -139,18 +139,28 @@ def resolve_images(
             raise FileNotFoundError(f"No such image file or folder: {item}")
     if not paths:
         raise ValueError("No input images were given.")
-    kept = []
+    return [path for path, _ in _each_readable(paths, _check_signature, on_unreadable)]
+
+
+def _check_signature(path: Path) -> None:
+    if not has_image_signature(path):
+        raise ValueError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
+
+
+def _each_readable(paths: list[Path], read: Callable, on_unreadable) -> list[tuple[Path, object]]:
+    """(path, read(path)) for every path that ``read`` manages; the others raise, or go to
+    ``on_unreadable`` when it is given (see ``Predictor.iter_predict``)."""
+    done = []
     for path in paths:
         try:
-            if not has_image_signature(path):
-                raise ValueError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
+            result = read(path)
         except (ValueError, OSError) as error:
             if on_unreadable is None:
                 raise
             on_unreadable(path, unreadable_error(path, error))
             continue
-        kept.append(path)
-    return kept
+        done.append((path, result))
+    return done
 
 
 def unreadable_error(path: Path, error: Exception) -> ValueError:
@@ -214,24 +224,6 @@ def _read_inputs(inputs, on_unreadable=None) -> tuple[list[Path | None], list[np
         arrays = [as_rgb_uint8(array, f"image array {i}") for i, array in enumerate(given)]
         return [None] * len(arrays), arrays
     return resolve_images(inputs, on_unreadable), None
-
-
-def _read_files(
-    paths: list[Path], on_unreadable: Callable[[Path, Exception], None] | None
-) -> tuple[list[Path], list[np.ndarray]]:
-    """(the paths that were read, their uint8 RGB images); see ``Predictor.iter_predict``."""
-    kept, images = [], []
-    for path in paths:
-        try:
-            image = read_image_rgb(path)
-        except (ValueError, OSError) as error:
-            if on_unreadable is None:
-                raise
-            on_unreadable(path, unreadable_error(path, error))
-            continue
-        kept.append(path)
-        images.append(image)
-    return kept, images
 
 
 # Calibration keeps at most this many pixels of each normal map (all of a 256 x 256 map): the pixel
@@ -377,9 +369,10 @@ class Predictor:
             if arrays is not None:
                 images = arrays[start : start + self.batch_size]
             else:
-                chunk_paths, images = _read_files(chunk_paths, on_unreadable)
-                if not images:
+                read = _each_readable(chunk_paths, read_image_rgb, on_unreadable)
+                if not read:
                     continue
+                chunk_paths, images = [path for path, _ in read], [image for _, image in read]
             maps, scores = self.maps_and_scores(images)
             names = [str(p) if p is not None else f"image array {start + i}"
                      for i, p in enumerate(chunk_paths)]
