@@ -410,9 +410,9 @@ def cmd_predict(args) -> int:
 
     # errors before the model is loaded; with --skip-unreadable, files that are no image are left out here
     paths = resolve_images(args.inputs, unreadable if args.skip_unreadable else None)
-    total = len(paths) + len(skipped)
+    nothing_read = f"no image could be read ({len(paths) + len(skipped)} tried, each named above)."
     if not paths:
-        raise CommandError(f"no image could be read ({total} tried, each named above).")
+        raise CommandError(nothing_read)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
@@ -437,7 +437,7 @@ def cmd_predict(args) -> int:
             results.append((prediction.score, prediction.is_anomalous, prediction.path))
             yield prediction
         if not results:
-            raise CommandError(f"no image could be read ({total} tried, each named above).")
+            raise CommandError(nothing_read)
 
     written = {path.name.casefold() for path in predictor.save_overlays(predictions(), out)}
     for stale in earlier:  # only after the new set is complete (--overwrite); on a case-blind disk

@@ -28,6 +28,7 @@ import torch
 from .config import Config, is_number
 from .data.images import (
     IMAGE_EXTENSIONS,
+    UnreadableImageError,
     has_image_signature,
     list_images,
     read_image_rgb,
@@ -144,10 +145,11 @@ def resolve_images(
 
 def _check_signature(path: Path) -> None:
     if not has_image_signature(path):
-        raise ValueError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
+        raise UnreadableImageError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
 
 
-def _each_readable(paths: list[Path], read: Callable, on_unreadable) -> list[tuple[Path, object]]:
+def _each_readable(paths: list[Path], read: Callable,
+                   on_unreadable: Callable[[Path, Exception], None] | None) -> list[tuple[Path, object]]:
     """(path, read(path)) for every path that ``read`` manages; the others raise, or go to
     ``on_unreadable`` when it is given (see ``Predictor.iter_predict``)."""
     done = []
@@ -163,10 +165,10 @@ def _each_readable(paths: list[Path], read: Callable, on_unreadable) -> list[tup
     return done
 
 
-def unreadable_error(path: Path, error: Exception) -> ValueError:
+def unreadable_error(path: Path, error: Exception) -> UnreadableImageError:
     """Every file that cannot be read, in the one form the package's reader uses:
     "Cannot read image PATH: reason." (a vanished file or a refused open included)."""
-    if isinstance(error, ValueError) and str(error).startswith("Cannot read image"):
+    if isinstance(error, UnreadableImageError):
         return error
     if isinstance(error, FileNotFoundError):
         reason = "the file is missing"
@@ -174,7 +176,7 @@ def unreadable_error(path: Path, error: Exception) -> ValueError:
         reason = error.strerror[0].lower() + error.strerror[1:]
     else:
         reason = str(error).rstrip(".")
-    return ValueError(f"Cannot read image {path}: {reason}.")
+    return UnreadableImageError(f"Cannot read image {path}: {reason}.")
 
 
 def _no_images_message(folder: Path) -> str:

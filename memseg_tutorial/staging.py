@@ -96,9 +96,10 @@ def staging_dir(final: Path, tag: str = "partial") -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         if handle is not None:
             os.close(handle)
-        for empty in [] if succeeded else made:
-            with contextlib.suppress(OSError):  # not empty (someone else's work), or already gone
-                empty.rmdir()
+        if not succeeded:
+            for empty in made:
+                with contextlib.suppress(OSError):  # not empty (someone else's work), or already gone
+                    empty.rmdir()
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from memseg_tutorial import get_config
-from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.data import MVTecDataset, UnreadableImageError
 from memseg_tutorial.data.images import IMAGE_EXTENSIONS, read_image_rgb, resize_image, to_tensor
 from memseg_tutorial.inference import (
     Prediction,
@@ -486,13 +486,16 @@ def test_a_file_that_vanishes_during_the_run_is_named_and_left_out(checkpoint, s
 @pytest.mark.parametrize("error, reason", [
     (FileNotFoundError(2, "No such file or directory"), "the file is missing"),
     (PermissionError(13, "Permission denied"), "permission denied"),
-    (ValueError("Cannot read image x.png: the file is damaged or not a valid image."),
+    (UnreadableImageError("Cannot read image x.png: the file is damaged or not a valid image."),
      "the file is damaged or not a valid image"),
+    (ValueError("an odd reason."), "an odd reason"),
 ])
 def test_every_unreadable_file_is_described_in_one_form(error, reason):
     from memseg_tutorial.inference import unreadable_error
 
-    assert str(unreadable_error(Path("x.png"), error)) == f"Cannot read image x.png: {reason}."
+    described = unreadable_error(Path("x.png"), error)
+    assert isinstance(described, UnreadableImageError)
+    assert str(described) == f"Cannot read image x.png: {reason}."
 
 
 def test_pixel_threshold_of_large_normals_comes_from_a_sample_of_their_pixels(checkpoint, monkeypatch):

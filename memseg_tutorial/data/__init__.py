@@ -20,6 +20,7 @@ from .download import (
 )
 from .images import (
     IMAGE_EXTENSIONS,
+    UnreadableImageError,
     denormalize,
     is_image_file,
     list_images,
@@ -42,6 +43,7 @@ from .sample import (
 from .textures import TextureSource
 
 __all__ = [
+    "UnreadableImageError",
     "DTD",
     "MTD",
     "MVTEC_AD",

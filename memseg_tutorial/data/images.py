@@ -66,6 +66,10 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+class UnreadableImageError(ValueError):
+    """A file that cannot be decoded as an image (or mask); the message names it and says why."""
+
+
 def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
     """``cv2.imdecode`` with one clear ValueError (``failure`` + the reason) instead of None.
 
@@ -73,14 +77,14 @@ def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
     would print its own "libpng error" line on stderr, beside the package's one-line error.
     """
     if not data.size:
-        raise ValueError(f"{failure}: the file is empty.")
+        raise UnreadableImageError(f"{failure}: the file is empty.")
     if data[:8].tobytes() == PNG_SIGNATURE:
         end = data.tobytes().rfind(b"IEND")  # the closing chunk: its type, then a 4-byte checksum
         if end < 0 or end + 8 > data.size:
-            raise ValueError(f"{failure}: the PNG file is truncated (it has no complete end chunk).")
+            raise UnreadableImageError(f"{failure}: the PNG file is truncated (it has no complete end chunk).")
     image = cv2.imdecode(data, flags)
     if image is None or image.size == 0:
-        raise ValueError(f"{failure}: the file is damaged or not a valid image.")
+        raise UnreadableImageError(f"{failure}: the file is damaged or not a valid image.")
     return image
 
 
