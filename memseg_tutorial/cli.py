@@ -616,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="texture (anomalies anywhere) or object (only on the foreground)")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
     train.add_argument("--image-size", type=int, default=None,
-                       help="input side, a multiple of 32 (default: the preset's, quick 128, full 256)")
+                       help="input side, a multiple of 32, of 64 with half_scale_map (default: the preset's, "
+                            "quick 128, full 256)")
     train.add_argument("--weights", default=None, metavar="W",
                        help="encoder weights: imagenet, none or a .pth path (default: preset)")
     train.add_argument("--name", default=None, help="run folder name (default <category>_<preset>)")

@@ -76,6 +76,7 @@ class Config:
     aupro_fpr_limit: float = 0.3
     map_smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in pixels (0: none, paper)
     memory_map_weight: float = 0.0  # add log m1 to the decoder's logit, in normal spreads (0: paper)
+    half_scale_map: bool = False  # average in the map of a half-size copy (its own bank); False: paper
 
     # --- runtime ---------------------------------------------------------------------------------
     device: str = "auto"  # "auto" (CUDA if present), "cpu" or "cuda"
@@ -121,11 +122,7 @@ class Config:
         self._check_types()
         if self.preset not in PRESETS:
             raise ValueError(f"Unknown preset {self.preset!r}: expected one of {PRESETS}.")
-        if self.image_size <= 0 or self.image_size % 32:
-            raise ValueError(
-                f"image_size must be a positive multiple of 32 (ResNet18 downsamples 32x), "
-                f"got {self.image_size}. Try 64, 128 or 256."
-            )
+        check_image_size(self.image_size, self.half_scale_map)
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
@@ -178,6 +175,26 @@ class Config:
             f"batch={self.batch_normal}+{self.batch_synthetic} steps={self.steps} "
             f"memory={self.memory_size} weights={self.backbone_weights} device={self.device}"
         )
+
+
+def input_multiple(half_scale_map: bool) -> int:
+    """Image sides must be multiples of this: 32 (ResNet18 halves the side 5 times), or 64 when
+    ``half_scale_map`` also reads a half-size copy, whose sides must still be multiples of 32."""
+    return 64 if half_scale_map else 32
+
+
+def size_rule(half_scale_map: bool) -> str:
+    """The rule of :func:`input_multiple` in words, with sizes to try: for every error message."""
+    if half_scale_map:
+        return ("multiple of 64 (half_scale_map also reads a half-size copy, and ResNet18 "
+                "downsamples 32x; try 128, 256 or 512)")
+    return "multiple of 32 (ResNet18 downsamples 32x; try 64, 128, 256 or 512)"
+
+
+def check_image_size(image_size: int, half_scale_map: bool = False) -> None:
+    """The one check of a model's image size (config and model)."""
+    if image_size <= 0 or image_size % input_multiple(half_scale_map):
+        raise ValueError(f"image_size must be a positive {size_rule(half_scale_map)}, got {image_size}.")
 
 
 def is_number(value: object, integer: bool = False) -> bool:

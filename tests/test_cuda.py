@@ -100,10 +100,11 @@ def test_resume_on_the_gpu_continues_exactly(train_set, texture_source, tmp_path
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
 
-@pytest.mark.parametrize("memory_map_weight", [0.0, 0.5])
-def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exact_fp32,
-                                        memory_map_weight):
-    config = cuda_config(steps=3, memory_map_weight=memory_map_weight)
+@pytest.mark.parametrize("options", [{}, {"memory_map_weight": 0.5},
+                                     {"memory_map_weight": 0.5, "half_scale_map": True}],
+                         ids=["paper", "memory_map", "half_scale_map"])
+def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exact_fp32, options):
+    config = cuda_config(steps=3, **options)
     trainer = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
     trainer.fit()  # with a weight, this also calibrates the memory map on the GPU
     path = trainer.save()
@@ -117,13 +118,15 @@ def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exa
     assert gpu_maps.shape == cpu_maps.shape == (4, 64, 64)
     # cuDNN and the CPU sum in different orders; on the H200 the maps differed by up to 4e-4.
     torch.testing.assert_close(gpu_maps, cpu_maps, rtol=0, atol=2e-3)
-    if memory_map_weight > 0:  # the CPU, calibrating afresh on the same images, agrees
+    if config.memory_map_weight > 0:  # the CPU, calibrating afresh on the same images, agrees
         assert on_gpu.memory_map_calibrated
-        on_cpu.memory_map_stats.zero_()
+        for scale in on_cpu.scales:
+            scale.memory_map_stats.zero_()
         indices = memory_map_indices(len(train_set), trainer.config)
         on_cpu.calibrate_memory_map(dataset_images(train_set, indices))
-        torch.testing.assert_close(on_cpu.memory_map_stats, on_gpu.memory_map_stats.cpu(),
-                                   rtol=1e-3, atol=1e-4)
+        for cpu_scale, gpu_scale in zip(on_cpu.scales, on_gpu.scales, strict=True):
+            torch.testing.assert_close(cpu_scale.memory_map_stats, gpu_scale.memory_map_stats.cpu(),
+                                       rtol=1e-3, atol=1e-4)
 
 
 def test_evaluation_and_inference_on_the_gpu(sample_root, train_set, texture_source, tmp_path,

@@ -174,6 +174,72 @@ def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated():
     assert not copy.memory_map_calibrated
 
 
+def shrink_by_two(images: torch.Tensor) -> torch.Tensor:
+    """Each pixel the mean of a 2x2 block, written out (the reference for the half-size copy)."""
+    b, c, h, w = images.shape
+    return images.reshape(b, c, h // 2, 2, w // 2, 2).mean(dim=(3, 5))
+
+
+@pytest.mark.parametrize("memory_map_weight", [0.0, 0.5])
+def test_half_scale_map_is_the_mean_of_the_maps_at_two_sizes(memory_map_weight):
+    """The option's map, written out with a model without it: the input's map, and the map of a
+    half-size copy compared with a bank of half-size copies, calibrated on them, blurred at 32 px
+    and enlarged; averaged. The option adds a bank and statistics to the state dict, nothing else."""
+    options = dict(image_size=64, memory_size=3, backbone_weights="none", map_smoothing_sigma=1.0,
+                   memory_map_weight=memory_map_weight)
+    torch.manual_seed(0)
+    plain = MemSeg(**options).eval()
+    two = MemSeg(**options, half_scale_map=True).eval()
+    two.load_state_dict(plain.state_dict(), strict=False)  # the same weights; banks built below
+    bank, normals, x = torch.randn(3, 3, 64, 64), torch.randn(5, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    two.memory_bank.store([level.clone() for level in make_model(64).memory_bank.levels])
+    with pytest.raises(RuntimeError, match="memory bank is empty"):  # the half-size one, never the other
+        two.forward_with_intermediates(shrink_by_two(x), two.half_memory_bank)
+    two.build_memory_bank(bank)
+    if memory_map_weight:
+        with pytest.raises(RuntimeError, match="not calibrated"):
+            two.anomaly_map(x)
+        two.calibrate_memory_map(normals, batch_size=2)
+        assert two.memory_map_calibrated
+    assert {k for k in two.state_dict() if k not in plain.state_dict()} == {
+        "half_memory_bank.level1", "half_memory_bank.level2", "half_memory_bank.level3", "half_memory_map_stats"}
+    assert two.half_memory_bank.level1.shape == (3, 64, 8, 8)  # features of the 32 px copies
+
+    plain.build_memory_bank(bank)
+    if memory_map_weight:
+        plain.calibrate_memory_map(normals)
+    full = plain.anomaly_map(x)
+    torch.testing.assert_close(two.memory_map_stats, plain.memory_map_stats)
+    torch.testing.assert_close(two.without_half_scale_map().anomaly_map(x), full)
+    plain.build_memory_bank(shrink_by_two(bank))
+    if memory_map_weight:
+        plain.calibrate_memory_map(shrink_by_two(normals))
+    torch.testing.assert_close(two.half_memory_map_stats, plain.memory_map_stats)
+    small = plain.anomaly_map(shrink_by_two(x))  # (2, 32, 32), blurred at that size
+    enlarged = F.interpolate(small[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    expected = (full + enlarged) / 2
+    torch.testing.assert_close(two.anomaly_map(x), expected)
+    assert not torch.allclose(expected, full, atol=1e-3)
+
+    copy = MemSeg(**options, half_scale_map=True).eval()  # the round trip, into a fresh model
+    copy.load_state_dict(two.state_dict())
+    torch.testing.assert_close(copy.anomaly_map(x), two.anomaly_map(x))
+
+
+def test_half_scale_map_needs_sides_that_are_multiples_of_64():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        get_config("quick", image_size=96, half_scale_map=True)
+    with pytest.raises(ValueError, match=r"image_size must be a positive multiple of 64 \(half_scale_map"):
+        MemSeg(image_size=96, backbone_weights="none", half_scale_map=True)
+    model = MemSeg(image_size=64, memory_size=2, backbone_weights="none", half_scale_map=True).eval()
+    with pytest.raises(ValueError, match="multiple of 64 .half_scale_map also reads a half-size copy"):
+        model.build_memory_bank(torch.randn(2, 3, 96, 96))
+    model.build_memory_bank(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="got 96x64"):
+        model.anomaly_map(torch.randn(1, 3, 96, 64))
+    assert model.anomaly_map(torch.randn(1, 3, 64, 64)).shape == (1, 64, 64)
+
+
 def test_image_scores_top_k_mean_and_max():
     maps = torch.zeros(2, 4, 4)
     maps[0, 0, :3] = torch.tensor([1.0, 0.5, 0.25])

@@ -161,8 +161,9 @@ def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_se
 
 
 @pytest.mark.parametrize("options", [{}, {"per_image_standardization": True, "map_smoothing_sigma": 1.5},
-                                     {"memory_map_weight": 0.5}],
-                         ids=["paper", "standardized_smoothed", "memory_map"])
+                                     {"memory_map_weight": 0.5},
+                                     {"memory_map_weight": 0.5, "half_scale_map": True, "memory_refresh_every": 1}],
+                         ids=["paper", "standardized_smoothed", "memory_map", "half_scale_map"])
 def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path, options):
     trainer = make_trainer(tiny_config(steps=2, **options), train_set, texture_source, run_dir=tmp_path)
     trainer.fit()
@@ -177,9 +178,28 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert model.memory_map_weight == config.memory_map_weight
     assert model.memory_map_calibrated == (config.memory_map_weight > 0)  # the trainer calibrated it
     assert len(model.memory_bank) == 4
+    assert model.half_scale_map == config.half_scale_map
+    if config.half_scale_map:  # built (and rebuilt) with the full-size bank
+        assert len(model.half_memory_bank) == 4 and model.half_memory_bank.level1.shape[-1] == 8
     x = trainer.batch(0)["image"]
     trainer.model.eval()
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
+
+
+def test_the_half_size_map_changes_no_training_step(train_set, texture_source):
+    """Training reads the full-size map only (the half-size bank is rebuilt beside the other), so
+    a run with ``half_scale_map`` trains the same weights; benchmarks/mtd.py scores both maps of one run."""
+    options = dict(steps=3, memory_refresh_every=1, memory_map_weight=0.5)
+    plain, two = (make_trainer(tiny_config(half_scale_map=half, **options), train_set, texture_source)
+                  for half in (False, True))
+    plain.fit()
+    two.fit()
+    assert [r["loss"] for r in plain.history] == [r["loss"] for r in two.history]
+    two_state = two.model.state_dict()
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(value, two_state[name]), name
+    assert set(two_state) - set(plain.model.state_dict()) == {
+        "half_memory_bank.level1", "half_memory_bank.level2", "half_memory_bank.level3", "half_memory_map_stats"}
 
 
 def test_only_an_unfinished_run_keeps_the_optimiser_state(train_set, texture_source, tmp_path):

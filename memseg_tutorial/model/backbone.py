@@ -25,6 +25,7 @@ from ..checkpoint import torch_load_problem
 
 IMAGENET_WEIGHTS_URL = ResNet18_Weights.IMAGENET1K_V1.url
 FROZEN_LAYERS = ("layer1", "layer2", "layer3")
+RANDOM_WEIGHTS_WARNING = "ResNet18 encoder with RANDOM weights"  # the start of the warning, to filter it
 FEATURE_CHANNELS = {"f0": 64, "f1": 64, "f2": 128, "f3": 256, "f4": 512}
 FEATURE_STRIDES = {"f0": 2, "f1": 4, "f2": 8, "f3": 16, "f4": 32}
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -109,7 +110,7 @@ def build_resnet18(weights: str | os.PathLike = "imagenet") -> nn.Module:
     network = resnet18(weights=None)
     if isinstance(weights, str) and weights.lower() == "none":
         warnings.warn(
-            "ResNet18 encoder with RANDOM weights (backbone_weights='none'): fine to learn the "
+            f"{RANDOM_WEIGHTS_WARNING} (backbone_weights='none'): fine to learn the "
             "mechanics, but the memory bank compares untrained features, so results will be far "
             "from the paper. Use backbone_weights='imagenet' or a path to the ImageNet .pth file.",
             stacklevel=_stacklevel_outside_package(),

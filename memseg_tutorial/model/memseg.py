@@ -5,12 +5,14 @@
       memory:   DI_l = (closest memory sample - f_l)^2, CI_l = cat(f_l, DI_l): 128, 256, 512 channels
       MSFF:     64@S/4, 128@S/8, 256@S/16, each times its spatial attention map m_l
       decoder:  logits (B, 2, S, S); anomaly map = softmax channel 1 (plus log m1, in normal
-                spreads, with memory_map_weight: an option for random weights, not the paper)
+                spreads, with memory_map_weight: an option for random weights, not the paper;
+                with half_scale_map, averaged with the map of a half-size copy, another option)
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -18,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import FROZEN_LAYERS, ResNet18Encoder
+from ..config import check_image_size, input_multiple, size_rule
+from .backbone import FROZEN_LAYERS, RANDOM_WEIGHTS_WARNING, ResNet18Encoder
 from .decoder import Decoder
 from .fusion import MSFF
 from .memory import MemoryBank
@@ -83,6 +86,24 @@ def _add_memory_map_stats_if_missing(module: nn.Module, state_dict: dict, prefix
     state_dict.setdefault(f"{prefix}memory_map_stats", torch.zeros_like(module.memory_map_stats))
 
 
+@dataclass(frozen=True, eq=False)
+class Scale:
+    """One size at which the anomaly map is computed, with its own bank and memory-map statistics:
+    the features of a half-size image are not comparable with those of a full-size one.
+
+    It holds references to the model's buffers, which ``.to()`` replaces: ask
+    :attr:`MemSeg.scales` again rather than keeping one.
+    """
+
+    bank: MemoryBank
+    memory_map_stats: torch.Tensor  # (3,), see MemSeg.calibrate_memory_map
+    factor: int  # 1: the input as it is; 2: a half-size copy
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H/factor, W/factor), each pixel the mean of a block (area resizing)."""
+        return x if self.factor == 1 else F.avg_pool2d(x, kernel_size=self.factor)
+
+
 def after_memory_precision(device_type: str):
     """Autocast off for everything that reads the memory differences, when autocast is float16.
 
@@ -97,16 +118,15 @@ def after_memory_precision(device_type: str):
     return nullcontext()
 
 
-def check_input(x: torch.Tensor) -> None:
-    """MemSeg needs (B, 3, H, W) with H and W multiples of 32 (ResNet18 halves the side 5 times)."""
+def check_input(x: torch.Tensor, half_scale_map: bool = False) -> None:
+    """MemSeg needs (B, 3, H, W) with H and W multiples of 32 (ResNet18 halves the side 5 times),
+    or of 64 with ``half_scale_map`` (see :func:`~memseg_tutorial.config.input_multiple`)."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"MemSeg expects images (B, 3, H, W), got shape {tuple(x.shape)}.")
     height, width = x.shape[-2:]
-    if height % 32 or width % 32:
-        raise ValueError(
-            f"Input side must be a multiple of 32 (ResNet18 downsamples 32x), got {height}x{width}. "
-            f"Resize the images, e.g. to 64, 128, 256 or 512."
-        )
+    multiple = input_multiple(half_scale_map)
+    if height % multiple or width % multiple:
+        raise ValueError(f"Input side must be a {size_rule(half_scale_map)}, got {height}x{width}.")
 
 
 @dataclass(frozen=True)
@@ -145,10 +165,11 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
 class MemSeg(nn.Module):
     """The full network. Build the memory bank before the first forward pass.
 
-    Three options for random encoder weights, all off by default (the paper):
+    Four options for random encoder weights, all off by default (the paper):
     ``per_image_standardization`` (see :func:`standardize_per_image`),
-    ``map_smoothing_sigma`` (see :func:`smooth_maps`) and ``memory_map_weight`` (see
-    :meth:`fused_logit`; needs :meth:`calibrate_memory_map`, which the Trainer runs).
+    ``map_smoothing_sigma`` (see :func:`smooth_maps`), ``memory_map_weight`` (see
+    :meth:`fused_logit`; needs :meth:`calibrate_memory_map`, which the Trainer runs) and
+    ``half_scale_map`` (see :meth:`anomaly_map`).
     """
 
     def __init__(
@@ -159,12 +180,10 @@ class MemSeg(nn.Module):
         per_image_standardization: bool = False,
         map_smoothing_sigma: float = 0.0,
         memory_map_weight: float = 0.0,
+        half_scale_map: bool = False,
     ) -> None:
         super().__init__()
-        if image_size <= 0 or image_size % 32:
-            raise ValueError(
-                f"image_size must be a positive multiple of 32, got {image_size}. Try 64, 128 or 256."
-            )
+        check_image_size(image_size, half_scale_map)
         self.image_size = image_size
         self.memory_size = memory_size  # how many normal images the bank is meant to hold
         self.map_smoothing_sigma = map_smoothing_sigma
@@ -175,6 +194,10 @@ class MemSeg(nn.Module):
         self.register_load_state_dict_pre_hook(_add_memory_map_stats_if_missing)
         self.encoder = ResNet18Encoder(backbone_weights, standardize=per_image_standardization)
         self.memory_bank = MemoryBank()
+        self.half_scale_map = half_scale_map
+        if half_scale_map:  # only then, so that models without the option save what they always did
+            self.half_memory_bank = MemoryBank()
+            self.register_buffer("half_memory_map_stats", torch.zeros(3))
         self.msff = MSFF()
         self.decoder = Decoder()
 
@@ -189,36 +212,68 @@ class MemSeg(nn.Module):
             per_image_standardization=config.per_image_standardization,
             map_smoothing_sigma=config.map_smoothing_sigma,
             memory_map_weight=config.memory_map_weight,
+            half_scale_map=config.half_scale_map,
         )
 
     @property
     def frozen_layers(self) -> list[nn.Module]:
         return [getattr(self.encoder, name) for name in FROZEN_LAYERS]
 
+    @property
+    def scales(self) -> list[Scale]:
+        """The input as it is, and with ``half_scale_map`` a half-size copy; training uses the first."""
+        scales = [Scale(self.memory_bank, self.memory_map_stats, factor=1)]
+        if self.half_scale_map:
+            scales.append(Scale(self.half_memory_bank, self.half_memory_map_stats, factor=2))
+        return scales
+
+    def without_half_scale_map(self) -> MemSeg:
+        """A copy that reads the full-size map only: the same weights, bank and statistics.
+
+        Training never reads the half-size map, so this scores what the same run would have
+        scored without ``half_scale_map`` (benchmarks/mtd.py prints both).
+        """
+        with warnings.catch_warnings():  # the weights come from this model
+            warnings.filterwarnings("ignore", message=RANDOM_WEIGHTS_WARNING)
+            copy = MemSeg(
+                image_size=self.image_size,
+                memory_size=self.memory_size,
+                backbone_weights="none",
+                per_image_standardization=self.encoder.standardize,
+                map_smoothing_sigma=self.map_smoothing_sigma,
+                memory_map_weight=self.memory_map_weight,
+            )
+        copy.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("half_")})
+        return copy.to(self.memory_map_stats.device).train(self.training)
+
     @torch.no_grad()
     def build_memory_bank(self, images: torch.Tensor, batch_size: int = 8) -> None:
-        """Store layer1..3 features of normal images (N, 3, S, S); the encoder runs in eval mode."""
-        check_input(images)
+        """Store layer1..3 features of normal images (N, 3, S, S), at every scale; the encoder runs
+        in eval mode."""
+        check_input(images, self.half_scale_map)
         if len(images) == 0:
             raise ValueError("build_memory_bank needs at least one normal image, got none.")
         was_training = self.encoder.training
         self.encoder.eval()
         device = next(self.parameters()).device
         try:
-            chunks = [
-                self.encoder.memory_features(images[i : i + batch_size].to(device))
-                for i in range(0, len(images), batch_size)
-            ]
+            for scale in self.scales:
+                chunks = [
+                    self.encoder.memory_features(scale.resize(images[i : i + batch_size].to(device)))
+                    for i in range(0, len(images), batch_size)
+                ]
+                scale.bank.store([torch.cat(level, dim=0) for level in zip(*chunks, strict=True)])
         finally:
             self.encoder.train(was_training)
-        self.memory_bank.store([torch.cat(level, dim=0) for level in zip(*chunks, strict=True)])
 
-    def forward_with_intermediates(self, x: torch.Tensor) -> dict:
-        """Every stage of the forward pass, for the lessons and the shape tests."""
+    def forward_with_intermediates(self, x: torch.Tensor, bank: MemoryBank | None = None) -> dict:
+        """Every stage of the forward pass, for the lessons and the shape tests. ``bank``: the memory
+        to compare with (default the full-size bank; :meth:`anomaly_map` passes the half-size one)."""
         check_input(x)
         features = self.encoder(x)  # f0..f4
         levels = [features["f1"], features["f2"], features["f3"]]
-        concatenated, differences, indices = self.memory_bank(levels)
+        bank = self.memory_bank if bank is None else bank  # an empty bank must say so, not fall back
+        concatenated, differences, indices = bank(levels)
         with after_memory_precision(x.device.type):
             concatenated = [c.float() for c in concatenated]
             fused, spatial_maps, attended = self.msff.forward_with_maps(concatenated, differences)
@@ -240,38 +295,46 @@ class MemSeg(nn.Module):
 
     @property
     def memory_map_calibrated(self) -> bool:
-        logit_spread, _, memory_spread = self.memory_map_stats.tolist()
-        return logit_spread > 0 and memory_spread > 0  # calibration never stores a zero spread
+        """Whether every scale's statistics are set (calibration never stores a zero spread)."""
+        return all(
+            stats[0].item() > 0 and stats[2].item() > 0 for stats in (s.memory_map_stats for s in self.scales)
+        )
 
     @torch.no_grad()
     def calibrate_memory_map(self, normal_images: torch.Tensor, batch_size: int = 16) -> None:
         """Measure how the decoder's logit and log m1 spread on normal images (N, 3, S, S).
 
         Use images that are NOT in the memory bank: a bank image finds itself (m1 = 0), which
-        no new image does. Runs in eval mode and changes nothing but ``memory_map_stats``.
+        no new image does. Each scale is measured at its own size, against its own bank. Runs in
+        eval mode and changes nothing but the statistics (all or, on an error, none of them).
         """
-        check_input(normal_images)
+        check_input(normal_images, self.half_scale_map)
         if len(normal_images) == 0:
             raise ValueError("calibrate_memory_map needs at least one normal image, got none.")
         was_training = self.training
         self.eval()
         device = self.memory_map_stats.device
-        logit_chunks, memory_chunks = [], []
+        measured = []
         try:
-            for chunk in normal_images.split(batch_size):
-                logit, memory = self._logit_and_memory_map(self.forward_with_intermediates(chunk.to(device)))
-                logit_chunks.append(logit)
-                memory_chunks.append(memory)
+            for scale in self.scales:
+                logit_chunks, memory_chunks = [], []
+                for chunk in normal_images.split(batch_size):
+                    stages = self.forward_with_intermediates(scale.resize(chunk.to(device)), scale.bank)
+                    logit, memory = self._logit_and_memory_map(stages)
+                    logit_chunks.append(logit)
+                    memory_chunks.append(memory)
+                logit, memory = torch.cat(logit_chunks), torch.cat(memory_chunks)
+                stats = torch.stack([logit.std(), memory.mean(), memory.std()])
+                if not torch.isfinite(stats).all() or stats[0] <= 0 or stats[2] <= 0:
+                    raise ValueError(
+                        f"Cannot calibrate the memory map on these {len(normal_images)} images (spreads "
+                        f"{stats[0]:.3g} and {stats[2]:.3g}): use more normal images, none from the bank."
+                    )
+                measured.append(stats)
         finally:
             self.train(was_training)
-        logit, memory = torch.cat(logit_chunks), torch.cat(memory_chunks)
-        stats = torch.stack([logit.std(), memory.mean(), memory.std()])
-        if not torch.isfinite(stats).all() or stats[0] <= 0 or stats[2] <= 0:
-            raise ValueError(
-                f"Cannot calibrate the memory map on these {len(normal_images)} images (spreads "
-                f"{stats[0]:.3g} and {stats[2]:.3g}): use more normal images, none from the bank."
-            )
-        self.memory_map_stats.copy_(stats)
+        for scale, stats in zip(self.scales, measured, strict=True):
+            scale.memory_map_stats.copy_(stats)
 
     @staticmethod
     def _logit_and_memory_map(stages: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,9 +342,11 @@ class MemSeg(nn.Module):
         logits = stages["logits"].float()
         return logits[:, 1] - logits[:, 0], memory_map(stages["spatial_maps"][0], logits.shape[-2:])
 
-    def fused_logit(self, stages: dict) -> torch.Tensor:
+    def fused_logit(self, stages: dict, stats: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's logit (B, H, W) plus ``memory_map_weight`` times log m1, both in units
-        of their spread on normal images (``stages``: from :meth:`forward_with_intermediates`).
+        of their spread on normal images (``stages``: from :meth:`forward_with_intermediates`;
+        ``stats``: those of the scale the stages come from; the default, the full-size map's, is
+        wrong for the half-size one).
 
         The decoder learns to find *edges* of simulated anomalies; m1, the raw memory comparison
         (lesson 06), also rises inside a wide, smooth region that the decoder leaves unfilled.
@@ -293,7 +358,7 @@ class MemSeg(nn.Module):
                 "model.calibrate_memory_map(normal_images) with normal images outside the bank "
                 "(the Trainer does this after training)."
             )
-        logit_spread, memory_mean, memory_spread = self.memory_map_stats
+        logit_spread, memory_mean, memory_spread = self.memory_map_stats if stats is None else stats
         logit, memory = self._logit_and_memory_map(stages)
         return logit + self.memory_map_weight * logit_spread * (memory - memory_mean) / memory_spread
 
@@ -303,22 +368,39 @@ class MemSeg(nn.Module):
     ) -> torch.Tensor:
         """(B, S, S) probability of "anomalous" per pixel, in [0, 1] (full image, no crop),
         with the memory map added when ``memory_map_weight`` is set (:meth:`fused_logit`) and
-        blurred by ``map_smoothing_sigma`` when that is set."""
+        blurred by ``map_smoothing_sigma`` when that is set.
+
+        With ``half_scale_map`` it is the mean of two such maps: the input's, and that of a
+        half-size copy (its own bank, blurred at its own size, then enlarged). In the smaller copy
+        every feature covers twice the width of the surface, so a wide, smooth defect that the
+        full-size map leaves unfilled stands out more; the full-size map keeps the small ones.
+        Image scores are read off the averaged map, like any other.
+        """
+        check_input(x, self.half_scale_map)
         settings = settings or inference_settings(x.device)
-        if settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast(x.device.type, dtype=settings.autocast_dtype)
             if settings.autocast_dtype is not None
             else nullcontext()
         )
-        with autocast:
-            stages = self.forward_with_intermediates(x)
-        if self.memory_map_weight > 0:
-            maps = torch.sigmoid(self.fused_logit(stages))
-        else:
-            maps = torch.softmax(stages["logits"].float(), dim=1)[:, 1]  # (B, S, S)
-        return smooth_maps(maps, self.map_smoothing_sigma)
+        maps = []
+        for scale in self.scales:
+            scaled = scale.resize(x)
+            if settings.channels_last:
+                scaled = scaled.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                stages = self.forward_with_intermediates(scaled, scale.bank)
+            if self.memory_map_weight > 0:
+                scale_map = torch.sigmoid(self.fused_logit(stages, scale.memory_map_stats))
+            else:
+                scale_map = torch.softmax(stages["logits"].float(), dim=1)[:, 1]  # (B, h, w)
+            scale_map = smooth_maps(scale_map, self.map_smoothing_sigma)
+            if scale_map.shape[-2:] != x.shape[-2:]:
+                scale_map = F.interpolate(
+                    scale_map[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+                )[:, 0]
+            maps.append(scale_map)
+        return maps[0] if len(maps) == 1 else torch.stack(maps).mean(dim=0)  # (B, S, S)
 
     @torch.no_grad()
     def predict(
