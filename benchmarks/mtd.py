@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         preset = settings.pop("preset")
         config = get_config(preset, **settings)
     except (TypeError, ValueError) as error:  # an unknown or invalid setting (--set, --image-size), in one line
-        raise SystemExit(f"mtd.py: {error}") from None
+        hint = " Add --set half_scale_map=False for other sizes." if "half_scale_map also" in str(error) else ""
+        raise SystemExit(f"mtd.py settings (--image-size, --set, ...): {error}{hint}") from None
     full_train = MTDDataset(args.root, "train", image_size=config.image_size)
     textures = TEXTURES(config)
     validation = None

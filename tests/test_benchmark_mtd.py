@@ -58,6 +58,8 @@ def test_bad_set_values_fail_before_any_data_is_read(mtd_script):
     for bad, reason in (("no_such_field=1", "no_such_field"), ("texture_probability=2.0", "texture_probability")):
         with pytest.raises(SystemExit, match=f"--set.*{reason}"):  # get_config's check, before any data is read
             mtd_script.main(["--set", bad])
+    with pytest.raises(SystemExit, match="multiple of 64 .*--set half_scale_map=False"):  # the benchmark's option
+        mtd_script.main(["--image-size", "96"])
 
 
 def test_validation_split_holds_out_normals_only(mtd_script):
