@@ -32,9 +32,10 @@ import warnings
 import torch
 
 from memseg_tutorial.model import InferenceSettings, MemSeg
+from memseg_tutorial.model.backbone import RANDOM_WEIGHTS_WARNING
 from memseg_tutorial.model.memseg import CPU_INFERENCE
 
-warnings.filterwarnings("ignore", message="ResNet18 encoder with RANDOM weights")
+warnings.filterwarnings("ignore", message=RANDOM_WEIGHTS_WARNING)
 
 
 def current_rss_kib() -> int:

@@ -24,9 +24,10 @@ import torch
 
 from memseg_tutorial import get_config
 from memseg_tutorial.data import MVTecDataset, TextureSource, ensure_sample_dataset
+from memseg_tutorial.model.backbone import RANDOM_WEIGHTS_WARNING
 from memseg_tutorial.training import Trainer
 
-warnings.filterwarnings("ignore", message="ResNet18 encoder with RANDOM weights")
+warnings.filterwarnings("ignore", message=RANDOM_WEIGHTS_WARNING)
 
 
 def images_per_second(config, train_set, textures, warmup: int, steps: int) -> float:

@@ -166,14 +166,12 @@ def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Config, dict]:
     """(model in eval mode with its memory bank, its config, the raw checkpoint) from a file."""
-    import warnings
-
     from .model import MemSeg
+    from .model.backbone import random_weights_on_purpose
 
     checkpoint = load_checkpoint(path, map_location="cpu")
     config = Config.from_dict(checkpoint["config"])
-    with warnings.catch_warnings():  # the weights come from the checkpoint, not from ImageNet
-        warnings.simplefilter("ignore")
+    with random_weights_on_purpose():  # the weights come from the checkpoint, not from ImageNet
         model = MemSeg.from_config(config, backbone_weights="none")
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()

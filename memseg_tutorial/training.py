@@ -237,6 +237,7 @@ class Trainer:
     ) -> None:
         from .losses import MemSegLoss
         from .model import MemSeg
+        from .model.backbone import random_weights_on_purpose
         from .synthesis import AnomalySynthesizer, TrainingSampleDataset
 
         self.config = config.validate()
@@ -251,9 +252,7 @@ class Trainer:
         if config.deterministic:
             use_deterministic_algorithms()  # before the first kernel, so cuBLAS picks it up
         torch.manual_seed(config.seed)  # the same initial weights for the same seed
-        with warnings.catch_warnings():
-            if config.backbone_weights == "none":
-                warnings.simplefilter("ignore")  # random encoder on purpose: said once below
+        with random_weights_on_purpose(config.backbone_weights == "none"):  # said once below
             self.model = MemSeg.from_config(config)
         if config.train_encoder:
             self.model.encoder.requires_grad_(True)  # no pretrained features worth freezing

@@ -105,6 +105,16 @@ def _stacklevel_outside_package() -> int:
     return level
 
 
+@contextmanager
+def random_weights_on_purpose(on_purpose: bool = True):
+    """Build a model without the random-weights warning where random weights are meant (the
+    trainer says so once itself) or are replaced at once (a checkpoint's, another model's)."""
+    with warnings.catch_warnings():
+        if on_purpose:
+            warnings.filterwarnings("ignore", message=RANDOM_WEIGHTS_WARNING)
+        yield
+
+
 def build_resnet18(weights: str | os.PathLike = "imagenet") -> nn.Module:
     """A torchvision ResNet18 with ``weights`` = "imagenet", "none" or a path to a .pth file."""
     network = resnet18(weights=None)

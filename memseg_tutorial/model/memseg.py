@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_image_size, input_multiple, size_rule
-from .backbone import FROZEN_LAYERS, RANDOM_WEIGHTS_WARNING, ResNet18Encoder
+from .backbone import FROZEN_LAYERS, ResNet18Encoder, random_weights_on_purpose
 from .decoder import Decoder
 from .fusion import MSFF
 from .memory import MemoryBank
@@ -233,8 +232,7 @@ class MemSeg(nn.Module):
         Training never reads the half-size map, so this scores what the same run would have
         scored without ``half_scale_map`` (benchmarks/mtd.py prints both).
         """
-        with warnings.catch_warnings():  # the weights come from this model
-            warnings.filterwarnings("ignore", message=RANDOM_WEIGHTS_WARNING)
+        with random_weights_on_purpose():  # the weights come from this model
             copy = MemSeg(
                 image_size=self.image_size,
                 memory_size=self.memory_size,
