@@ -65,6 +65,43 @@ def test_module_runs_as_a_program():
     assert result.returncode == 0 and "demo" in result.stdout
 
 
+# Runs the command line as `python -m memseg_tutorial` does and reports the OMP_WAIT_POLICY that the
+# process had when it first imported torch (OpenMP reads it then, and only then).
+POLICY_SPY = """
+import os, runpy, sys
+seen = {}
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY"))
+        return None
+sys.meta_path.insert(0, Spy())
+sys.argv = ["memseg_tutorial", *sys.argv[1:]]
+try:
+    runpy.run_module("memseg_tutorial", run_name="__main__")
+except SystemExit as exit_:
+    print(exit_.code, seen.get("policy", "torch not loaded"))
+"""
+
+
+@pytest.mark.parametrize("user_policy, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_line_lets_idle_threads_sleep_unless_the_user_chose(tmp_path, user_policy, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # the Makefile exports it
+    if user_policy is not None:
+        env["OMP_WAIT_POLICY"] = user_policy
+    result = subprocess.run([sys.executable, "-c", POLICY_SPY, "download", "sample", "--root", str(tmp_path / "s")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.splitlines()[-1] == f"0 {expected}", result.stderr
+
+
+def test_help_and_the_package_import_do_not_load_torch():
+    result = subprocess.run([sys.executable, "-c", POLICY_SPY, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == "0 torch not loaded"
+    result = subprocess.run([sys.executable, "-c", "import sys, memseg_tutorial; print('torch' in sys.modules); "
+                             "print(memseg_tutorial.get_device('cpu'))"], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "cpu"]
+
+
 def test_malformed_command_line(capsys):
     code, _, err = run(["fly"], capsys)
     assert code == 2
