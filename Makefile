@@ -21,11 +21,19 @@ help:
 	@echo "make lab        start JupyterLab in notebooks/"
 	@echo "make notebooks  re-execute every notebook in place (quick preset) so stored outputs match the code"
 
+# numpy<2 (imgaug 0.4) has no wheels for Python 3.13, and torch>=2.4 none for 3.9.
+PY_SUPPORTED := import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))
+PY_VERSION := import platform; print(platform.python_version())
+
 $(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ ! -x $(PY) ]; then \
+		$(PYTHON) -c '$(PY_SUPPORTED)' || { echo "error: $(PYTHON) is Python $$($(PYTHON) -c '$(PY_VERSION)'); this project needs 3.10 to 3.12 (3.11 preferred): install one and run make PYTHON=python3.11" >&2; exit 1; }; \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	@$(PY) -c '$(PY_SUPPORTED)' || { echo "error: $(VENV) has Python $$($(PY) -c '$(PY_VERSION)'), this project needs 3.10 to 3.12: delete $(VENV) and run make PYTHON=python3.11" >&2; exit 1; }
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip $(PIP_QUIET)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN) $(PIP_QUIET)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" $(PIP_QUIET)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[lab,dev]" $(PIP_QUIET)
 	@touch $@
 
 install: $(VENV)/.installed

@@ -14,3 +14,7 @@ def __getattr__(name: str):
 
         return get_device
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "get_device"})

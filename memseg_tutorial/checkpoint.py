@@ -23,7 +23,11 @@ from .config import Config
 from .staging import atomic_target
 
 CHECKPOINT_FORMAT = "memseg-tutorial-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# Why a file of an older version cannot be read into the current model (its weights do not fit).
+OLDER_VERSIONS = {
+    1: "its model had BatchNorm and ReLU after MSFF's convs, which are plain 3x3 convs now (as in the SPEC)",
+}
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -115,6 +119,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a memseg-tutorial checkpoint (no '{CHECKPOINT_FORMAT}' marker)."
+        )
+    if checkpoint.get("version") in OLDER_VERSIONS:
+        raise ValueError(
+            f"{path} was written by an earlier memseg_tutorial (checkpoint version {checkpoint['version']}): "
+            f"{OLDER_VERSIONS[checkpoint['version']]}. Its weights do not fit the current model: train again "
+            f"(python -m memseg_tutorial train ..., or demo)."
         )
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ValueError(

@@ -460,7 +460,7 @@ class Trainer:
         """Write the checkpoint atomically (temp file + rename).
 
         A finished run's checkpoint leaves out the optimiser's state (with AdamW, which keeps two
-        numbers per trained weight, two thirds of the file): no training continues from it, and
+        numbers per trained weight, about three fifths of the file): no training continues from it, and
         evaluation and inference need only the model.
         """
         self.calibrate_memory_map()

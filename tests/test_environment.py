@@ -22,13 +22,14 @@ def normalise(requirement: str) -> str:
 
 
 def pyproject_packages(text: str) -> set[str]:
-    """``[project] dependencies`` plus the ``dev`` extra."""
+    """``[project] dependencies`` plus the ``lab`` and ``dev`` extras."""
     if tomllib is not None:
         project = tomllib.loads(text)["project"]
-        requirements = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+        extras = project["optional-dependencies"]
+        requirements = list(project["dependencies"]) + list(extras["lab"]) + list(extras["dev"])
     else:
         requirements = []
-        for key in ("dependencies", "dev"):
+        for key in ("dependencies", "lab", "dev"):
             block = re.search(rf"^{key}\s*=\s*\[(.*?)\]", text, flags=re.MULTILINE | re.DOTALL)
             requirements += re.findall(r"[\"']([^\"']+)[\"']", block.group(1)) if block else []
     return {normalise(r) for r in requirements}

@@ -149,6 +149,22 @@ def test_msff_fuse_adds_the_upsampled_convolved_coarser_level():
         torch.testing.assert_close(a, fused * m)
 
 
+def test_msff_convolutions_are_plain_as_in_the_spec():
+    """SPEC section 2: MSFF's convs are plain 3x3 convs (the decoder's up-blocks, not these, add BN + ReLU).
+    A BatchNorm or ReLU after them would rescale or clip the fused levels; only coordinate attention has a BN."""
+    msff = MSFF()
+    for name, module in msff.named_modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.ReLU)):
+            assert ".attention." in name, name
+        if isinstance(module, torch.nn.Conv2d) and ".attention." not in name:
+            assert module.bias is not None, name
+    block = MSFFBlock(16).eval()
+    x = torch.randn(1, 16, 5, 7)
+    with torch.no_grad():  # no clipping: the reduce path is linear, so it is odd in its input less its bias
+        bias_only = block.reduce(torch.zeros_like(x))
+        torch.testing.assert_close(block.reduce(-x) - bias_only, -(block.reduce(x) - bias_only), rtol=1e-5, atol=1e-5)
+
+
 def test_decoder_equals_its_documented_composition():
     """The decoder (lesson 07): up4(f4), cat MSFF3, up3, cat MSFF2, up2, cat MSFF1, up1, cat conv(f0), up0, head,
     each UpConvBlock being conv(bilinear x2). A decoder that skips a skip input fails here."""

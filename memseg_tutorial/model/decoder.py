@@ -13,7 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fusion import conv_bn_relu, upsample2x
+from .fusion import conv3x3, upsample2x
+
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        conv3x3(in_channels, out_channels, bias=False),  # the BatchNorm after it has the bias
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class UpConvBlock(nn.Module):
@@ -37,9 +45,9 @@ class Decoder(nn.Module):
         self.up2 = UpConvBlock(128 + 128, 64)
         self.up1 = UpConvBlock(64 + 64, 48)
         # A plain conv (SPEC: conv(f0 64->48)), unlike the up-blocks: no BN, and no ReLU to clip the skip.
-        self.stem_skip = nn.Conv2d(64, 48, kernel_size=3, padding=1)
+        self.stem_skip = conv3x3(64, 48)
         self.up0 = UpConvBlock(48 + 48, 48)
-        self.head = nn.Conv2d(48, 2, kernel_size=3, padding=1)
+        self.head = conv3x3(48, 2)
 
     def forward(
         self, f4: torch.Tensor, fused: list[torch.Tensor], f0: torch.Tensor

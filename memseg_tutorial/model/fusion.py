@@ -5,7 +5,9 @@ Per level, a block mixes the two halves (3x3 conv, gated by coordinate attention
 and halves the channels; then coarse levels flow down to finer ones (top-down, as in an FPN);
 finally each level is multiplied by a spatial attention map built from the DI maps alone, so
 places that differ from the closest normal sample are amplified at every scale.
-Every 3x3 conv here is followed by BatchNorm and ReLU (the paper leaves this detail open).
+Every conv here is a plain 3x3 conv with a bias, as SPEC section 2 has them (and the public
+re-implementation): no BatchNorm, no ReLU, unlike the decoder's up-blocks. Only the coordinate
+attention inside each block has a BatchNorm.
 """
 
 from __future__ import annotations
@@ -19,12 +21,9 @@ from .attention import CoordinateAttention
 FUSION_IN_CHANNELS = (128, 256, 512)  # CI_1, CI_2, CI_3
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+    """The 3x3 conv (padding 1: the side is kept) of MSFF and the decoder."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
@@ -36,11 +35,9 @@ class MSFFBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = conv_bn_relu(channels, channels)
+        self.conv = conv3x3(channels, channels)
         self.attention = CoordinateAttention(channels)
-        self.reduce = nn.Sequential(
-            conv_bn_relu(channels, channels // 2), conv_bn_relu(channels // 2, channels // 2)
-        )
+        self.reduce = nn.Sequential(conv3x3(channels, channels // 2), conv3x3(channels // 2, channels // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gated = self.conv(x) * self.attention(x)  # (B, C, H, W)
@@ -67,8 +64,8 @@ class MSFF(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.block1, self.block2, self.block3 = MSFFBlock(c1), MSFFBlock(c2), MSFFBlock(c3)
-        self.top_down3 = conv_bn_relu(c3 // 2, c2 // 2)  # 256 -> 128 after up x2
-        self.top_down2 = conv_bn_relu(c2 // 2, c1 // 2)  # 128 -> 64 after up x2
+        self.top_down3 = conv3x3(c3 // 2, c2 // 2)  # 256 -> 128 after up x2
+        self.top_down2 = conv3x3(c2 // 2, c1 // 2)  # 128 -> 64 after up x2
 
     def fuse(self, concatenated: list[torch.Tensor]) -> list[torch.Tensor]:
         """The block and top-down part, before spatial attention."""
