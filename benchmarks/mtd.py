@@ -254,9 +254,16 @@ def score_validation(model, validation: dict, config) -> dict:
     return metrics
 
 
-def print_full_size_map_only(split: str, metrics: dict, config) -> None:
-    print(f"{split} with the full-size map only: image AUROC {metrics['image_auroc']:.3f}  pixel AUROC "
-          f"{metrics['pixel_auroc']:.3f}  AUPRO@{config.aupro_fpr_limit:g} {metrics['aupro']:.3f}", flush=True)
+def headline(metrics: dict, fpr_limit: float) -> str:
+    """The three figures of a run, as every summary line prints them."""
+    return (f"image AUROC {metrics['image_auroc']:.3f}  pixel AUROC {metrics['pixel_auroc']:.3f}  "
+            f"AUPRO@{fpr_limit:g} {metrics['aupro']:.3f}")
+
+
+def evaluation_record(evaluation) -> dict:
+    """What the JSON file keeps of a test-split evaluation."""
+    return {"eval_images_per_s": evaluation.images_per_second, "per_defect": evaluation.per_defect,
+            **evaluation.metrics}
 
 
 class TimeUp(Exception):
@@ -382,31 +389,27 @@ def main(argv: list[str] | None = None) -> int:
         result.update(split=f"validation (80 held-out train normals + 80 with {args.validation_anomalies} defects)",
                       **metrics)
         print(format_results_table(metrics["per_family"], metrics, config.aupro_fpr_limit))
-        print(f"VALIDATION image AUROC {metrics['image_auroc']:.3f}  pixel AUROC "
-              f"{metrics['pixel_auroc']:.3f}  AUPRO@{config.aupro_fpr_limit:g} {metrics['aupro']:.3f}  image AUROC by score "
+        print(f"VALIDATION {headline(metrics, config.aupro_fpr_limit)}  image AUROC by score "
               + " ".join(f"{k} {v:.3f}" for k, v in metrics["image_auroc_by_score"].items()))
         if config.half_scale_map:
             plain = score_validation(trainer.model.without_half_scale_map(), validation, config)
             print("the same run, scored with the full-size map only:")
             print(format_results_table(plain["per_family"], plain, config.aupro_fpr_limit))
-            print_full_size_map_only("VALIDATION", plain, config)
+            print(f"VALIDATION with the full-size map only: {headline(plain, config.aupro_fpr_limit)}", flush=True)
             result["full_size_map_only"] = plain
     else:
         test = MTDDataset(args.root, "test", image_size=config.image_size)
         evaluation = evaluate(trainer.model, test, config, batch_size=16)
-        result.update(split="test", eval_images_per_s=evaluation.images_per_second,
-                      per_defect=evaluation.per_defect, **evaluation.metrics)
+        result.update(split="test", **evaluation_record(evaluation))
         print(evaluation.table())
-        print(f"TEST image AUROC {evaluation.metrics['image_auroc']:.3f}  pixel AUROC "
-              f"{evaluation.metrics['pixel_auroc']:.3f}  AUPRO@{evaluation.fpr_limit:g} {evaluation.metrics['aupro']:.3f}  "
+        print(f"TEST {headline(evaluation.metrics, evaluation.fpr_limit)}  "
               f"train {result['train_images_per_s']:.2f} img/s  eval {evaluation.images_per_second:.2f} img/s")
         if config.half_scale_map:
             plain = evaluate(trainer.model.without_half_scale_map(), test, config, batch_size=16)
             print("the same run, scored with the full-size map only:")
             print(plain.table())
-            print_full_size_map_only("TEST", plain.metrics, config)
-            result["full_size_map_only"] = {"per_defect": plain.per_defect, **plain.metrics,
-                                            "eval_images_per_s": plain.images_per_second}
+            print(f"TEST with the full-size map only: {headline(plain.metrics, plain.fpr_limit)}", flush=True)
+            result["full_size_map_only"] = evaluation_record(plain)
     out = args.out or runs_dir() / ("mtd_validation.json" if args.validate else "mtd_benchmark.json")
     atomic_write_json(result, out)
     print(f"wrote {out}")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_image_size, input_multiple, size_rule
-from .backbone import FROZEN_LAYERS, ResNet18Encoder, random_weights_on_purpose
+from .backbone import FROZEN_LAYERS, ResNet18Encoder
 from .decoder import Decoder
 from .fusion import MSFF
 from .memory import MemoryBank
@@ -232,17 +233,11 @@ class MemSeg(nn.Module):
         Training never reads the half-size map, so this scores what the same run would have
         scored without ``half_scale_map`` (benchmarks/mtd.py prints both).
         """
-        with random_weights_on_purpose():  # the weights come from this model
-            copy = MemSeg(
-                image_size=self.image_size,
-                memory_size=self.memory_size,
-                backbone_weights="none",
-                per_image_standardization=self.encoder.standardize,
-                map_smoothing_sigma=self.map_smoothing_sigma,
-                memory_map_weight=self.memory_map_weight,
-            )
-        copy.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("half_")})
-        return copy.to(self.memory_map_stats.device).train(self.training)
+        full_size_only = copy.deepcopy(self)  # same device, training mode and every other option
+        full_size_only.half_scale_map = False
+        if self.half_scale_map:
+            del full_size_only.half_memory_bank, full_size_only.half_memory_map_stats
+        return full_size_only
 
     @torch.no_grad()
     def build_memory_bank(self, images: torch.Tensor, batch_size: int = 8) -> None:
@@ -294,9 +289,8 @@ class MemSeg(nn.Module):
     @property
     def memory_map_calibrated(self) -> bool:
         """Whether every scale's statistics are set (calibration never stores a zero spread)."""
-        return all(
-            stats[0].item() > 0 and stats[2].item() > 0 for stats in (s.memory_map_stats for s in self.scales)
-        )
+        stats = torch.stack([scale.memory_map_stats for scale in self.scales]).tolist()  # one device sync
+        return all(logit_spread > 0 and memory_spread > 0 for logit_spread, _, memory_spread in stats)
 
     @torch.no_grad()
     def calibrate_memory_map(self, normal_images: torch.Tensor, batch_size: int = 16) -> None:
