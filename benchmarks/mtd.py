@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from memseg_tutorial import get_config  # noqa: E402
 from memseg_tutorial.checkpoint import atomic_write_json  # noqa: E402
-from memseg_tutorial.config import parse_overrides  # noqa: E402
+from memseg_tutorial.config import input_multiple, parse_overrides, size_rule  # noqa: E402
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
@@ -337,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         preset = settings.pop("preset")
         config = get_config(preset, **settings)
     except (TypeError, ValueError) as error:  # an unknown or invalid setting (--set, --image-size), in one line
-        hint = " Add --set half_scale_map=False for other sizes." if "half_scale_map also" in str(error) else ""
+        size = settings.get("image_size")
+        fits_without = isinstance(size, int) and size > 0 and size % input_multiple(False) == 0
+        needs_half_off = fits_without and size_rule(True) in str(error)  # the size check of the option itself
+        hint = " Add --set half_scale_map=False for other sizes." if needs_half_off else ""
         raise SystemExit(f"mtd.py settings (--image-size, --set, ...): {error}{hint}") from None
     full_train = MTDDataset(args.root, "train", image_size=config.image_size)
     textures = TEXTURES(config)

@@ -60,6 +60,12 @@ def test_bad_set_values_fail_before_any_data_is_read(mtd_script):
             mtd_script.main(["--set", bad])
     with pytest.raises(SystemExit, match="multiple of 64 .*--set half_scale_map=False"):  # the benchmark's option
         mtd_script.main(["--image-size", "96"])
+    with pytest.raises(SystemExit) as refused:  # 100 is not a multiple of 32 either: turning the option off would not help
+        mtd_script.main(["--image-size", "100"])
+    assert "multiple of 64" in str(refused.value) and "half_scale_map=False" not in str(refused.value)
+    with pytest.raises(SystemExit) as refused:  # another setting's error gets no hint about the size
+        mtd_script.main(["--image-size", "96", "--set", "no_such_field=1"])
+    assert "no_such_field" in str(refused.value) and "half_scale_map=False" not in str(refused.value)
 
 
 def test_validation_split_holds_out_normals_only(mtd_script):

@@ -165,13 +165,14 @@ def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated():
     torch.testing.assert_close(fused.anomaly_map(x), expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(fused.anomaly_map(x), model.anomaly_map(x), atol=1e-3)
     torch.testing.assert_close(memory_map(torch.zeros(1, 1, 4, 4), (8, 8)), torch.full((1, 8, 8), -27.631021))
-    # The statistics travel in the state dict; a state dict from before they existed loads uncalibrated.
+    # The statistics travel in the state dict, and a state dict without them is refused (older
+    # checkpoints are refused by their version before this point: test_training.py).
     copy = MemSeg(image_size=64, memory_size=3, backbone_weights="none", memory_map_weight=0.5).eval()
     copy.load_state_dict(fused.state_dict())
     torch.testing.assert_close(copy.anomaly_map(x), fused.anomaly_map(x))
     old = {k: v for k, v in fused.state_dict().items() if k != "memory_map_stats"}
-    copy.load_state_dict(old)
-    assert not copy.memory_map_calibrated
+    with pytest.raises(RuntimeError, match="memory_map_stats"):
+        copy.load_state_dict(old)
 
 
 def shrink_by_two(images: torch.Tensor) -> torch.Tensor:

@@ -81,11 +81,6 @@ def memory_map(m1: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(log_m1, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _add_memory_map_stats_if_missing(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    """Checkpoints written before ``memory_map_stats`` existed load as uncalibrated."""
-    state_dict.setdefault(f"{prefix}memory_map_stats", torch.zeros_like(module.memory_map_stats))
-
-
 @dataclass(frozen=True, eq=False)
 class Scale:
     """One size at which the anomaly map is computed, with its own bank and memory-map statistics:
@@ -191,7 +186,6 @@ class MemSeg(nn.Module):
         # On normal images: spread of the decoder's logit, mean and spread of log m1 (zeros until
         # calibrate_memory_map); a buffer, so checkpoints keep it.
         self.register_buffer("memory_map_stats", torch.zeros(3))
-        self.register_load_state_dict_pre_hook(_add_memory_map_stats_if_missing)
         self.encoder = ResNet18Encoder(backbone_weights, standardize=per_image_standardization)
         self.memory_bank = MemoryBank()
         self.half_scale_map = half_scale_map
