@@ -145,3 +145,20 @@ def test_band_covers_a_wide_strip_from_one_edge(mtd_script):
         assert mask[0].all() or mask[-1].all()  # anchored at the top or the bottom edge
         assert not mask[0].all() or not mask[-1].all()  # ... never both: a band, not the tile
         assert np.abs(drawn - tile)[mask].mean() > 1.0 and np.array_equal(drawn[~mask], tile[~mask])
+
+
+def test_image_auroc_by_score_reads_each_score_off_the_same_maps(mtd_script):
+    # Normal maps: a small bright spot of 150 pixels. Defective maps: a wide, milder region of
+    # 2000 pixels (a large "uneven" area). Up to 100 pixels the spots rank first; from 400 on the
+    # wide regions do (150 x 1.0 / 400 = 0.375 < 0.5).
+    maps = torch.zeros(4, 128, 128)
+    maps[0].view(-1)[:150] = 1.0
+    maps[1].view(-1)[-150:] = 0.9
+    maps[2].view(-1)[:2000] = 0.5
+    maps[3].view(-1)[-2000:] = 0.6
+    by_score = mtd_script.image_auroc_by_score(maps, np.array([0, 0, 1, 1]))
+    assert list(by_score) == list(mtd_script.SCORE_READINGS)
+    for name in ("max", "top25", "top100"):
+        assert by_score[name] == pytest.approx(0.0), name
+    for name in ("top400", "top1600"):
+        assert by_score[name] == pytest.approx(1.0), name
