@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
           f"calibrate_bn={config.calibrate_batchnorm} grey_sources={config.grey_sources} "
           f"refresh={config.memory_refresh_every} lr={config.lr} "
           f"standardize={config.per_image_standardization} map_sigma={config.map_smoothing_sigma} "
-          f"memory_map_weight={config.memory_map_weight} half_scale_map={config.half_scale_map}", flush=True)
+          f"memory_map_weight={config.memory_map_weight} half_scale_map={config.half_scale_map} "
+          f"image_score={config.score_mode}:{config.score_top_k}", flush=True)
     trainer = Trainer(config, train, textures, progress=sys.stderr.isatty())
     start = time.perf_counter()
     deadline = None if args.steps else start + args.minutes * 60.0
