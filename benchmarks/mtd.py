@@ -253,6 +253,7 @@ def image_auroc_by_score(maps: torch.Tensor, labels) -> dict[str, float]:
 
 
 def by_score_line(metrics: dict) -> str:
+    """The readings of :func:`image_auroc_by_score` on one line, as the VALIDATION and TEST lines print them."""
     return "image AUROC by score " + " ".join(f"{k} {v:.3f}" for k, v in metrics["image_auroc_by_score"].items())
 
 
