@@ -116,8 +116,10 @@ def test_gpu_and_cpu_give_the_same_maps(train_set, texture_source, tmp_path, exa
         gpu_maps = on_gpu.anomaly_map(images.cuda()).float().cpu()
         cpu_maps = on_cpu.anomaly_map(images).float()
     assert gpu_maps.shape == cpu_maps.shape == (4, 64, 64)
-    # cuDNN and the CPU sum in different orders; on the H200 the maps differed by up to 4e-4.
-    torch.testing.assert_close(gpu_maps, cpu_maps, rtol=0, atol=2e-3)
+    # cuDNN and the CPU sum in different orders; on the H200 the maps differed by up to 4e-4, and on
+    # an H100 (half_scale_map) one pixel of 16,384 by 4.3e-3 in one of two runs: a 3-step model's map
+    # is almost a step (see assert_maps_agree).
+    assert_maps_agree(gpu_maps.numpy(), cpu_maps.numpy())
     if config.memory_map_weight > 0:  # the CPU, calibrating afresh on the same images, agrees
         assert on_gpu.memory_map_calibrated
         for scale in on_cpu.scales:
