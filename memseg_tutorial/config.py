@@ -76,6 +76,7 @@ class Config:
     aupro_fpr_limit: float = 0.3
     map_smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in pixels (0: none, paper)
     memory_map_weight: float = 0.0  # add log m1 to the decoder's logit, in normal spreads (0: paper)
+    memory_map_level: int = 1  # which of MSFF's maps memory_map_weight adds: 1 (m1, SPEC), 2 or 3 (coarsest)
     half_scale_map: bool = False  # average in the map of a half-size copy (its own bank); False: paper
 
     # --- runtime ---------------------------------------------------------------------------------
@@ -206,12 +207,13 @@ def is_number(value: object, integer: bool = False) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
+_CHOICES: dict[str, tuple] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "constant"),
     "score_mode": ("topk_mean", "max"),
     "amp_dtype": ("float16", "bfloat16"),
     "device": ("auto", "cpu", "cuda"),
+    "memory_map_level": (1, 2, 3),
 }
 
 # field: (test, the rule in words). Ranges that would otherwise fail late (in evaluation) or never.

@@ -56,6 +56,10 @@ def test_overrides_and_bad_values():
         get_config("quick", map_smoothing_sigma=-1.0)
     with pytest.raises(ValueError, match="memory_map_weight"):
         get_config("quick", memory_map_weight=-0.5)
+    assert get_config("quick", memory_map_level=3).memory_map_level == 3
+    for level in (0, 4):
+        with pytest.raises(ValueError, match="memory_map_level must be one of"):
+            get_config("quick", memory_map_level=level)
     with pytest.raises(ValueError, match="amp_dtype"):
         get_config("quick", amp_dtype="float8")
 
@@ -66,6 +70,8 @@ def test_round_trip_through_json():
     assert again == config
     with pytest.raises(ValueError, match="Unknown config keys"):
         Config.from_dict({**config.to_dict(), "bogus": 1})
+    older = {k: v for k, v in config.to_dict().items() if k != "memory_map_level"}  # saved before the field
+    assert Config.from_dict(older).memory_map_level == 1
 
 
 def test_device_helper(monkeypatch):

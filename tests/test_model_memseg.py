@@ -139,40 +139,52 @@ def test_anomaly_map_is_smoothed_when_configured():
     assert not torch.allclose(smoothed.anomaly_map(x), raw)
 
 
-def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated():
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated(level):
     model = make_model(64)
-    fused = MemSeg(image_size=64, memory_size=3, backbone_weights="none", memory_map_weight=0.5).eval()
+    options = dict(image_size=64, memory_size=3, backbone_weights="none", memory_map_weight=0.5,
+                   memory_map_level=level)
+    fused = MemSeg(**options).eval()
     fused.load_state_dict(model.state_dict())
     x, normals = torch.randn(2, 3, 64, 64), torch.randn(5, 3, 64, 64)
     with pytest.raises(RuntimeError, match="not calibrated"):
         fused.anomaly_map(x)
     fused.calibrate_memory_map(normals, batch_size=2)  # chunked: the statistics are over all five
 
-    def logit_and_log_m1(images):  # the reference, written out from the weight-0 model
+    def logit_and_log_m(images):  # the reference, written out from the weight-0 model
         with torch.no_grad():
             stages = model.forward_with_intermediates(images)
         logits = stages["logits"]
-        log_m1 = F.interpolate(torch.log(stages["spatial_maps"][0] + 1e-12), size=(64, 64), mode="bilinear",
-                               align_corners=False)
-        return (logits[:, 1] - logits[:, 0]).double(), log_m1[:, 0].double()
+        m = stages["spatial_maps"][level - 1]  # m1 (S/4), m2 (S/8) or m3 (S/16)
+        assert m.shape[-1] == 64 // 2 ** (level + 1)
+        log_m = F.interpolate(torch.log(m + 1e-12), size=(64, 64), mode="bilinear", align_corners=False)
+        return (logits[:, 1] - logits[:, 0]).double(), log_m[:, 0].double()
 
-    normal_logit, normal_log_m1 = logit_and_log_m1(normals)
-    expected_stats = [normal_logit.std(), normal_log_m1.mean(), normal_log_m1.std()]
+    normal_logit, normal_log_m = logit_and_log_m(normals)
+    expected_stats = [normal_logit.std(), normal_log_m.mean(), normal_log_m.std()]
     torch.testing.assert_close(fused.memory_map_stats.double(), torch.stack(expected_stats), rtol=1e-5, atol=1e-5)
-    logit, log_m1 = logit_and_log_m1(x)
-    shift = 0.5 * expected_stats[0] * (log_m1 - expected_stats[1]) / expected_stats[2]
+    logit, log_m = logit_and_log_m(x)
+    shift = 0.5 * expected_stats[0] * (log_m - expected_stats[1]) / expected_stats[2]
     expected = torch.sigmoid(logit + shift).float()
     torch.testing.assert_close(fused.anomaly_map(x), expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(fused.anomaly_map(x), model.anomaly_map(x), atol=1e-3)
     torch.testing.assert_close(memory_map(torch.zeros(1, 1, 4, 4), (8, 8)), torch.full((1, 8, 8), -27.631021))
     # The statistics travel in the state dict, and a state dict without them is refused (older
     # checkpoints are refused by their version before this point: test_training.py).
-    copy = MemSeg(image_size=64, memory_size=3, backbone_weights="none", memory_map_weight=0.5).eval()
+    copy = MemSeg(**options).eval()
     copy.load_state_dict(fused.state_dict())
     torch.testing.assert_close(copy.anomaly_map(x), fused.anomaly_map(x))
     old = {k: v for k, v in fused.state_dict().items() if k != "memory_map_stats"}
     with pytest.raises(RuntimeError, match="memory_map_stats"):
         copy.load_state_dict(old)
+
+
+def test_memory_map_level_is_one_of_the_three_maps():
+    for level in (0, 4):
+        with pytest.raises(ValueError, match="memory_map_level must be 1, 2 or 3"):
+            MemSeg(image_size=64, backbone_weights="none", memory_map_level=level)
+    config = get_config("quick", image_size=64, memory_map_weight=0.5, memory_map_level=3)
+    assert MemSeg.from_config(config, backbone_weights="none").memory_map_level == 3
 
 
 def shrink_by_two(images: torch.Tensor) -> torch.Tensor:

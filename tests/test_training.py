@@ -161,7 +161,7 @@ def test_random_encoder_is_calibrated_once_and_a_fixed_stem_stays_fixed(train_se
 
 
 @pytest.mark.parametrize("options", [{}, {"per_image_standardization": True, "map_smoothing_sigma": 1.5},
-                                     {"memory_map_weight": 0.5},
+                                     {"memory_map_weight": 0.5, "memory_map_level": 3},
                                      {"memory_map_weight": 0.5, "half_scale_map": True, "memory_refresh_every": 1}],
                          ids=["paper", "standardized_smoothed", "memory_map", "half_scale_map"])
 def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_path, options):
@@ -175,7 +175,7 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert config == trainer.config
     assert model.encoder.standardize == config.per_image_standardization
     assert model.map_smoothing_sigma == config.map_smoothing_sigma
-    assert model.memory_map_weight == config.memory_map_weight
+    assert (model.memory_map_weight, model.memory_map_level) == (config.memory_map_weight, config.memory_map_level)
     assert model.memory_map_calibrated == (config.memory_map_weight > 0)  # the trainer calibrated it
     assert len(model.memory_bank) == 4
     assert model.half_scale_map == config.half_scale_map
@@ -186,20 +186,27 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
 
 
-def test_the_half_size_map_changes_no_training_step(train_set, texture_source):
-    """Training reads the full-size map only (the half-size bank is rebuilt beside the other), so
-    a run with ``half_scale_map`` trains the same weights; benchmarks/mtd.py scores both maps of one run."""
-    options = dict(steps=3, memory_refresh_every=1, memory_map_weight=0.5)
-    plain, two = (make_trainer(tiny_config(half_scale_map=half, **options), train_set, texture_source)
-                  for half in (False, True))
+@pytest.mark.parametrize("options", [{"half_scale_map": True}, {"memory_map_weight": 1.0, "memory_map_level": 3}],
+                         ids=["half_scale_map", "memory_map_level"])
+def test_the_map_options_change_no_training_step(train_set, texture_source, options):
+    """Training reads neither the half-size map (its bank is rebuilt beside the other) nor the memory
+    map, which only calibration and scoring read; so benchmarks/mtd.py scores both maps of one run, and
+    a change of memory map is compared on the same weights."""
+    base = dict(steps=3, memory_refresh_every=1, memory_map_weight=0.5)
+    plain, other = (make_trainer(tiny_config(**{**base, **change}), train_set, texture_source)
+                    for change in ({}, options))
     plain.fit()
-    two.fit()
-    assert [r["loss"] for r in plain.history] == [r["loss"] for r in two.history]
-    two_state = two.model.state_dict()
+    other.fit()
+    assert [r["loss"] for r in plain.history] == [r["loss"] for r in other.history]
+    other_state = other.model.state_dict()
     for name, value in plain.model.state_dict().items():
-        assert torch.equal(value, two_state[name]), name
-    assert set(two_state) - set(plain.model.state_dict()) == {
-        "half_memory_bank.level1", "half_memory_bank.level2", "half_memory_bank.level3", "half_memory_map_stats"}
+        if name != "memory_map_stats" or "memory_map_level" not in options:
+            assert torch.equal(value, other_state[name]), name
+    if "memory_map_level" in options:  # calibrated on m3: other statistics
+        assert not torch.allclose(plain.model.memory_map_stats, other.model.memory_map_stats)
+    else:
+        assert set(other_state) - set(plain.model.state_dict()) == {
+            "half_memory_bank.level1", "half_memory_bank.level2", "half_memory_bank.level3", "half_memory_map_stats"}
 
 
 def test_only_an_unfinished_run_keeps_the_optimiser_state(train_set, texture_source, tmp_path):

@@ -6,6 +6,7 @@
       MSFF:     64@S/4, 128@S/8, 256@S/16, each times its spatial attention map m_l
       decoder:  logits (B, 2, S, S); anomaly map = softmax channel 1 (plus log m1, in normal
                 spreads, with memory_map_weight: an option for random weights, not the paper;
+                memory_map_level picks m2 or m3 instead;
                 with half_scale_map, averaged with the map of a half-size copy, another option)
 """
 
@@ -71,14 +72,15 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1).to(maps.dtype)
 
 
-def memory_map(m1: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """log m1 (B, 1, h, w) -> (B, H, W): the memory comparison of lesson 06 as an anomaly map.
+def memory_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """log m (B, 1, h, w) -> (B, H, W): the memory comparison of lesson 06 as an anomaly map.
 
-    m1 is a product of three squared differences, so it spans many decades; its log is the
-    scale on which normal images spread evenly (and a bank image, where m1 = 0, stays finite).
+    m (m1, m2 or m3) is a product of up to three mean squared differences, so it spans many
+    decades; its log is the scale on which normal images spread evenly (and a bank image, where
+    m = 0, stays finite).
     """
-    log_m1 = torch.log(m1.float() + 1e-12)
-    return F.interpolate(log_m1, size=size, mode="bilinear", align_corners=False)[:, 0]
+    log_m = torch.log(m.float() + 1e-12)
+    return F.interpolate(log_m, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,14 +178,18 @@ class MemSeg(nn.Module):
         map_smoothing_sigma: float = 0.0,
         memory_map_weight: float = 0.0,
         half_scale_map: bool = False,
+        memory_map_level: int = 1,
     ) -> None:
         super().__init__()
         check_image_size(image_size, half_scale_map)
+        if memory_map_level not in (1, 2, 3):
+            raise ValueError(f"memory_map_level must be 1, 2 or 3 (m1, m2 or m3), got {memory_map_level!r}.")
         self.image_size = image_size
         self.memory_size = memory_size  # how many normal images the bank is meant to hold
         self.map_smoothing_sigma = map_smoothing_sigma
         self.memory_map_weight = memory_map_weight
-        # On normal images: spread of the decoder's logit, mean and spread of log m1 (zeros until
+        self.memory_map_level = memory_map_level  # not saved in the state dict: the config holds it
+        # On normal images: spread of the decoder's logit, mean and spread of log m (zeros until
         # calibrate_memory_map); a buffer, so checkpoints keep it.
         self.register_buffer("memory_map_stats", torch.zeros(3))
         self.encoder = ResNet18Encoder(backbone_weights, standardize=per_image_standardization)
@@ -207,6 +213,7 @@ class MemSeg(nn.Module):
             map_smoothing_sigma=config.map_smoothing_sigma,
             memory_map_weight=config.memory_map_weight,
             half_scale_map=config.half_scale_map,
+            memory_map_level=config.memory_map_level,
         )
 
     @property
@@ -288,7 +295,8 @@ class MemSeg(nn.Module):
 
     @torch.no_grad()
     def calibrate_memory_map(self, normal_images: torch.Tensor, batch_size: int = 16) -> None:
-        """Measure how the decoder's logit and log m1 spread on normal images (N, 3, S, S).
+        """Measure how the decoder's logit and log m (m1 unless ``memory_map_level`` says otherwise)
+        spread on normal images (N, 3, S, S).
 
         Use images that are NOT in the memory bank: a bank image finds itself (m1 = 0), which
         no new image does. Each scale is measured at its own size, against its own bank. Runs in
@@ -322,17 +330,18 @@ class MemSeg(nn.Module):
         for scale, stats in zip(self.scales, measured, strict=True):
             scale.memory_map_stats.copy_(stats)
 
-    @staticmethod
-    def _logit_and_memory_map(stages: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the decoder's logit, log m1 at the same size), each (B, H, W), from a forward pass."""
+    def _logit_and_memory_map(self, stages: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the decoder's logit, log m at the same size), each (B, H, W), from a forward pass;
+        m is m1, m2 or m3 as ``memory_map_level`` says."""
         logits = stages["logits"].float()
-        return logits[:, 1] - logits[:, 0], memory_map(stages["spatial_maps"][0], logits.shape[-2:])
+        m = stages["spatial_maps"][self.memory_map_level - 1]
+        return logits[:, 1] - logits[:, 0], memory_map(m, logits.shape[-2:])
 
     def fused_logit(self, stages: dict, stats: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's logit (B, H, W) plus ``memory_map_weight`` times log m1, both in units
-        of their spread on normal images (``stages``: from :meth:`forward_with_intermediates`;
-        ``stats``: those of the scale the stages come from; the default, the full-size map's, is
-        wrong for the half-size one).
+        """The decoder's logit (B, H, W) plus ``memory_map_weight`` times log m1 (or m2, m3: see
+        ``memory_map_level``), both in units of their spread on normal images (``stages``: from
+        :meth:`forward_with_intermediates`; ``stats``: those of the scale the stages come from;
+        the default, the full-size map's, is wrong for the half-size one).
 
         The decoder learns to find *edges* of simulated anomalies; m1, the raw memory comparison
         (lesson 06), also rises inside a wide, smooth region that the decoder leaves unfilled.
