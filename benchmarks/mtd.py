@@ -13,6 +13,7 @@ row per family.
     python benchmarks/mtd.py                       # the benchmark (~30 min on 2 CPU cores)
     python benchmarks/mtd.py --minutes 10          # fewer steps, fitted to a 10-minute budget
     python benchmarks/mtd.py --steps 600 --image-size 128 --out runs/mtd.json
+    python benchmarks/mtd.py --steps 827 --run-dir runs/mtd   # keep the model; run again to resume or re-score
     python benchmarks/mtd.py --validate --minutes 8   # tuning: no test image is read
     python benchmarks/mtd.py --validate --steps 200 --set texture_probability=0.2   # any Config field
     python benchmarks/mtd.py --image-size 256 --minutes 7 --threads 8 \
@@ -41,8 +42,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from memseg_tutorial import get_config  # noqa: E402
-from memseg_tutorial.checkpoint import atomic_write_json  # noqa: E402
-from memseg_tutorial.config import input_multiple, parse_overrides, size_rule  # noqa: E402
+from memseg_tutorial.checkpoint import atomic_write_json, load_checkpoint  # noqa: E402
+from memseg_tutorial.config import Config, input_multiple, parse_overrides, size_rule  # noqa: E402
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
@@ -55,7 +56,7 @@ from memseg_tutorial.evaluation import (  # noqa: E402
 )
 from memseg_tutorial.paths import runs_dir, shared_data_dir  # noqa: E402
 from memseg_tutorial.seeding import make_rng  # noqa: E402
-from memseg_tutorial.training import Trainer  # noqa: E402
+from memseg_tutorial.training import CHECKPOINT_NAME, Trainer  # noqa: E402
 
 VALIDATION_KEY = 3_000_017
 
@@ -299,6 +300,29 @@ class TimeUp(Exception):
     """Raised from the training callback when the budget is spent."""
 
 
+def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int | None) -> dict | None:
+    """The checkpoint that ``--run-dir`` holds, if any, after checking that it is a run of these settings
+    on this split (a mismatch stops the script, in one line: continuing it would mix two runs).
+
+    Its step count is its own: with ``--minutes`` the steps were fitted when it started.
+    """
+    path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    if path is None or not path.exists():
+        return None
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    saved = Config.from_dict(checkpoint["config"])
+    asked = {**config.to_dict(), "steps": saved.steps if steps_asked is None else steps_asked}
+    changed = sorted(key for key, value in saved.to_dict().items() if asked[key] != value)
+    saved_split = checkpoint.get("run", {}).get("mtd_split")
+    if changed or saved_split != split:
+        what = ", ".join(f"{key} {saved.to_dict()[key]!r} -> {asked[key]!r}" for key in changed)
+        if saved_split != split:
+            what = ", ".join(filter(None, [what, f"split {saved_split!r} -> {split!r}"]))
+        raise SystemExit(f"mtd.py: {path} is a run with other settings ({what}); "
+                         f"use another --run-dir, or delete it to start again.")
+    return checkpoint
+
+
 def fit_steps(config, train, textures, minutes: float, warmup_steps: int = 10) -> int:
     """Steps that fit in ``minutes`` at the speed of a few measured steps (after one warm-up)."""
     probe = Trainer(config, train, textures, progress=False)
@@ -351,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other Config field, e.g. --set texture_probability=0.2 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default runs/mtd_benchmark.json)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="keep the trained model in DIR/checkpoint.pt (also every N steps with --set "
+                             "checkpoint_every=N, and on Ctrl-C); a later run with the same settings continues "
+                             "it, or only scores it again once it is finished")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -382,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MTD: {len(train)} training tiles at {config.image_size} px, {len(textures)} textures, "
           f"{torch.get_num_threads()} threads", flush=True)
 
-    steps = args.steps or fit_steps(config, train, textures, args.minutes)
+    split = f"validate:{args.validation_anomalies}" if args.validate else "train"
+    checkpoint = saved_run(args.run_dir, config, split, args.steps)
+    if checkpoint is not None:
+        steps = Config.from_dict(checkpoint["config"]).steps
+        print(f"continuing {args.run_dir / CHECKPOINT_NAME} at step {checkpoint['step']} of {steps}", flush=True)
+    else:
+        steps = args.steps or fit_steps(config, train, textures, args.minutes)
     config = get_config(preset, **{**settings, "steps": steps})
     print(config.summary(), f"train_encoder={config.train_encoder} train_stem={config.train_stem} "
           f"calibrate_bn={config.calibrate_batchnorm} grey_sources={config.grey_sources} "
@@ -391,8 +425,13 @@ def main(argv: list[str] | None = None) -> int:
           f"memory_map_weight={config.memory_map_weight} memory_map_level={config.memory_map_level} "
           f"half_scale_map={config.half_scale_map} "
           f"image_score={config.score_mode}:{config.score_top_k}", flush=True)
-    trainer = Trainer(config, train, textures, progress=sys.stderr.isatty())
-    start = time.perf_counter()
+    if checkpoint is not None:
+        trainer = Trainer.resume(args.run_dir / CHECKPOINT_NAME, train, textures, progress=sys.stderr.isatty(),
+                                 checkpoint=checkpoint)
+    else:
+        trainer = Trainer(config, train, textures, progress=sys.stderr.isatty(), run_dir=args.run_dir,
+                          run_info={"mtd_split": split})
+    start, start_step = time.perf_counter(), trainer.step
     deadline = None if args.steps else start + args.minutes * 60.0
 
     def stop_at_deadline(trainer, record):
@@ -407,16 +446,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"time budget reached: stopped after {trainer.step} of {steps} steps "
               f"(lr {trainer.history[-1]['lr']:.2e} not yet at 0)", flush=True)
         trainer.calibrate_memory_map()  # fit() does it only when it ends by itself
+        if args.run_dir is not None:
+            trainer.save()  # unfinished: a later run with this --run-dir continues it
     history, steps_planned, steps = trainer.history, steps, trainer.step
-    train_seconds = time.perf_counter() - start
+    train_seconds, trained_now = time.perf_counter() - start, trainer.step - start_step
+    images_per_s = trained_now * config.batch_size / train_seconds if trained_now else None
     losses = [r["loss"] for r in history]
-    print(f"trained {steps} steps in {train_seconds / 60:.1f} min "
-          f"({steps * config.batch_size / train_seconds:.2f} images/s); "
+    earlier = f" (after {start_step} steps of an earlier run)" if start_step else ""
+    speed = f"{images_per_s:.2f} images/s" if images_per_s else "no step to time"
+    print(f"trained {trained_now} steps{earlier} in {train_seconds / 60:.1f} min ({speed}); "
           f"loss first 20 {np.mean(losses[:20]):.4f} -> last 20 {np.mean(losses[-20:]):.4f}", flush=True)
 
     result = {"settings": config.to_dict(), "steps": steps, "steps_planned": steps_planned,
+              "steps_of_earlier_runs": start_step,
               "stopped_by_time_budget": cut, "train_minutes": train_seconds / 60,
-              "train_images_per_s": steps * config.batch_size / train_seconds,
+              "train_images_per_s": images_per_s,
               "loss_first20": float(np.mean(losses[:20])), "loss_last20": float(np.mean(losses[-20:]))}
     if validation is not None:
         metrics = score_validation(trainer.model, validation, config)
@@ -437,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                       image_auroc_by_score=image_auroc_by_score(torch.from_numpy(evaluation.maps), evaluation.labels))
         print(evaluation.table())
         print(f"TEST {headline(evaluation.metrics, evaluation.fpr_limit)}  "
-              f"train {result['train_images_per_s']:.2f} img/s  eval {evaluation.images_per_second:.2f} img/s")
+              f"train {speed.replace('images/s', 'img/s')}  eval {evaluation.images_per_second:.2f} img/s")
         print(f"TEST {by_score_line(result)}")
         if config.half_scale_map:
             plain = evaluate(trainer.model.without_half_scale_map(), test, config, batch_size=16)

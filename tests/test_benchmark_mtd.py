@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ import torch
 from conftest import ROOT
 
 from memseg_tutorial import get_config
+from memseg_tutorial.checkpoint import load_checkpoint
+from memseg_tutorial.data import TextureSource
 from memseg_tutorial.data.images import to_tensor
 from memseg_tutorial.seeding import make_rng
 from memseg_tutorial.synthesis import is_grey
@@ -162,3 +166,39 @@ def test_image_auroc_by_score_reads_each_score_off_the_same_maps(mtd_script):
         assert by_score[name] == pytest.approx(0.0), name
     for name in ("top400", "top1600"):
         assert by_score[name] == pytest.approx(1.0), name
+
+
+def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
+        mtd_script, monkeypatch, tmp_path, capsys):
+    """--run-dir: a run stopped by its time budget is continued by the next one; a finished one is
+    scored again without training; a run of other settings or on another split is refused."""
+    monkeypatch.setattr(mtd_script, "MTDDataset", lambda root, split, image_size: GreyTiles(40, image_size))
+    monkeypatch.setattr(mtd_script, "TEXTURES", lambda config: TextureSource(None, image_size=config.image_size))
+    monkeypatch.setattr(mtd_script, "validation_split",
+                        functools.partial(mtd_script.validation_split, n_normal=6, n_anomalous=6))
+    run_dir = tmp_path / "run"
+    base = ["--validate", "--image-size", "64", "--memory-size", "4", "--set", "half_scale_map=False",
+            "--run-dir", str(run_dir)]
+    # A budget too small for more than a step: the probe fits at least 10 steps, the deadline cuts the run.
+    mtd_script.main([*base, "--minutes", "0.00001", "--out", str(tmp_path / "cut.json")])
+    cut = json.loads((tmp_path / "cut.json").read_text())
+    assert cut["stopped_by_time_budget"] and cut["steps"] < cut["steps_planned"]
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == cut["steps"]
+
+    mtd_script.main([*base, "--out", str(tmp_path / "continued.json")])
+    assert f"at step {cut['steps']} of {cut['steps_planned']}" in capsys.readouterr().out
+    continued = json.loads((tmp_path / "continued.json").read_text())
+    assert continued["steps"] == cut["steps_planned"] and not continued["stopped_by_time_budget"]
+    assert continued["steps_of_earlier_runs"] == cut["steps"]
+
+    mtd_script.main([*base, "--out", str(tmp_path / "again.json")])  # finished: scored again, nothing trained
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["steps_of_earlier_runs"] == again["steps"] and again["train_images_per_s"] is None
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert again[key] == continued[key]
+
+    for other, named in ((["--set", "lr=0.001"], "lr 0.003 -> 0.001"),
+                         (["--steps", "3"], "steps"),
+                         (["--validation-anomalies", "drawn"], "split")):
+        with pytest.raises(SystemExit, match=f"other settings .*{named}"):
+            mtd_script.main([*base, *other])
