@@ -35,6 +35,30 @@ def pyproject_packages(text: str) -> set[str]:
     return {normalise(r) for r in requirements}
 
 
+def environment_packages(text: str) -> set[str]:
+    """The entries of the ``- pip:`` list, without pip options such as ``-e .``, plus the packages
+    that conda itself installs (python and pip aside)."""
+    return environment_pip_packages(text) | environment_conda_packages(text)
+
+
+def environment_conda_packages(text: str) -> set[str]:
+    """The entries of the top-level ``dependencies`` list that conda itself installs (python and pip aside)."""
+    packages, in_dependencies, top = set(), False, None
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].rstrip()
+        if not stripped.strip():
+            continue
+        indent = len(stripped) - len(stripped.lstrip())
+        if indent == 0:
+            in_dependencies = stripped == "dependencies:"
+            continue
+        top = indent if in_dependencies and top is None else top
+        entry = stripped.strip()
+        if in_dependencies and indent == top and entry.startswith("- ") and not entry.endswith(":"):
+            packages.add(normalise(entry[2:]))
+    return packages - {"python", "pip"}
+
+
 def environment_pip_packages(text: str) -> set[str]:
     """The entries of the ``- pip:`` list, without pip options such as ``-e .``."""
     packages, in_pip, pip_indent = set(), False, 0
@@ -68,7 +92,7 @@ def test_normalise():
 
 
 def test_environment_and_pyproject_name_the_same_packages():
-    conda = environment_pip_packages((ROOT / "environment.yml").read_text())
+    conda = environment_packages((ROOT / "environment.yml").read_text())
     pip = pyproject_packages((ROOT / "pyproject.toml").read_text())
     assert conda == pip, (
         f"only in environment.yml: {sorted(conda - pip)}; only in pyproject.toml: {sorted(pip - conda)}"
@@ -83,15 +107,18 @@ def test_a_package_added_on_one_side_is_detected():
     environment = (ROOT / "environment.yml").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     grown_env = environment.replace("  - pip:\n", "  - pip:\n      - pandas>=2\n")
-    assert environment_pip_packages(grown_env) - pyproject_packages(pyproject) == {"pandas"}
+    assert environment_packages(grown_env) - pyproject_packages(pyproject) == {"pandas"}
+    grown_conda = environment.replace("  - pip\n", "  - pip\n  - pyyaml>=6\n")
+    assert environment_packages(grown_conda) - pyproject_packages(pyproject) == {"pyyaml"}
     grown_toml = pyproject.replace("dependencies = [\n", 'dependencies = [\n    "Pandas_Stubs>=2",\n', 1)
-    assert pyproject_packages(grown_toml) - environment_pip_packages(environment) == {"pandas-stubs"}
-    assert environment_pip_packages(environment) == pyproject_packages(pyproject)
+    assert pyproject_packages(grown_toml) - environment_packages(environment) == {"pandas-stubs"}
+    assert environment_packages(environment) == pyproject_packages(pyproject)
+    assert environment_conda_packages(environment) == {"noise"}  # prebuilt from conda-forge
 
 
 @pytest.mark.parametrize("text", ["dependencies:\n  - python=3.11\n", ""])
 def test_an_environment_without_pip_section_names_nothing(text):
-    assert environment_pip_packages(text) == set()
+    assert environment_packages(text) == set()
 
 
 def test_the_linter_reads_every_python_file_of_the_project():
