@@ -97,8 +97,8 @@ BENCHMARK_SETTINGS = dict(
     # +0.044 at image AUROC +0.000 and +0.016 on two seeds (after 200 steps it traded 0.01-0.015
     # of image AUROC for +0.015 to +0.03 of pixel AUROC); with a bank built once, a trade in three
     # of the four runs. The MTD test run then lost pixel AUROC (README, mtd_experiments.md).
-    # Lab notebook, "The memory map read from the coarsest level": m3 (layer3's difference alone)
-    # instead of m1 at half a spread, scored on the same 200-step models (seeds 42, 7): image AUROC
+    # Lab notebook, "The memory map read from the coarsest level": m3 (layer3's difference alone) at
+    # half a spread instead of m1 at a quarter, scored on the same 200-step models (seeds 42, 7): image AUROC
     # +0.019 and +0.012 with --validate (0.771 vs 0.752, 0.769 vs 0.757), +0.023 and +0.017 on the
     # notebook's aspect-ratio validation; pixel AUROC -0.006 to +0.005, AUPRO -0.005 to -0.016 (m1
     # multiplies m3 by the two finer levels' differences). The bands did not fill better: the gain
@@ -300,11 +300,15 @@ class TimeUp(Exception):
     """Raised from the training callback when the budget is spent."""
 
 
+RESULT_NEUTRAL_FIELDS = ("checkpoint_every", "num_workers")
+
+
 def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int | None) -> dict | None:
     """The checkpoint that ``--run-dir`` holds, if any, after checking that it is a run of these settings
     on this split (a mismatch stops the script, in one line: continuing it would mix two runs).
 
-    Its step count is its own: with ``--minutes`` the steps were fitted when it started.
+    Its step count is its own: with ``--minutes`` the steps were fitted when it started. Fields that
+    change no result (how often to save, loader workers) may differ.
     """
     path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     if path is None or not path.exists():
@@ -312,7 +316,8 @@ def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int
     checkpoint = load_checkpoint(path, map_location="cpu")
     saved = Config.from_dict(checkpoint["config"])
     asked = {**config.to_dict(), "steps": saved.steps if steps_asked is None else steps_asked}
-    changed = sorted(key for key, value in saved.to_dict().items() if asked[key] != value)
+    changed = sorted(key for key, value in saved.to_dict().items()
+                     if asked[key] != value and key not in RESULT_NEUTRAL_FIELDS)
     saved_split = checkpoint.get("run", {}).get("mtd_split")
     if changed or saved_split != split:
         what = ", ".join(f"{key} {saved.to_dict()[key]!r} -> {asked[key]!r}" for key in changed)
@@ -414,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = saved_run(args.run_dir, config, split, args.steps)
     if checkpoint is not None:
         steps = Config.from_dict(checkpoint["config"]).steps
-        print(f"continuing {args.run_dir / CHECKPOINT_NAME} at step {checkpoint['step']} of {steps}", flush=True)
+        doing = "continuing" if checkpoint["step"] < steps else "scoring the finished run"
+        print(f"{doing} {args.run_dir / CHECKPOINT_NAME} at step {checkpoint['step']} of {steps}", flush=True)
     else:
         steps = args.steps or fit_steps(config, train, textures, args.minutes)
     config = get_config(preset, **{**settings, "steps": steps})

@@ -76,7 +76,7 @@ class Config:
     aupro_fpr_limit: float = 0.3
     map_smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in pixels (0: none, paper)
     memory_map_weight: float = 0.0  # add log m1 to the decoder's logit, in normal spreads (0: paper)
-    memory_map_level: int = 1  # which of MSFF's maps memory_map_weight adds: 1 (m1, SPEC), 2 or 3 (coarsest)
+    memory_map_level: int = 1  # which of MSFF's maps memory_map_weight adds: 1 (m1, finest), 2 or 3 (m3)
     half_scale_map: bool = False  # average in the map of a half-size copy (its own bank); False: paper
 
     # --- runtime ---------------------------------------------------------------------------------

@@ -298,7 +298,8 @@ class Trainer:
         self.model.build_memory_bank(self._memory_images.to(self.device))
 
     def calibrate_memory_map(self) -> None:
-        """How the decoder's logit and log m1 spread on normal images, for ``memory_map_weight``.
+        """How the decoder's logit and log m (``memory_map_level``) spread on normal images, for
+        ``memory_map_weight``.
 
         Runs when ``fit()`` ends by itself and before every checkpoint (once per step), so that a
         saved model scores like the one in memory; training itself never reads these numbers.

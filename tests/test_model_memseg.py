@@ -180,7 +180,7 @@ def test_memory_map_is_added_to_the_logit_in_normal_spreads_once_calibrated(leve
 
 
 def test_memory_map_level_is_one_of_the_three_maps():
-    for level in (0, 4):
+    for level in (0, 4, 2.0, True):
         with pytest.raises(ValueError, match="memory_map_level must be 1, 2 or 3"):
             MemSeg(image_size=64, backbone_weights="none", memory_map_level=level)
     config = get_config("quick", image_size=64, memory_map_weight=0.5, memory_map_level=3)

@@ -182,7 +182,7 @@ class MemSeg(nn.Module):
     ) -> None:
         super().__init__()
         check_image_size(image_size, half_scale_map)
-        if memory_map_level not in (1, 2, 3):
+        if type(memory_map_level) is not int or memory_map_level not in (1, 2, 3):
             raise ValueError(f"memory_map_level must be 1, 2 or 3 (m1, m2 or m3), got {memory_map_level!r}.")
         self.image_size = image_size
         self.memory_size = memory_size  # how many normal images the bank is meant to hold
