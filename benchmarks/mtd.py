@@ -315,13 +315,13 @@ def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int
     if path is None or not path.exists():
         return None
     checkpoint = load_checkpoint(path, map_location="cpu")
-    saved = Config.from_dict(checkpoint["config"])
-    asked = {**config.to_dict(), "steps": saved.steps if steps_asked is None else steps_asked}
-    changed = sorted(key for key, value in saved.to_dict().items()
+    saved = Config.from_dict(checkpoint["config"]).to_dict()  # older saves: defaults filled in
+    asked = {**config.to_dict(), "steps": saved["steps"] if steps_asked is None else steps_asked}
+    changed = sorted(key for key, value in saved.items()
                      if asked[key] != value and key not in RESULT_NEUTRAL_FIELDS)
     saved_split = checkpoint.get("run", {}).get("mtd_split")
     if changed or saved_split != split:
-        what = ", ".join(f"{key} {saved.to_dict()[key]!r} -> {asked[key]!r}" for key in changed)
+        what = ", ".join(f"{key} {saved[key]!r} -> {asked[key]!r}" for key in changed)
         if saved_split != split:
             what = ", ".join(filter(None, [what, f"split {saved_split!r} -> {split!r}"]))
         raise SystemExit(f"mtd.py: {path} is a run with other settings ({what}); "
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     split = f"validate:{args.validation_anomalies}" if args.validate else "train"
     checkpoint = saved_run(args.run_dir, config, split, args.steps)
     if checkpoint is not None:
-        steps = Config.from_dict(checkpoint["config"]).steps
+        steps = checkpoint["config"]["steps"]
         doing = "continuing" if checkpoint["step"] < steps else "scoring the finished run"
         print(f"{doing} {args.run_dir / CHECKPOINT_NAME} at step {checkpoint['step']} of {steps}", flush=True)
     else:

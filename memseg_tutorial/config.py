@@ -207,13 +207,15 @@ def is_number(value: object, integer: bool = False) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+MEMORY_MAP_LEVELS = (1, 2, 3)  # m1 (finest) .. m3 (coarsest), see MemSeg._logit_and_memory_map
+
 _CHOICES: dict[str, tuple] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "constant"),
     "score_mode": ("topk_mean", "max"),
     "amp_dtype": ("float16", "bfloat16"),
     "device": ("auto", "cpu", "cuda"),
-    "memory_map_level": (1, 2, 3),
+    "memory_map_level": MEMORY_MAP_LEVELS,
 }
 
 # field: (test, the rule in words). Ranges that would otherwise fail late (in evaluation) or never.

@@ -36,48 +36,47 @@ def pyproject_packages(text: str) -> set[str]:
 
 
 def environment_packages(text: str) -> set[str]:
-    """The entries of the ``- pip:`` list, without pip options such as ``-e .``, plus the packages
-    that conda itself installs (python and pip aside)."""
-    return environment_pip_packages(text) | environment_conda_packages(text)
-
-
-def environment_conda_packages(text: str) -> set[str]:
-    """The entries of the top-level ``dependencies`` list that conda itself installs (python and pip aside)."""
-    packages, in_dependencies, top = set(), False, None
-    for line in text.splitlines():
-        stripped = line.split("#", 1)[0].rstrip()
-        if not stripped.strip():
-            continue
-        indent = len(stripped) - len(stripped.lstrip())
-        if indent == 0:
-            in_dependencies = stripped == "dependencies:"
-            continue
-        top = indent if in_dependencies and top is None else top
-        entry = stripped.strip()
-        if in_dependencies and indent == top and entry.startswith("- ") and not entry.endswith(":"):
-            packages.add(normalise(entry[2:]))
-    return packages - {"python", "pip"}
+    """What the environment installs: the ``- pip:`` list plus the packages conda itself installs."""
+    conda, pip = environment_entries(text)
+    return conda | pip
 
 
 def environment_pip_packages(text: str) -> set[str]:
     """The entries of the ``- pip:`` list, without pip options such as ``-e .``."""
-    packages, in_pip, pip_indent = set(), False, 0
+    return environment_entries(text)[1]
+
+
+def environment_conda_packages(text: str) -> set[str]:
+    """The top-level ``dependencies`` entries that conda itself installs (python and pip aside)."""
+    return environment_entries(text)[0]
+
+
+def environment_entries(text: str) -> tuple[set[str], set[str]]:
+    """(conda's packages, pip's packages), read in one pass over the ``dependencies`` block."""
+    conda, pip, in_dependencies, top, pip_indent = set(), set(), False, None, None
     for line in text.splitlines():
         stripped = line.split("#", 1)[0].rstrip()
         if not stripped.strip():
             continue
         indent = len(stripped) - len(stripped.lstrip())
         entry = stripped.strip()
-        if entry == "- pip:":
-            in_pip, pip_indent = True, indent
+        if indent == 0:
+            in_dependencies, pip_indent = stripped == "dependencies:", None
             continue
-        if in_pip and indent <= pip_indent:
-            in_pip = False
-        if in_pip and entry.startswith("- "):
+        if not in_dependencies or not entry.startswith("- "):
+            continue
+        top = indent if top is None else top
+        if pip_indent is not None and indent <= pip_indent:
+            pip_indent = None  # the pip list has ended
+        if entry == "- pip:":
+            pip_indent = indent
+        elif pip_indent is not None:
             value = entry[2:].strip().strip("'\"")
-            if not value.startswith("-"):
-                packages.add(normalise(value))
-    return packages
+            if not value.startswith("-"):  # pip options such as -e .
+                pip.add(normalise(value))
+        elif indent == top:
+            conda.add(normalise(entry[2:]))
+    return conda - {"python", "pip"}, pip
 
 
 def environment_python(text: str) -> str | None:

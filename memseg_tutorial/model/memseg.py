@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check_image_size, input_multiple, size_rule
+from ..config import MEMORY_MAP_LEVELS, check_image_size, input_multiple, size_rule
 from .backbone import FROZEN_LAYERS, ResNet18Encoder
 from .decoder import Decoder
 from .fusion import MSFF
@@ -182,7 +182,7 @@ class MemSeg(nn.Module):
     ) -> None:
         super().__init__()
         check_image_size(image_size, half_scale_map)
-        if type(memory_map_level) is not int or memory_map_level not in (1, 2, 3):
+        if type(memory_map_level) is not int or memory_map_level not in MEMORY_MAP_LEVELS:
             raise ValueError(f"memory_map_level must be 1, 2 or 3 (m1, m2 or m3), got {memory_map_level!r}.")
         self.image_size = image_size
         self.memory_size = memory_size  # how many normal images the bank is meant to hold
