@@ -14,6 +14,7 @@ row per family.
     python benchmarks/mtd.py --minutes 10          # fewer steps, fitted to a 10-minute budget
     python benchmarks/mtd.py --steps 600 --image-size 128 --out runs/mtd.json
     python benchmarks/mtd.py --steps 827 --run-dir runs/mtd   # keep the model; run again to resume or re-score
+    python benchmarks/mtd.py --steps 827 --run-dir runs/mtd --set memory_map_level=1   # its model, scored otherwise
     python benchmarks/mtd.py --validate --minutes 8   # tuning: no test image is read
     python benchmarks/mtd.py --validate --steps 200 --set texture_probability=0.2   # any Config field
     python benchmarks/mtd.py --image-size 256 --minutes 7 --threads 8 \
@@ -34,6 +35,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -43,7 +45,13 @@ import torch  # noqa: E402
 
 from memseg_tutorial import get_config  # noqa: E402
 from memseg_tutorial.checkpoint import atomic_write_json, load_checkpoint  # noqa: E402
-from memseg_tutorial.config import Config, input_multiple, parse_overrides, size_rule  # noqa: E402
+from memseg_tutorial.config import (  # noqa: E402
+    SCORING_FIELDS,
+    Config,
+    input_multiple,
+    parse_overrides,
+    size_rule,
+)
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
@@ -138,6 +146,15 @@ class InMemory(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": to_tensor(self.rgb[index]), "label": 0}
+
+    def fingerprint(self) -> str:
+        """A digest of the tiles as training sees them: ``--run-dir`` refuses to continue a run on
+        other tiles (another ``--root``, another split.csv), whatever folder they are read from."""
+        digest = hashlib.sha256()
+        for tile in self.rgb:
+            digest.update(str(tile.shape).encode())
+            digest.update(np.ascontiguousarray(tile).tobytes())
+        return digest.hexdigest()[:16]
 
 
 VALIDATION_DEFECTS = ("scratch", "crack", "hole", "stain")  # small, local defects
@@ -304,29 +321,44 @@ class TimeUp(Exception):
 RESULT_NEUTRAL_FIELDS = ("checkpoint_every", "num_workers")
 
 
-def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int | None) -> dict | None:
+def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int | None,
+              tiles: str | None = None) -> tuple[dict | None, dict[str, tuple]]:
     """The checkpoint that ``--run-dir`` holds, if any, after checking that it is a run of these settings
-    on this split (a mismatch stops the script, in one line: continuing it would mix two runs).
+    on this split and these training tiles (``InMemory.fingerprint``; a mismatch stops the script, in
+    one line: continuing it would mix two runs), and the score-only fields asked otherwise, as
+    {field: (saved, asked)}.
 
     Its step count is its own: with ``--minutes`` the steps were fitted when it started. Fields that
-    change no result (how often to save, loader workers) may differ.
+    change no result (how often to save, loader workers) may differ; so may SCORING_FIELDS once
+    the run is finished.
     """
     path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     if path is None or not path.exists():
-        return None
+        return None, {}
     checkpoint = load_checkpoint(path, map_location="cpu")
     saved = Config.from_dict(checkpoint["config"]).to_dict()  # older saves: defaults filled in
     asked = {**config.to_dict(), "steps": saved["steps"] if steps_asked is None else steps_asked}
     changed = sorted(key for key, value in saved.items()
                      if asked[key] != value and key not in RESULT_NEUTRAL_FIELDS)
-    saved_split = checkpoint.get("run", {}).get("mtd_split")
-    if changed or saved_split != split:
+    finished = checkpoint["step"] >= saved["steps"]
+    rescoring = {key: (saved[key], asked[key]) for key in changed if finished and key in SCORING_FIELDS}
+    changed = [key for key in changed if key not in rescoring]
+    run = checkpoint.get("run", {})
+    saved_split, saved_tiles = run.get("mtd_split"), run.get("train_tiles")
+    other_tiles = saved_split == split and None not in (saved_tiles, tiles) and saved_tiles != tiles
+    if changed or saved_split != split or other_tiles:
         what = ", ".join(f"{key} {saved[key]!r} -> {asked[key]!r}" for key in changed)
         if saved_split != split:
             what = ", ".join(filter(None, [what, f"split {saved_split!r} -> {split!r}"]))
-        raise SystemExit(f"mtd.py: {path} is a run with other settings ({what}); "
+        if other_tiles:  # a split change alone changes the tiles too
+            what = ", ".join(filter(None, [what, "other training tiles (another --root or split.csv?)"]))
+        unfinished = (" (scoring settings may differ once it is finished)"
+                      if not finished and set(changed) & set(SCORING_FIELDS) else "")
+        raise SystemExit(f"mtd.py: {path} is a run with other settings ({what}){unfinished}; "
                          f"use another --run-dir, or delete it to start again.")
-    return checkpoint
+    if rescoring:  # the model is built from the asked config; the file keeps the settings it was trained with
+        checkpoint["config"] = asked
+    return checkpoint, rescoring
 
 
 def fit_steps(config, train, textures, minutes: float, warmup_steps: int = 10) -> int:
@@ -384,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="keep the trained model in DIR/checkpoint.pt (also every N steps with --set "
                              "checkpoint_every=N, and on Ctrl-C); a later run with the same settings continues "
-                             "it, or only scores it again once it is finished")
+                             "it, or only scores it again once it is finished (then the scoring settings "
+                             "may differ: --set memory_map_level=1, score_top_k, map_smoothing_sigma, ...)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -417,10 +450,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads", flush=True)
 
     split = f"validate:{args.validation_anomalies}" if args.validate else "train"
-    checkpoint = saved_run(args.run_dir, config, split, args.steps)
+    tiles = train.fingerprint() if args.run_dir is not None else None
+    checkpoint, rescoring = saved_run(args.run_dir, config, split, args.steps, tiles)
     if checkpoint is not None:
         steps = checkpoint["config"]["steps"]
         doing = "continuing" if checkpoint["step"] < steps else "scoring the finished run"
+        if rescoring:
+            doing += " with " + ", ".join(f"{key} {new!r} (trained with {old!r})"
+                                          for key, (old, new) in rescoring.items()) + ","
         print(f"{doing} {args.run_dir / CHECKPOINT_NAME} at step {checkpoint['step']} of {steps}", flush=True)
     else:
         steps = args.steps or fit_steps(config, train, textures, args.minutes)
@@ -435,9 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint is not None:
         trainer = Trainer.resume(args.run_dir / CHECKPOINT_NAME, train, textures, progress=sys.stderr.isatty(),
                                  checkpoint=checkpoint)
+        if rescoring:
+            trainer.calibrate_memory_map()  # the saved one may be of another level, or none (weight 0)
     else:
         trainer = Trainer(config, train, textures, progress=sys.stderr.isatty(), run_dir=args.run_dir,
-                          run_info={"mtd_split": split})
+                          run_info={"mtd_split": split, "train_tiles": tiles})
     start, start_step = time.perf_counter(), trainer.step
     deadline = None if args.steps else start + args.minutes * 60.0
 
@@ -466,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"settings": config.to_dict(), "steps": steps, "steps_planned": steps_planned,
               "steps_of_earlier_runs": start_step,
+              "rescored_from": {key: old for key, (old, _) in rescoring.items()},
               "stopped_by_time_budget": cut, "train_minutes": train_seconds / 60,
               "train_images_per_s": images_per_s,
               "loss_first20": float(np.mean(losses[:20])), "loss_last20": float(np.mean(losses[-20:]))}

@@ -173,16 +173,24 @@ def torch_load_problem(error: BaseException) -> str:
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", scoring: dict | None = None
 ) -> tuple[torch.nn.Module, Config, dict]:
-    """(model in eval mode with its memory bank, its config, the raw checkpoint) from a file."""
+    """(model in eval mode with its memory bank, its config, the raw checkpoint) from a file.
+
+    ``scoring``: other values of ``config.SCORING_FIELDS`` to score with (see
+    :meth:`Config.with_scoring`). With another ``memory_map_level`` the saved calibration belongs to
+    the old level and is dropped: call ``model.calibrate_memory_map`` before scoring (it says so).
+    """
     from .model import MemSeg
     from .model.backbone import random_weights_on_purpose
 
     checkpoint = load_checkpoint(path, map_location="cpu")
-    config = Config.from_dict(checkpoint["config"])
+    saved = Config.from_dict(checkpoint["config"])
+    config = saved.with_scoring(**scoring) if scoring else saved
     with random_weights_on_purpose():  # the weights come from the checkpoint, not from ImageNet
         model = MemSeg.from_config(config, backbone_weights="none")
     model.load_state_dict(checkpoint["model"])
+    if config.memory_map_level != saved.memory_map_level:
+        model.forget_memory_map_calibration()
     model.to(device).eval()
     return model, config, checkpoint

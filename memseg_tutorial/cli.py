@@ -358,12 +358,29 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
     }
 
 
+def _calibrate_memory_map(model, config, root: Path, category: str) -> None:
+    """The memory map's calibration after training (see ``Trainer.calibrate_memory_map``), for a
+    model scored with another ``memory_map_level`` or a weight it was not trained with: the same
+    normal training images outside the bank, when root and category are the run's own."""
+    from .data import MVTecDataset
+    from .device import model_device
+    from .training import dataset_images, memory_map_indices
+
+    train = MVTecDataset(root, category, "train", image_size=config.image_size)
+    indices = memory_map_indices(len(train), config)
+    model.calibrate_memory_map(dataset_images(train, indices).to(model_device(model)))
+    print(f"memory map (m{config.memory_map_level}) calibrated on {len(indices)} normal training images "
+          f"of {category!r} outside the bank")
+
+
 def cmd_evaluate(args) -> int:
     from .checkpoint import atomic_write_json, checkpoint_file, load_model
+    from .config import parse_overrides
     from .device import get_device
 
     out = _check_output_file(Path(args.out).expanduser()) if args.out else None
-    model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"))
+    scoring = parse_overrides(args.set)
+    model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"), scoring=scoring)
     run = checkpoint.get("run", {})
     trained_on = run.get("category") or config.category
     category = args.category or trained_on
@@ -375,12 +392,14 @@ def cmd_evaluate(args) -> int:
     if is_sample:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
+    if config.memory_map_weight > 0 and not model.memory_map_calibrated:
+        _calibrate_memory_map(model, config, root, category)
     result = _evaluate_run(model, config, root, category)
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
         out = checkpoint_file(args.checkpoint).parent / f"evaluation_{category}.json"
     atomic_write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
-                                                 "data_root": str(root)}), out)
+                                                 "data_root": str(root), "scoring_set": scoring}), out)
     print(f"metrics written to {out}")
     return 0
 
@@ -573,6 +592,8 @@ def _percentile(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import SCORING_FIELDS
+
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog="python -m memseg_tutorial",
@@ -634,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="image AUROC, pixel AUROC and AUPRO of a checkpoint", formatter_class=formatter,
         description="Evaluate a checkpoint on the test split of its dataset (or --data/--category).",
-        epilog="example:\n  python -m memseg_tutorial evaluate runs/demo/checkpoint.pt",
+        epilog="examples:\n  python -m memseg_tutorial evaluate runs/demo/checkpoint.pt\n"
+               "  python -m memseg_tutorial evaluate runs/demo/checkpoint.pt --set \"score_mode='max'\" "
+               "--out runs/demo/evaluation_max.json",
     )
     evaluate.add_argument("checkpoint", help="checkpoint.pt (or its run folder)")
     evaluate.add_argument("--data", default=None, metavar="ROOT", help="dataset root (default: the run's)")
@@ -643,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="metrics JSON (default: evaluation_<category>.json beside the checkpoint)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                           help="where to run (default: auto, a CUDA GPU when one is visible)")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="score with another value of a setting that training does not read "
+                               f"(repeatable): {', '.join(SCORING_FIELDS)}; e.g. --set \"score_mode='max'\"")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser(

@@ -170,6 +170,20 @@ class Config:
                 fixed[item.name] = bool(fixed[item.name])
         return cls(**fixed)._check_usable()
 
+    def with_scoring(self, **changes) -> Config:
+        """This config with other values of SCORING_FIELDS, checked: what a trained model can be
+        scored with (``evaluate --set``) without training it again."""
+        other = sorted(set(changes) - set(SCORING_FIELDS))
+        if other:
+            raise ValueError(f"{', '.join(other)} would change training, not only scoring; a trained model "
+                             f"can be scored with other {', '.join(SCORING_FIELDS)} only.")
+        scored = dataclasses.replace(self, **changes)._check_usable()
+        for name in changes:
+            ok, rule = _RANGES.get(name, (lambda v: True, ""))
+            if not ok(getattr(scored, name)):
+                raise ValueError(f"{name} must be {rule}, got {getattr(scored, name)!r}.")
+        return scored
+
     def summary(self) -> str:
         return (
             f"preset={self.preset} image_size={self.image_size} "
@@ -208,6 +222,12 @@ def is_number(value: object, integer: bool = False) -> bool:
 
 
 MEMORY_MAP_LEVELS = (1, 2, 3)  # m1 (finest) .. m3 (coarsest), see MemSeg._logit_and_memory_map
+
+# Read only when a trained model scores images (training reads none of them: see
+# test_the_map_options_change_no_training_step), so a trained model may be scored with other values.
+# half_scale_map is not one of them: it gives the model a second memory bank.
+SCORING_FIELDS = ("memory_map_level", "memory_map_weight", "map_smoothing_sigma", "score_top_k", "score_mode",
+                  "aupro_fpr_limit")
 
 _CHOICES: dict[str, tuple] = {
     "optimizer": ("sgd", "adamw"),

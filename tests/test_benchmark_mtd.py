@@ -171,7 +171,8 @@ def test_image_auroc_by_score_reads_each_score_off_the_same_maps(mtd_script):
 def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
         mtd_script, monkeypatch, tmp_path, capsys):
     """--run-dir: a run stopped by its time budget is continued by the next one; a finished one is
-    scored again without training; a run of other settings or on another split is refused."""
+    scored again without training, with the same scoring settings or others; a run of other
+    settings, on another split or on other tiles is refused."""
     monkeypatch.setattr(mtd_script, "MTDDataset", lambda root, split, image_size: GreyTiles(40, image_size))
     monkeypatch.setattr(mtd_script, "TEXTURES", lambda config: TextureSource(None, image_size=config.image_size))
     monkeypatch.setattr(mtd_script, "validation_split",
@@ -184,6 +185,10 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     cut = json.loads((tmp_path / "cut.json").read_text())
     assert cut["stopped_by_time_budget"] and cut["steps"] < cut["steps_planned"]
     assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == cut["steps"]
+
+    # Scoring settings may differ only once the run is finished: the rest would be trained with them.
+    with pytest.raises(SystemExit, match="memory_map_level 3 -> 1.*may differ once it is finished"):
+        mtd_script.main([*base, "--set", "memory_map_level=1"])
 
     capsys.readouterr()
     # How often to save changes no result, so it may differ.
@@ -206,3 +211,29 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
                          (["--validation-anomalies", "drawn"], "split")):
         with pytest.raises(SystemExit, match=f"other settings .*{named}"):
             mtd_script.main([*base, *other])
+
+    # A finished run scored with other scoring settings equals a run trained with them from the start
+    # (training reads none of them), and its checkpoint keeps the settings it was trained with.
+    scoring = ["--set", "memory_map_level=1", "--set", "memory_map_weight=0.25", "--set", "score_top_k=50",
+               "--set", "map_smoothing_sigma=1.0"]
+    capsys.readouterr()
+    mtd_script.main([*base, *scoring, "--out", str(tmp_path / "rescored.json")])
+    out = capsys.readouterr().out
+    assert "scoring the finished run with map_smoothing_sigma 1.0 (trained with 2.0), memory_map_level 1 (trained with 3)," in out
+    rescored = json.loads((tmp_path / "rescored.json").read_text())
+    assert rescored["rescored_from"] == {"map_smoothing_sigma": 2.0, "memory_map_level": 3,
+                                         "memory_map_weight": 0.5, "score_top_k": 400}
+    assert load_checkpoint(run_dir / "checkpoint.pt")["config"]["memory_map_level"] == 3
+    reference_args = [arg for arg in base if arg not in ("--run-dir", str(run_dir))]
+    mtd_script.main([*reference_args, *scoring, "--steps", str(continued["steps"]),
+                     "--out", str(tmp_path / "reference.json")])
+    reference = json.loads((tmp_path / "reference.json").read_text())
+    assert reference["rescored_from"] == {}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_auroc_by_score"):
+        assert rescored[key] == reference[key]
+    assert rescored["image_auroc"] != again["image_auroc"] or rescored["pixel_auroc"] != again["pixel_auroc"]
+
+    # Other tiles under the same settings (another --root, another split.csv) are refused too.
+    monkeypatch.setattr(mtd_script, "MTDDataset", lambda root, split, image_size: GreyTiles(41, image_size))
+    with pytest.raises(SystemExit, match=r"other settings \(other training tiles"):
+        mtd_script.main(base)

@@ -254,6 +254,34 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys, monk
     assert "note:" not in out  # the category it was trained on
 
 
+def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
+        checkpoint, sample_root, texture_source, tmp_path, capsys):
+    """evaluate --set: the fixture's run (no memory map), scored with m3 at weight 0.5, the
+    maximum pixel and a blur, gives the metrics of the same run made with those settings; the
+    memory map is calibrated on the run's normal training images first, as after training."""
+    scoring = {"memory_map_level": 3, "memory_map_weight": 0.5, "score_mode": "max", "map_smoothing_sigma": 1.0}
+    config = get_config("quick", image_size=64, memory_size=2, steps=1, score_top_k=10, device="cpu", **scoring)
+    train = MVTecDataset(sample_root, "surface", "train", image_size=64)
+    reference = Trainer(config, train, texture_source, run_dir=tmp_path / "reference", progress=False,
+                        run_info={"data_root": str(sample_root), "category": "surface"})
+    reference.build_memory_bank()
+    reference.save()  # calibrates the memory map first
+    sets = [arg for key, value in scoring.items() for arg in ("--set", f"{key}={value!r}")]
+    code, out, err = run(["evaluate", str(checkpoint), *sets, "--out", str(tmp_path / "scored.json")], capsys)
+    assert code == 0, err
+    assert "memory map (m3) calibrated on" in out
+    code, _, err = run(["evaluate", str(tmp_path / "reference"), "--out", str(tmp_path / "reference.json")], capsys)
+    assert code == 0, err
+    scored, expected = (json.loads((tmp_path / name).read_text()) for name in ("scored.json", "reference.json"))
+    assert scored["scoring_set"] == scoring and expected["scoring_set"] == {}
+    assert scored["config"] == expected["config"]
+    for key in ("image_auroc", "pixel_auroc", "aupro", "per_defect"):
+        assert scored[key] == expected[key], key
+    assert load_checkpoint(checkpoint)["config"]["memory_map_weight"] == 0  # the file is not changed
+    code, _, err = run(["evaluate", str(checkpoint), "--set", "lr=0.1"], capsys)
+    assert_one_line_error(code, err, "lr would change training")
+
+
 def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):
     run_folder = checkpoint.parent
     (run_folder / "metrics.json").write_text('{"test_detection_rate": 1.0}')  # as a demo run has

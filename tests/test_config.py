@@ -1,5 +1,6 @@
 """The config object, presets, environment selection and the device helper."""
 
+import dataclasses
 import json
 
 import pytest
@@ -72,6 +73,25 @@ def test_round_trip_through_json():
         Config.from_dict({**config.to_dict(), "bogus": 1})
     older = {k: v for k, v in config.to_dict().items() if k != "memory_map_level"}  # saved before the field
     assert Config.from_dict(older).memory_map_level == 1
+
+
+def test_with_scoring_changes_only_what_scoring_reads():
+    config = get_config("quick", memory_map_weight=0.5)
+    scored = config.with_scoring(memory_map_level=3, score_mode="max", map_smoothing_sigma=1.0)
+    assert (scored.memory_map_level, scored.score_mode, scored.map_smoothing_sigma) == (3, "max", 1.0)
+    assert dataclasses.replace(scored, memory_map_level=1, score_mode="topk_mean",
+                               map_smoothing_sigma=config.map_smoothing_sigma) == config
+    assert config.memory_map_level == 1  # a new config; the trained one is untouched
+    with pytest.raises(ValueError, match="lr, steps would change training"):
+        config.with_scoring(lr=0.1, steps=3, score_top_k=5)
+    with pytest.raises(ValueError, match="half_scale_map would change training"):  # a second bank
+        config.with_scoring(half_scale_map=True)
+    with pytest.raises(ValueError, match="score_top_k must be at least 1"):
+        config.with_scoring(score_top_k=0)
+    with pytest.raises(ValueError, match="memory_map_level must be one of"):
+        config.with_scoring(memory_map_level=4)
+    with pytest.raises(ValueError, match="aupro_fpr_limit must be a finite number"):
+        config.with_scoring(aupro_fpr_limit="0.3")
 
 
 def test_device_helper(monkeypatch):

@@ -209,6 +209,32 @@ def test_the_map_options_change_no_training_step(train_set, texture_source, opti
             "half_memory_bank.level1", "half_memory_bank.level2", "half_memory_bank.level3", "half_memory_map_stats"}
 
 
+def test_a_saved_model_scored_with_other_scoring_settings_matches_one_trained_with_them(
+        train_set, texture_source, tmp_path):
+    """load_model(scoring=...): the map of a model trained with the memory map m1 at 0.5, loaded
+    with m3 at 1.0 and another blur, then calibrated as the Trainer does, is the map of the same
+    run trained with those settings (training reads none of them)."""
+    base = dict(steps=2, memory_refresh_every=1, memory_map_weight=0.5)
+    scoring = {"memory_map_level": 3, "memory_map_weight": 1.0, "map_smoothing_sigma": 1.5, "score_top_k": 7}
+    trained = make_trainer(tiny_config(**base), train_set, texture_source, run_dir=tmp_path)
+    trained.fit()
+    reference = make_trainer(tiny_config(**{**base, **scoring}), train_set, texture_source)
+    reference.fit()
+    model, config, _ = load_model(tmp_path, scoring=scoring)
+    assert config == reference.config and config.score_top_k == 7
+    assert not model.memory_map_calibrated  # measured on m1: dropped, and scoring says so
+    x = reference.batch(0)["image"]
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        model.anomaly_map(x)
+    model.calibrate_memory_map(dataset_images(train_set, memory_map_indices(len(train_set), config)))
+    reference.model.eval()
+    assert torch.equal(model.anomaly_map(x), reference.model.anomaly_map(x))
+    same_level, _, _ = load_model(tmp_path, scoring={"memory_map_weight": 1.0})  # the level's statistics hold
+    assert same_level.memory_map_calibrated
+    with pytest.raises(ValueError, match="lr would change training"):
+        load_model(tmp_path, scoring={"lr": 0.1})
+
+
 def test_only_an_unfinished_run_keeps_the_optimiser_state(train_set, texture_source, tmp_path):
     trainer = make_trainer(tiny_config(steps=2), train_set, texture_source, run_dir=tmp_path)
     path = tmp_path / "checkpoint.pt"

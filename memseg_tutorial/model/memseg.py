@@ -293,6 +293,12 @@ class MemSeg(nn.Module):
         stats = torch.stack([scale.memory_map_stats for scale in self.scales]).tolist()  # one device sync
         return all(logit_spread > 0 and memory_spread > 0 for logit_spread, _, memory_spread in stats)
 
+    def forget_memory_map_calibration(self) -> None:
+        """Mark the memory map uncalibrated (scoring with a weight then asks for a calibration):
+        statistics measured at another ``memory_map_level`` would scale the wrong map."""
+        for scale in self.scales:
+            scale.memory_map_stats.zero_()
+
     @torch.no_grad()
     def calibrate_memory_map(self, normal_images: torch.Tensor, batch_size: int = 16) -> None:
         """Measure how the decoder's logit and log m (m1 unless ``memory_map_level`` says otherwise)
