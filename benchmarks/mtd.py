@@ -352,12 +352,16 @@ def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int
             what = ", ".join(filter(None, [what, f"split {saved_split!r} -> {split!r}"]))
         if other_tiles:  # a split change alone changes the tiles too
             what = ", ".join(filter(None, [what, "other training tiles (another --root or split.csv?)"]))
-        unfinished = (" (scoring settings may differ once it is finished)"
-                      if not finished and set(changed) & set(SCORING_FIELDS) else "")
-        raise SystemExit(f"mtd.py: {path} is a run with other settings ({what}){unfinished}; "
-                         f"use another --run-dir, or delete it to start again.")
-    if rescoring:  # the model is built from the asked config; the file keeps the settings it was trained with
+        finish = ("finish it with its own settings first (scoring settings may differ once it is finished), "
+                  if not finished and set(changed) & set(SCORING_FIELDS) else "")
+        raise SystemExit(f"mtd.py: {path} is a run with other settings ({what}); "
+                         f"{finish}use another --run-dir, or delete it to start again.")
+    if rescoring:  # the model is built from the asked config; the file keeps the settings it was saved with
         checkpoint["config"] = asked
+    if saved_tiles is None and tiles is not None:  # saved before the digest: checked from now on
+        print(f"note: {path} does not record its training tiles; assuming they are these", flush=True)
+        run["train_tiles"] = tiles
+        checkpoint["run"] = run
     return checkpoint, rescoring
 
 
@@ -456,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = checkpoint["config"]["steps"]
         doing = "continuing" if checkpoint["step"] < steps else "scoring the finished run"
         if rescoring:
-            doing += " with " + ", ".join(f"{key} {new!r} (trained with {old!r})"
+            doing += " with " + ", ".join(f"{key} {new!r} (saved with {old!r})"
                                           for key, (old, new) in rescoring.items()) + ","
         print(f"{doing} {args.run_dir / CHECKPOINT_NAME} at step {checkpoint['step']} of {steps}", flush=True)
     else:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -359,17 +360,17 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
 
 
 def _calibrate_memory_map(model, config, root: Path, category: str) -> None:
-    """The memory map's calibration after training (see ``Trainer.calibrate_memory_map``), for a
-    model scored with another ``memory_map_level`` or a weight it was not trained with: the same
-    normal training images outside the bank, when root and category are the run's own."""
+    """The memory map's calibration after training (``Trainer.calibrate_memory_map``), for a model
+    scored with another ``memory_map_level`` or a weight it was not trained with: the same normal
+    training images outside the bank (``root``: the run's data, or where --data says it is now)."""
     from .data import MVTecDataset
     from .device import model_device
-    from .training import dataset_images, memory_map_indices
+    from .training import memory_map_images
 
     train = MVTecDataset(root, category, "train", image_size=config.image_size)
-    indices = memory_map_indices(len(train), config)
-    model.calibrate_memory_map(dataset_images(train, indices).to(model_device(model)))
-    print(f"memory map (m{config.memory_map_level}) calibrated on {len(indices)} normal training images "
+    images = memory_map_images(train, config)
+    model.calibrate_memory_map(images.to(model_device(model)))
+    print(f"memory map (m{config.memory_map_level}) calibrated on {len(images)} normal training images "
           f"of {category!r} outside the bank")
 
 
@@ -393,11 +394,13 @@ def cmd_evaluate(args) -> int:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
     if config.memory_map_weight > 0 and not model.memory_map_calibrated:
-        _calibrate_memory_map(model, config, root, category)
+        _calibrate_memory_map(model, config, root, trained_on)  # on the normals it was trained on
     result = _evaluate_run(model, config, root, category)
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
-        out = checkpoint_file(args.checkpoint).parent / f"evaluation_{category}.json"
+        scored = "".join(f"_{key}-{value}" for key, value in sorted(scoring.items()))  # never over the plain one
+        name = re.sub(r"[^\w.-]", "", f"evaluation_{category}{scored}") + ".json"
+        out = checkpoint_file(args.checkpoint).parent / name
     atomic_write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
                                                  "data_root": str(root), "scoring_set": scoring}), out)
     print(f"metrics written to {out}")
@@ -663,7 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=None, metavar="ROOT", help="dataset root (default: the run's)")
     evaluate.add_argument("--category", default=None, help="category (default: the run's)")
     evaluate.add_argument("--out", default=None,
-                          help="metrics JSON (default: evaluation_<category>.json beside the checkpoint)")
+                          help="metrics JSON (default: evaluation_<category>.json beside the checkpoint; with "
+                               "--set, the settings are added to the name)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                           help="where to run (default: auto, a CUDA GPU when one is visible)")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -110,9 +110,7 @@ class Config:
             raise ValueError(f"transparency_range must lie in [0, 1], got {(d_lo, d_hi)}.")
         if min(self.structure_grid) < 1:
             raise ValueError(f"structure_grid needs at least 1 row and 1 column, got {self.structure_grid}.")
-        for name, (ok, rule) in _RANGES.items():
-            if not ok(getattr(self, name)):
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}.")
+        self._check_ranges(_RANGES)
         if self.l1_weight + self.focal_weight <= 0:
             raise ValueError("l1_weight and focal_weight cannot both be 0: there would be no loss to train on.")
         return self
@@ -173,16 +171,23 @@ class Config:
     def with_scoring(self, **changes) -> Config:
         """This config with other values of SCORING_FIELDS, checked: what a trained model can be
         scored with (``evaluate --set``) without training it again."""
+        known = {item.name for item in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a Config field; a trained model can be scored with "
+                             f"other {', '.join(SCORING_FIELDS)}.")
         other = sorted(set(changes) - set(SCORING_FIELDS))
         if other:
             raise ValueError(f"{', '.join(other)} would change training, not only scoring; a trained model "
                              f"can be scored with other {', '.join(SCORING_FIELDS)} only.")
         scored = dataclasses.replace(self, **changes)._check_usable()
-        for name in changes:
-            ok, rule = _RANGES.get(name, (lambda v: True, ""))
-            if not ok(getattr(scored, name)):
-                raise ValueError(f"{name} must be {rule}, got {getattr(scored, name)!r}.")
+        scored._check_ranges({name: rule for name, rule in _RANGES.items() if name in changes})
         return scored
+
+    def _check_ranges(self, ranges: dict[str, tuple]) -> None:
+        for name, (ok, rule) in ranges.items():
+            if not ok(getattr(self, name)):
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}.")
 
     def summary(self) -> str:
         return (

@@ -143,6 +143,12 @@ def memory_map_indices(num_images: int, config: Config, count: int = MEMORY_MAP_
     return sorted(others[:count])
 
 
+def memory_map_images(dataset, config: Config) -> torch.Tensor:
+    """The normal training images (N, 3, S, S) that calibrate the memory map after training, for
+    a trained model scored with another ``memory_map_level`` (``evaluate --set``)."""
+    return dataset_images(dataset, memory_map_indices(len(dataset), config))
+
+
 class DatasetSubset(torch.utils.data.Dataset):
     """Some images of a dataset, with the same interface (``load_rgb``, ``image_paths``, ...)."""
 

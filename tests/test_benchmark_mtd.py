@@ -13,6 +13,7 @@ from conftest import ROOT
 
 from memseg_tutorial import get_config
 from memseg_tutorial.checkpoint import load_checkpoint
+from memseg_tutorial.config import Config
 from memseg_tutorial.data import TextureSource
 from memseg_tutorial.data.images import to_tensor
 from memseg_tutorial.seeding import make_rng
@@ -187,7 +188,7 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == cut["steps"]
 
     # Scoring settings may differ only once the run is finished: the rest would be trained with them.
-    with pytest.raises(SystemExit, match="memory_map_level 3 -> 1.*may differ once it is finished"):
+    with pytest.raises(SystemExit, match=r"\(memory_map_level 3 -> 1\); finish it with its own settings first"):
         mtd_script.main([*base, "--set", "memory_map_level=1"])
 
     capsys.readouterr()
@@ -219,7 +220,7 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     capsys.readouterr()
     mtd_script.main([*base, *scoring, "--out", str(tmp_path / "rescored.json")])
     out = capsys.readouterr().out
-    assert "scoring the finished run with map_smoothing_sigma 1.0 (trained with 2.0), memory_map_level 1 (trained with 3)," in out
+    assert "scoring the finished run with map_smoothing_sigma 1.0 (saved with 2.0), memory_map_level 1 (saved with 3)," in out
     rescored = json.loads((tmp_path / "rescored.json").read_text())
     assert rescored["rescored_from"] == {"map_smoothing_sigma": 2.0, "memory_map_level": 3,
                                          "memory_map_weight": 0.5, "score_top_k": 400}
@@ -233,7 +234,23 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
         assert rescored[key] == reference[key]
     assert rescored["image_auroc"] != again["image_auroc"] or rescored["pixel_auroc"] != again["pixel_auroc"]
 
-    # Other tiles under the same settings (another --root, another split.csv) are refused too.
-    monkeypatch.setattr(mtd_script, "MTDDataset", lambda root, split, image_size: GreyTiles(41, image_size))
+    # Other tiles under the same settings (another --root, another split.csv) are refused too: as many
+    # tiles, one pixel of each changed. A checkpoint saved before the digest takes the tiles' digest.
+    def one_pixel_changed(root, split, image_size):
+        tiles = GreyTiles(40, image_size)
+        for tile in tiles.tiles:
+            tile[0, 0] += 1
+        return tiles
+
+    monkeypatch.setattr(mtd_script, "MTDDataset", one_pixel_changed)
     with pytest.raises(SystemExit, match=r"other settings \(other training tiles"):
         mtd_script.main(base)
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    del checkpoint["run"]["train_tiles"]
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    capsys.readouterr()
+    mtd_script.main([*base, "--out", str(tmp_path / "older.json")])  # accepted: it cannot be checked
+    assert "does not record its training tiles" in capsys.readouterr().out
+    config = Config.from_dict(checkpoint["config"])
+    adopted, _ = mtd_script.saved_run(run_dir, config, checkpoint["run"]["mtd_split"], None, tiles="digest")
+    assert adopted["run"]["train_tiles"] == "digest"  # what Trainer.resume keeps in run_info and saves

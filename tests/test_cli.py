@@ -280,6 +280,10 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     assert load_checkpoint(checkpoint)["config"]["memory_map_weight"] == 0  # the file is not changed
     code, _, err = run(["evaluate", str(checkpoint), "--set", "lr=0.1"], capsys)
     assert_one_line_error(code, err, "lr would change training")
+    code, out, err = run(["evaluate", str(checkpoint), "--set", "score_mode='max'"], capsys)
+    assert code == 0, err  # by default beside the checkpoint, with the settings in the name
+    written = checkpoint.parent / "evaluation_surface_score_mode-max.json"
+    assert f"metrics written to {written}" in out and json.loads(written.read_text())["config"]["score_mode"] == "max"
 
 
 def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):

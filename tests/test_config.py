@@ -84,6 +84,8 @@ def test_with_scoring_changes_only_what_scoring_reads():
     assert config.memory_map_level == 1  # a new config; the trained one is untouched
     with pytest.raises(ValueError, match="lr, steps would change training"):
         config.with_scoring(lr=0.1, steps=3, score_top_k=5)
+    with pytest.raises(ValueError, match="score_topk: not a Config field"):
+        config.with_scoring(score_topk=5)
     with pytest.raises(ValueError, match="half_scale_map would change training"):  # a second bank
         config.with_scoring(half_scale_map=True)
     with pytest.raises(ValueError, match="score_top_k must be at least 1"):

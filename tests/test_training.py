@@ -12,6 +12,7 @@ import torch
 from conftest import assert_same_weights, make_trainer, straight_and_resumed, tiny_config
 
 from memseg_tutorial.checkpoint import load_checkpoint, load_model
+from memseg_tutorial.config import SCORING_FIELDS
 from memseg_tutorial.data import MVTecDataset
 from memseg_tutorial.training import (
     GpuSampleStream,
@@ -21,6 +22,7 @@ from memseg_tutorial.training import (
     dataset_images,
     lr_factor,
     memory_indices,
+    memory_map_images,
     memory_map_indices,
     split_holdout,
 )
@@ -186,27 +188,38 @@ def test_checkpoint_holds_model_memory_and_state(train_set, texture_source, tmp_
     assert torch.allclose(model.anomaly_map(x), trainer.model.anomaly_map(x))
 
 
-@pytest.mark.parametrize("options", [{"half_scale_map": True}, {"memory_map_weight": 1.0, "memory_map_level": 3}],
-                         ids=["half_scale_map", "memory_map_level"])
-def test_the_map_options_change_no_training_step(train_set, texture_source, options):
+# With memory_map_level (the case before it), every field of SCORING_FIELDS: see the test after the next.
+OTHER_SCORING = {"memory_map_weight": 0.0, "map_smoothing_sigma": 1.5, "score_top_k": 3, "score_mode": "max",
+                 "aupro_fpr_limit": 0.2}
+
+
+@pytest.mark.parametrize("options", [{"half_scale_map": True}, {"memory_map_weight": 1.0, "memory_map_level": 3},
+                                     OTHER_SCORING],
+                         ids=["half_scale_map", "memory_map_level", "scoring_fields"])
+def test_the_map_options_change_no_training_step(train_set, texture_source, tmp_path, options):
     """Training reads neither the half-size map (its bank is rebuilt beside the other) nor the memory
-    map, which only calibration and scoring read; so benchmarks/mtd.py scores both maps of one run, and
-    a change of memory map is compared on the same weights."""
-    base = dict(steps=3, memory_refresh_every=1, memory_map_weight=0.5)
-    plain, other = (make_trainer(tiny_config(**{**base, **change}), train_set, texture_source)
-                    for change in ({}, options))
+    map, which only calibration (before every checkpoint) and scoring read, nor any other of
+    SCORING_FIELDS; so benchmarks/mtd.py scores both maps of one run, a change of memory map is
+    compared on the same weights, and ``evaluate --set`` scores a trained model otherwise."""
+    base = dict(steps=3, memory_refresh_every=1, memory_map_weight=0.5, checkpoint_every=1)
+    plain, other = (make_trainer(tiny_config(**{**base, **change}), train_set, texture_source,
+                                 run_dir=tmp_path / name) for name, change in (("plain", {}), ("other", options)))
     plain.fit()
     other.fit()
     assert [r["loss"] for r in plain.history] == [r["loss"] for r in other.history]
     other_state = other.model.state_dict()
     for name, value in plain.model.state_dict().items():
-        if name != "memory_map_stats" or "memory_map_level" not in options:
+        if name != "memory_map_stats" or "memory_map_weight" not in options:
             assert torch.equal(value, other_state[name]), name
-    if "memory_map_level" in options:  # calibrated on m3: other statistics
+    if "memory_map_weight" in options:  # calibrated on m3 (other statistics), or not at all (weight 0)
         assert not torch.allclose(plain.model.memory_map_stats, other.model.memory_map_stats)
     else:
         assert set(other_state) - set(plain.model.state_dict()) == {
             "half_memory_bank.level1", "half_memory_bank.level2", "half_memory_bank.level3", "half_memory_map_stats"}
+
+
+def test_the_training_test_covers_every_scoring_field():
+    assert {"memory_map_level", *OTHER_SCORING} == set(SCORING_FIELDS)
 
 
 def test_a_saved_model_scored_with_other_scoring_settings_matches_one_trained_with_them(
@@ -226,7 +239,7 @@ def test_a_saved_model_scored_with_other_scoring_settings_matches_one_trained_wi
     x = reference.batch(0)["image"]
     with pytest.raises(RuntimeError, match="not calibrated"):
         model.anomaly_map(x)
-    model.calibrate_memory_map(dataset_images(train_set, memory_map_indices(len(train_set), config)))
+    model.calibrate_memory_map(memory_map_images(train_set, config))
     reference.model.eval()
     assert torch.equal(model.anomaly_map(x), reference.model.anomaly_map(x))
     same_level, _, _ = load_model(tmp_path, scoring={"memory_map_weight": 1.0})  # the level's statistics hold
