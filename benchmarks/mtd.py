@@ -358,9 +358,9 @@ def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int
                          f"{finish}use another --run-dir, or delete it to start again.")
     if rescoring:  # the model is built from the asked config; the file keeps the settings it was saved with
         checkpoint["config"] = asked
-    if saved_tiles is None and tiles is not None:  # saved before the digest: checked from now on
+    if saved_tiles is None and tiles is not None:  # saved before the digest
         print(f"note: {path} does not record its training tiles; assuming they are these", flush=True)
-        run["train_tiles"] = tiles
+        run["train_tiles"] = tiles  # kept by Trainer.resume: an unfinished run saves it, then is checked
         checkpoint["run"] = run
     return checkpoint, rescoring
 

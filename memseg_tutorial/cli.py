@@ -359,15 +359,19 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
     }
 
 
-def _calibrate_memory_map(model, config, root: Path, category: str) -> None:
+def _calibrate_memory_map(model, config, run: dict, root: Path) -> None:
     """The memory map's calibration after training (``Trainer.calibrate_memory_map``), for a model
     scored with another ``memory_map_level`` or a weight it was not trained with: the same normal
-    training images outside the bank (``root``: the run's data, or where --data says it is now)."""
+    training images outside the bank, of the category it was trained on (``root``: where its data
+    is; a demo run trained without its held-out normals, so they are left out here too)."""
     from .data import MVTecDataset
     from .device import model_device
-    from .training import memory_map_images
+    from .training import memory_map_images, split_holdout
 
+    category = run.get("category") or config.category
     train = MVTecDataset(root, category, "train", image_size=config.image_size)
+    if run.get("holdout"):
+        train, _ = split_holdout(train, run["holdout"], config.seed)
     images = memory_map_images(train, config)
     model.calibrate_memory_map(images.to(model_device(model)))
     print(f"memory map (m{config.memory_map_level}) calibrated on {len(images)} normal training images "
@@ -394,7 +398,12 @@ def cmd_evaluate(args) -> int:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
     if config.memory_map_weight > 0 and not model.memory_map_calibrated:
-        _calibrate_memory_map(model, config, root, trained_on)  # on the normals it was trained on
+        own_root = root  # the run's data, or where --data says it is now; another category: the run's own
+        if category != trained_on:
+            from .data import ensure_sample_dataset
+
+            own_root = Path(_run_data(run) or ensure_sample_dataset())
+        _calibrate_memory_map(model, config, run, own_root)
     result = _evaluate_run(model, config, root, category)
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
@@ -515,7 +524,7 @@ def cmd_demo(args) -> int:
         # No run_dir: the demo is all-or-nothing, so no checkpoints along the way (one write at the end).
         trainer = Trainer(config, train, textures, kind=SAMPLE_CATEGORIES[args.category],
                           progress=not args.no_progress,
-                          run_info={"data_root": str(root), "category": args.category})
+                          run_info={"data_root": str(root), "category": args.category, "holdout": DEMO_HOLDOUT})
         print(f"demo: {config.summary()} | {len(train)} normal training images of "
               f"{args.category!r} (+{len(holdout)} held out for the threshold) | "
               f"{len(test)} test images", flush=True)

@@ -13,7 +13,6 @@ from conftest import ROOT
 
 from memseg_tutorial import get_config
 from memseg_tutorial.checkpoint import load_checkpoint
-from memseg_tutorial.config import Config
 from memseg_tutorial.data import TextureSource
 from memseg_tutorial.data.images import to_tensor
 from memseg_tutorial.seeding import make_rng
@@ -191,11 +190,17 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     with pytest.raises(SystemExit, match=r"\(memory_map_level 3 -> 1\); finish it with its own settings first"):
         mtd_script.main([*base, "--set", "memory_map_level=1"])
 
+    # A run saved before the tiles' digest was kept: continued, and its next save records the digest.
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    digest = checkpoint["run"].pop("train_tiles")
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
     capsys.readouterr()
     # How often to save changes no result, so it may differ.
     mtd_script.main([*base, "--set", "checkpoint_every=5", "--out", str(tmp_path / "continued.json")])
-    assert f"continuing {run_dir / 'checkpoint.pt'} at step {cut['steps']} of {cut['steps_planned']}" in (
-        capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert f"continuing {run_dir / 'checkpoint.pt'} at step {cut['steps']} of {cut['steps_planned']}" in out
+    assert "does not record its training tiles" in out
+    assert load_checkpoint(run_dir / "checkpoint.pt")["run"]["train_tiles"] == digest
     continued = json.loads((tmp_path / "continued.json").read_text())
     assert continued["steps"] == cut["steps_planned"] and not continued["stopped_by_time_budget"]
     assert continued["steps_of_earlier_runs"] == cut["steps"]
@@ -235,7 +240,7 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     assert rescored["image_auroc"] != again["image_auroc"] or rescored["pixel_auroc"] != again["pixel_auroc"]
 
     # Other tiles under the same settings (another --root, another split.csv) are refused too: as many
-    # tiles, one pixel of each changed. A checkpoint saved before the digest takes the tiles' digest.
+    # tiles, one pixel of each changed. A finished run saved before the digest cannot be checked.
     def one_pixel_changed(root, split, image_size):
         tiles = GreyTiles(40, image_size)
         for tile in tiles.tiles:
@@ -251,6 +256,3 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     capsys.readouterr()
     mtd_script.main([*base, "--out", str(tmp_path / "older.json")])  # accepted: it cannot be checked
     assert "does not record its training tiles" in capsys.readouterr().out
-    config = Config.from_dict(checkpoint["config"])
-    adopted, _ = mtd_script.saved_run(run_dir, config, checkpoint["run"]["mtd_split"], None, tiles="digest")
-    assert adopted["run"]["train_tiles"] == "digest"  # what Trainer.resume keeps in run_info and saves

@@ -14,9 +14,11 @@ import torch
 
 from memseg_tutorial import cli, get_config
 from memseg_tutorial.checkpoint import load_checkpoint
-from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.config import Config
+from memseg_tutorial.data import MVTecDataset, ensure_sample_dataset
 from memseg_tutorial.inference import Predictor, Thresholds
-from memseg_tutorial.training import Trainer
+from memseg_tutorial.model import MemSeg
+from memseg_tutorial.training import Trainer, memory_map_images, split_holdout
 
 COMMANDS = ("download", "train", "evaluate", "predict", "demo")
 
@@ -284,6 +286,10 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     assert code == 0, err  # by default beside the checkpoint, with the settings in the name
     written = checkpoint.parent / "evaluation_surface_score_mode-max.json"
     assert f"metrics written to {written}" in out and json.loads(written.read_text())["config"]["score_mode"] == "max"
+    code, out, err = run(["evaluate", str(checkpoint), "--category", "object", "--set", "memory_map_weight=0.5",
+                          "--out", str(tmp_path / "object.json")], capsys)
+    assert code == 0, err  # calibrated on the normals of the category it was trained on
+    assert "normal training images of 'surface' outside the bank" in out
 
 
 def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):
@@ -587,6 +593,23 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     saved = Predictor.from_checkpoint(tmp_path / "d" / "checkpoint.pt", "cpu").thresholds
     assert (saved.image, saved.pixel) == (metrics["thresholds"]["image"], metrics["thresholds"]["pixel"])
     assert (saved.image, saved.pixel) != (Thresholds().image, Thresholds().pixel)
+    # Scored with a memory map it was trained without, the demo's model is calibrated as its Trainer
+    # would have been: on training normals outside the bank, the held-out ones left out as in training.
+    calibrated_on = []
+    calibrate = MemSeg.calibrate_memory_map
+
+    def recording(model, images, batch_size=16):
+        calibrated_on.append(images.clone())
+        return calibrate(model, images, batch_size)
+
+    monkeypatch.setattr(MemSeg, "calibrate_memory_map", recording)
+    code, _, err = run(["evaluate", str(tmp_path / "d"), "--set", "memory_map_weight=0.5"], capsys)
+    assert code == 0, err
+    config = Config.from_dict(load_checkpoint(tmp_path / "d" / "checkpoint.pt")["config"])
+    normals = MVTecDataset(ensure_sample_dataset(), "surface", "train", image_size=config.image_size)
+    trained_on, _ = split_holdout(normals, cli.DEMO_HOLDOUT, config.seed)
+    assert torch.equal(calibrated_on[0], memory_map_images(trained_on, config))
+    assert not torch.equal(calibrated_on[0], memory_map_images(normals, config))  # the holdout matters
 
 
 def test_demo_replaces_an_earlier_demo_run_and_nothing_else(checkpoint, tmp_path, monkeypatch, capsys):
