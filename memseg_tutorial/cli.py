@@ -359,15 +359,19 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
     }
 
 
-def _calibrate_memory_map(model, config, run: dict, root: Path) -> None:
-    """The memory map's calibration after training (``Trainer.calibrate_memory_map``), for a model
-    scored with another ``memory_map_level`` or a weight it was not trained with: the same normal
-    training images outside the bank, of the category it was trained on (``root``: where its data
-    is; a demo run trained without its held-out normals, so they are left out here too)."""
-    from .data import MVTecDataset
+def _calibrate_memory_map(model, config, run: dict, root: Path | None = None) -> None:
+    """For a model scored with another ``memory_map_level`` or a memory-map weight it was not
+    trained with (``--set``): the calibration its Trainer makes after training, on the same normal
+    training images outside the bank, of the category it was trained on (``root``: where that data
+    is now, default the run's own; a demo run trained without its held-out normals, so they are
+    left out here too). Nothing to do for a model that needs no calibration."""
+    if config.memory_map_weight <= 0 or model.memory_map_calibrated:
+        return
+    from .data import MVTecDataset, ensure_sample_dataset
     from .device import model_device
     from .training import memory_map_images, split_holdout
 
+    root = root or Path(_run_data(run) or ensure_sample_dataset())
     category = run.get("category") or config.category
     train = MVTecDataset(root, category, "train", image_size=config.image_size)
     if run.get("holdout"):
@@ -397,13 +401,8 @@ def cmd_evaluate(args) -> int:
     if is_sample:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
-    if config.memory_map_weight > 0 and not model.memory_map_calibrated:
-        own_root = root  # the run's data, or where --data says it is now; another category: the run's own
-        if category != trained_on:
-            from .data import ensure_sample_dataset
-
-            own_root = Path(_run_data(run) or ensure_sample_dataset())
-        _calibrate_memory_map(model, config, run, own_root)
+    # the run's data, or where --data says it is now; with another category, the run's own
+    _calibrate_memory_map(model, config, run, root if category == trained_on else None)
     result = _evaluate_run(model, config, root, category)
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
@@ -429,6 +428,7 @@ def _calibrate(predictor, normals, *percentiles):
 
 
 def cmd_predict(args) -> int:
+    from .config import parse_overrides
     from .inference import Predictor, earlier_outputs, resolve_images
 
     skipped = []
@@ -453,7 +453,12 @@ def cmd_predict(args) -> int:
             f"--out {out} holds the results of an earlier predict ({len(earlier)} files: scores.csv and "
             f"overlays); choose another --out, or pass --overwrite to replace them."
         )
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    scoring = parse_overrides(args.set)
+    if scoring and args.normals is None:
+        raise CommandError("--set changes the scores, so thresholds saved with the model no longer fit them: "
+                           "add --normals with held-out normal images to choose new ones.")
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, scoring=scoring)
+    _calibrate_memory_map(predictor.model, predictor.config, predictor.run_info)
     hint = "; --normals FOLDER sets new ones"
     if args.normals is not None:
         _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)  # sets predictor.thresholds
@@ -679,9 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "--set, the settings are added to the name)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                           help="where to run (default: auto, a CUDA GPU when one is visible)")
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="score with another value of a setting that training does not read "
-                               f"(repeatable): {', '.join(SCORING_FIELDS)}; e.g. --set \"score_mode='max'\"")
+    scoring_help = ("score with another value of a setting that training does not read (repeatable): "
+                    f"{', '.join(SCORING_FIELDS)}; e.g. --set \"score_mode='max'\"")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=scoring_help)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser(
@@ -710,6 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "instead of stopping at the first; --normals must all be readable")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                          help="where to run (default: auto, a CUDA GPU when one is visible)")
+    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help=scoring_help + " (needs --normals: the thresholds follow the scores)")
     predict.set_defaults(handler=cmd_predict)
 
     demo = commands.add_parser(

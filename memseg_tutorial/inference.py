@@ -300,18 +300,25 @@ class Predictor:
         self.config = config
         self.thresholds = thresholds or Thresholds()
         self.batch_size = batch_size
+        self.run_info: dict = {}  # from_checkpoint: what the run recorded
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: torch.device | str | None = None
+        cls, path: str | os.PathLike, device: torch.device | str | None = None, scoring: dict | None = None
     ) -> Predictor:
+        """``scoring``: other values of the settings only scoring reads (see ``load_model``); the
+        thresholds saved with the model were chosen on its own scores, so they are not used then
+        (calibrate again). ``run_info``: what the run recorded (data, category, thresholds)."""
         from .checkpoint import load_model
 
         device = checked_device(device)
-        model, config, checkpoint = load_model(path, device)
-        saved = checkpoint.get("run", {}).get("thresholds")
+        model, config, checkpoint = load_model(path, device, scoring=scoring)
+        run_info = checkpoint.get("run", {})
+        saved = None if scoring else run_info.get("thresholds")
         thresholds = Thresholds.from_saved(saved, str(path)) if saved else None
-        return cls(model, config, device, thresholds)
+        predictor = cls(model, config, device, thresholds)
+        predictor.run_info = run_info
+        return predictor
 
     @property
     def image_size(self) -> int:

@@ -291,6 +291,20 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     assert code == 0, err  # calibrated on the normals of the category it was trained on
     assert "normal training images of 'surface' outside the bank" in out
 
+    # predict --set: the same scores and thresholds as the run made with those settings; new thresholds
+    # are required, since the saved ones were chosen on the other scores.
+    normals, defects = sample_root / "surface" / "train" / "good", sample_root / "surface" / "test" / "crack"
+    code, _, err = run(["predict", str(checkpoint), str(defects), *sets], capsys)
+    assert_one_line_error(code, err, "--set changes the scores", "--normals")
+    outputs = []
+    for source, extra in ((checkpoint, sets), (tmp_path / "reference", [])):
+        outputs.append(tmp_path / f"predicted_{len(outputs)}")
+        code, out, err = run(["predict", str(source), str(defects), "--normals", str(normals),
+                              "--out", str(outputs[-1]), *extra], capsys)
+        assert code == 0, err
+        assert ("memory map (m3) calibrated on" in out) == (source == checkpoint)
+    assert (outputs[0] / "scores.csv").read_text() == (outputs[1] / "scores.csv").read_text()
+
 
 def test_evaluate_given_a_run_folder_writes_metrics_inside_it(checkpoint, sample_root, capsys):
     run_folder = checkpoint.parent
@@ -593,6 +607,8 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     saved = Predictor.from_checkpoint(tmp_path / "d" / "checkpoint.pt", "cpu").thresholds
     assert (saved.image, saved.pixel) == (metrics["thresholds"]["image"], metrics["thresholds"]["pixel"])
     assert (saved.image, saved.pixel) != (Thresholds().image, Thresholds().pixel)
+    rescored = Predictor.from_checkpoint(tmp_path / "d" / "checkpoint.pt", "cpu", scoring={"score_mode": "max"})
+    assert rescored.thresholds == Thresholds()  # chosen on the other scores: not kept
     # Scored with a memory map it was trained without, the demo's model is calibrated as its Trainer
     # would have been: on training normals outside the bank, the held-out ones left out as in training.
     calibrated_on = []
