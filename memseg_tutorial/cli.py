@@ -359,10 +359,10 @@ def _metrics_record(result, config, extra: dict | None = None) -> dict:
     }
 
 
-def _calibrate_memory_map(model, config, run: dict, root: Path | None = None) -> None:
+def _calibrate_memory_map(model, config, run: dict, data: str | None = None) -> None:
     """For a model scored with another ``memory_map_level`` or a memory-map weight it was not
     trained with (``--set``): the calibration its Trainer makes after training, on the same normal
-    training images outside the bank, of the category it was trained on (``root``: where that data
+    training images outside the bank, of the category it was trained on (``data``: where that data
     is now, default the run's own; a demo run trained without its held-out normals, so they are
     left out here too). Nothing to do for a model that needs no calibration."""
     if config.memory_map_weight <= 0 or model.memory_map_calibrated:
@@ -371,11 +371,22 @@ def _calibrate_memory_map(model, config, run: dict, root: Path | None = None) ->
     from .device import model_device
     from .training import memory_map_images, split_holdout
 
-    root = root or Path(_run_data(run) or ensure_sample_dataset())
+    why = ("--set memory_map_level / memory_map_weight: the memory map is calibrated on the normal images "
+           "the model was trained on, but")
+    if data is None and not run.get("data_root"):
+        raise CommandError(f"{why} this run does not record them (it was trained outside the command line); "
+                           f"call model.calibrate_memory_map(...) in Python instead.")
+    try:
+        root = Path(data) if data is not None else Path(_run_data(run) or ensure_sample_dataset())
+    except CommandError:  # its folder is gone
+        raise CommandError(f"{why} the run's data folder {run['data_root']} is gone.") from None
     category = run.get("category") or config.category
     train = MVTecDataset(root, category, "train", image_size=config.image_size)
     if run.get("holdout"):
         train, _ = split_holdout(train, run["holdout"], config.seed)
+    if run.get("train_images") not in (None, len(train)):
+        raise CommandError(f"{why} it was trained on {run['train_images']} normal images of {category!r}, "
+                           f"and {root} holds {len(train)}.")
     images = memory_map_images(train, config)
     model.calibrate_memory_map(images.to(model_device(model)))
     print(f"memory map (m{config.memory_map_level}) calibrated on {len(images)} normal training images "
@@ -388,7 +399,7 @@ def cmd_evaluate(args) -> int:
     from .device import get_device
 
     out = _check_output_file(Path(args.out).expanduser()) if args.out else None
-    scoring = parse_overrides(args.set)
+    scoring, given_data = parse_overrides(args.set), args.data
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"), scoring=scoring)
     run = checkpoint.get("run", {})
     trained_on = run.get("category") or config.category
@@ -401,8 +412,8 @@ def cmd_evaluate(args) -> int:
     if is_sample:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
-    # the run's data, or where --data says it is now; with another category, the run's own
-    _calibrate_memory_map(model, config, run, root if category == trained_on else None)
+    # where --data says the run's data is now; with another category, --data is other data
+    _calibrate_memory_map(model, config, run, given_data if category == trained_on else None)
     result = _evaluate_run(model, config, root, category)
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
@@ -454,10 +465,10 @@ def cmd_predict(args) -> int:
             f"overlays); choose another --out, or pass --overwrite to replace them."
         )
     scoring = parse_overrides(args.set)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, scoring=scoring)  # checks --set
     if scoring and args.normals is None:
         raise CommandError("--set changes the scores, so thresholds saved with the model no longer fit them: "
                            "add --normals with held-out normal images to choose new ones.")
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, scoring=scoring)
     _calibrate_memory_map(predictor.model, predictor.config, predictor.run_info)
     hint = "; --normals FOLDER sets new ones"
     if args.normals is not None:
@@ -703,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     predict.add_argument("--normals", default=None, metavar="DIR",
                          help="held-out normal images to set the thresholds (default: the thresholds "
-                              "a demo run saved in its checkpoint, else 0.5, not calibrated)")
+                              "a demo run saved in its checkpoint, else 0.5, not calibrated; needed with --set)")
     predict.add_argument("--image-percentile", type=_percentile, default=99.0,
                          help="image threshold = this percentile of the normal scores (default 99)")
     predict.add_argument("--pixel-percentile", type=_percentile, default=99.9,

@@ -170,7 +170,7 @@ class Config:
 
     def with_scoring(self, **changes) -> Config:
         """This config with other values of SCORING_FIELDS, checked: what a trained model can be
-        scored with (``evaluate --set``) without training it again."""
+        scored with (``evaluate --set``, ``predict --set``) without training it again."""
         known = {item.name for item in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:

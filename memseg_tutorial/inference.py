@@ -306,9 +306,11 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | os.PathLike, device: torch.device | str | None = None, scoring: dict | None = None
     ) -> Predictor:
-        """``scoring``: other values of the settings only scoring reads (see ``load_model``); the
-        thresholds saved with the model were chosen on its own scores, so they are not used then
-        (calibrate again). ``run_info``: what the run recorded (data, category, thresholds)."""
+        """``scoring``: other values of the settings only scoring reads (see ``load_model``; with
+        another ``memory_map_level``, or a memory-map weight the model was trained without, call
+        ``model.calibrate_memory_map`` before predicting). The thresholds saved with the model were
+        chosen on its own scores, so they are not used then (``calibrate`` again). ``run_info``:
+        what the run recorded (data, category, thresholds)."""
         from .checkpoint import load_model
 
         device = checked_device(device)

@@ -145,7 +145,7 @@ def memory_map_indices(num_images: int, config: Config, count: int = MEMORY_MAP_
 
 def memory_map_images(dataset, config: Config) -> torch.Tensor:
     """The normal training images (N, 3, S, S) that calibrate the memory map after training, for
-    a trained model scored with another ``memory_map_level`` (``evaluate --set``)."""
+    a trained model scored with another ``memory_map_level`` (``evaluate --set``, ``predict --set``)."""
     return dataset_images(dataset, memory_map_indices(len(dataset), config))
 
 
@@ -253,7 +253,10 @@ class Trainer:
         self.kind = kind
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
-        self.run_info = {"kind": kind, "invert_foreground": invert_foreground, **(run_info or {})}
+        # train_images: how many normals it trained on, so that a later calibration (evaluate --set)
+        # can tell a folder that differs from them
+        self.run_info = {"kind": kind, "invert_foreground": invert_foreground,
+                         "train_images": len(train_dataset), **(run_info or {})}
 
         if config.deterministic:
             use_deterministic_algorithms()  # before the first kernel, so cuBLAS picks it up

@@ -15,7 +15,7 @@ import torch
 from memseg_tutorial import cli, get_config
 from memseg_tutorial.checkpoint import load_checkpoint
 from memseg_tutorial.config import Config
-from memseg_tutorial.data import MVTecDataset, ensure_sample_dataset
+from memseg_tutorial.data import MVTecDataset, ensure_sample_dataset, generate_sample_dataset
 from memseg_tutorial.inference import Predictor, Thresholds
 from memseg_tutorial.model import MemSeg
 from memseg_tutorial.training import Trainer, memory_map_images, split_holdout
@@ -257,7 +257,7 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys, monk
 
 
 def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
-        checkpoint, sample_root, texture_source, tmp_path, capsys):
+        checkpoint, sample_root, texture_source, tmp_path, capsys, monkeypatch):
     """evaluate --set: the fixture's run (no memory map), scored with m3 at weight 0.5, the
     maximum pixel and a blur, gives the metrics of the same run made with those settings; the
     memory map is calibrated on the run's normal training images first, as after training."""
@@ -286,16 +286,40 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     assert code == 0, err  # by default beside the checkpoint, with the settings in the name
     written = checkpoint.parent / "evaluation_surface_score_mode-max.json"
     assert f"metrics written to {written}" in out and json.loads(written.read_text())["config"]["score_mode"] == "max"
-    code, out, err = run(["evaluate", str(checkpoint), "--category", "object", "--set", "memory_map_weight=0.5",
-                          "--out", str(tmp_path / "object.json")], capsys)
-    assert code == 0, err  # calibrated on the normals of the category it was trained on
+    # Evaluated on another dataset (another category there), it is calibrated on its own training normals.
+    calibrated_on = []
+    calibrate = MemSeg.calibrate_memory_map
+
+    def recording(model, images, batch_size=16):
+        calibrated_on.append(images.clone())
+        return calibrate(model, images, batch_size)
+
+    monkeypatch.setattr(MemSeg, "calibrate_memory_map", recording)
+    other_data = generate_sample_dataset(tmp_path / "other_sample", seed=1)
+    code, out, err = run(["evaluate", str(checkpoint), "--data", str(other_data), "--category", "object",
+                          "--set", "memory_map_weight=0.5", "--out", str(tmp_path / "object.json")], capsys)
+    assert code == 0, err
     assert "normal training images of 'surface' outside the bank" in out
+    assert torch.equal(calibrated_on[-1], memory_map_images(train, config))  # (the same memory_size, seed)
+    # A run that does not record its data, or whose folder holds other normals, is not calibrated.
+    saved = load_checkpoint(checkpoint)
+    assert saved["run"]["train_images"] == len(train)
+    for change, needle in (({"data_root": None}, "does not record them"),
+                           ({"train_images": len(train) + 1}, f"trained on {len(train) + 1} normal images")):
+        changed = tmp_path / "changed.pt"
+        torch.save({**saved, "run": {**saved["run"], **change}}, changed)
+        code, _, err = run(["evaluate", str(changed), "--set", "memory_map_weight=0.5",
+                            "--out", str(tmp_path / "x.json")], capsys)
+        assert_one_line_error(code, err, needle)
 
     # predict --set: the same scores and thresholds as the run made with those settings; new thresholds
     # are required, since the saved ones were chosen on the other scores.
     normals, defects = sample_root / "surface" / "train" / "good", sample_root / "surface" / "test" / "crack"
-    code, _, err = run(["predict", str(checkpoint), str(defects), *sets], capsys)
+    code, _, err = run(["predict", str(checkpoint), str(defects), *sets, "--out", str(tmp_path / "none")], capsys)
     assert_one_line_error(code, err, "--set changes the scores", "--normals")
+    code, _, err = run(["predict", str(checkpoint), str(defects), "--set", "lr=0.1"], capsys)
+    assert_one_line_error(code, err, "lr would change training")
+    assert not (tmp_path / "none").exists()
     outputs = []
     for source, extra in ((checkpoint, sets), (tmp_path / "reference", [])):
         outputs.append(tmp_path / f"predicted_{len(outputs)}")
