@@ -33,6 +33,20 @@ def checkpoint(sample_root, texture_source, tmp_path_factory):
     return trainer.save()
 
 
+@pytest.fixture
+def calibrated_on(monkeypatch) -> list:
+    """The images that each MemSeg.calibrate_memory_map call gets (the calls still calibrate)."""
+    seen = []
+    calibrate = MemSeg.calibrate_memory_map
+
+    def recording(model, images, batch_size=16):
+        seen.append(images.clone())
+        return calibrate(model, images, batch_size)
+
+    monkeypatch.setattr(MemSeg, "calibrate_memory_map", recording)
+    return seen
+
+
 def run(argv, capsys):
     code = cli.main(argv)
     out, err = capsys.readouterr()
@@ -257,7 +271,7 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys, monk
 
 
 def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
-        checkpoint, sample_root, texture_source, tmp_path, capsys, monkeypatch):
+        checkpoint, sample_root, texture_source, tmp_path, capsys, calibrated_on):
     """evaluate --set: the fixture's run (no memory map), scored with m3 at weight 0.5, the
     maximum pixel and a blur, gives the metrics of the same run made with those settings; the
     memory map is calibrated on the run's normal training images first, as after training."""
@@ -287,14 +301,6 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     written = checkpoint.parent / "evaluation_surface_score_mode-max.json"
     assert f"metrics written to {written}" in out and json.loads(written.read_text())["config"]["score_mode"] == "max"
     # Evaluated on another dataset (another category there), it is calibrated on its own training normals.
-    calibrated_on = []
-    calibrate = MemSeg.calibrate_memory_map
-
-    def recording(model, images, batch_size=16):
-        calibrated_on.append(images.clone())
-        return calibrate(model, images, batch_size)
-
-    monkeypatch.setattr(MemSeg, "calibrate_memory_map", recording)
     other_data = generate_sample_dataset(tmp_path / "other_sample", seed=1)
     code, out, err = run(["evaluate", str(checkpoint), "--data", str(other_data), "--category", "object",
                           "--set", "memory_map_weight=0.5", "--out", str(tmp_path / "object.json")], capsys)
@@ -609,7 +615,7 @@ def test_predict_percentile_flags_set_the_thresholds(checkpoint, sample_root, tm
     assert thresholds["50"][0] == thresholds["99.9"][0] and thresholds["50"][1] < thresholds["99.9"][1]
 
 
-def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
+def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys, calibrated_on):
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
     umask = os.umask(0o022)  # a usual umask, under which mkdtemp's private 0700 would show
     try:
@@ -635,21 +641,13 @@ def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys):
     assert rescored.thresholds == Thresholds()  # chosen on the other scores: not kept
     # Scored with a memory map it was trained without, the demo's model is calibrated as its Trainer
     # would have been: on training normals outside the bank, the held-out ones left out as in training.
-    calibrated_on = []
-    calibrate = MemSeg.calibrate_memory_map
-
-    def recording(model, images, batch_size=16):
-        calibrated_on.append(images.clone())
-        return calibrate(model, images, batch_size)
-
-    monkeypatch.setattr(MemSeg, "calibrate_memory_map", recording)
     code, _, err = run(["evaluate", str(tmp_path / "d"), "--set", "memory_map_weight=0.5"], capsys)
     assert code == 0, err
     config = Config.from_dict(load_checkpoint(tmp_path / "d" / "checkpoint.pt")["config"])
     normals = MVTecDataset(ensure_sample_dataset(), "surface", "train", image_size=config.image_size)
     trained_on, _ = split_holdout(normals, cli.DEMO_HOLDOUT, config.seed)
-    assert torch.equal(calibrated_on[0], memory_map_images(trained_on, config))
-    assert not torch.equal(calibrated_on[0], memory_map_images(normals, config))  # the holdout matters
+    assert torch.equal(calibrated_on[-1], memory_map_images(trained_on, config))
+    assert not torch.equal(calibrated_on[-1], memory_map_images(normals, config))  # the holdout matters
 
 
 def test_demo_replaces_an_earlier_demo_run_and_nothing_else(checkpoint, tmp_path, monkeypatch, capsys):
