@@ -144,8 +144,9 @@ def memory_map_indices(num_images: int, config: Config, count: int = MEMORY_MAP_
 
 
 def memory_map_images(dataset, config: Config) -> torch.Tensor:
-    """The normal training images (N, 3, S, S) that calibrate the memory map after training, for
-    a trained model scored with another ``memory_map_level`` (``evaluate --set``, ``predict --set``)."""
+    """The normal training images (N, 3, S, S) that calibrate the memory map after training: the
+    Trainer's, and those of a trained model scored with another ``memory_map_level`` (``evaluate
+    --set``, ``predict --set``)."""
     return dataset_images(dataset, memory_map_indices(len(dataset), config))
 
 
@@ -286,9 +287,8 @@ class Trainer:
         self.history: list[dict] = []
         self._memory_images: torch.Tensor | None = None
         self._memory_map_step: int | None = None  # the step at which the memory map was calibrated
-        self._memory_map_indices = (  # chosen here, so a too-small set fails before training
-            memory_map_indices(len(train_dataset), config) if config.memory_map_weight > 0 else []
-        )
+        if config.memory_map_weight > 0:  # a set too small for the calibration fails before training
+            memory_map_indices(len(train_dataset), config)
         self._gpu_stream = None
 
     # -- memory bank ------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class Trainer:
         if (self.config.memory_map_weight <= 0 or self._memory_map_step == self.step
                 or self.model.memory_bank.is_empty):  # nothing trained or comparable yet
             return
-        images = dataset_images(self.train_dataset, self._memory_map_indices)
+        images = memory_map_images(self.train_dataset, self.config)
         self.model.calibrate_memory_map(images.to(self.device))
         self._memory_map_step = self.step
 
