@@ -387,10 +387,21 @@ def _calibrate_memory_map(model, config, run: dict, data: str | None = None) -> 
     if run.get("train_images") not in (None, len(train)):
         raise CommandError(f"{why} it was trained on {run['train_images']} normal images of {category!r}, "
                            f"and {root} holds {len(train)}.")
+    if run.get("train_images") is None:
+        print(f"note: this run does not record how many normals it trained on (saved by an earlier version); "
+              f"the memory map is calibrated as if it trained on all {len(train)} of {root}.")
     images = memory_map_images(train, config)
     model.calibrate_memory_map(images.to(model_device(model)))
     print(f"memory map (m{config.memory_map_level}) calibrated on {len(images)} normal training images "
           f"of {category!r} outside the bank")
+
+
+def _setting_label(value) -> str:
+    """A --set value as a file name shows it: one name for 2 and 2.0, so that the same settings
+    write the same file (never over the plain one, which has none)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def cmd_evaluate(args) -> int:
@@ -417,7 +428,7 @@ def cmd_evaluate(args) -> int:
     result = _evaluate_run(model, config, root, category)
     print(result.table())
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
-        scored = "".join(f"_{key}-{value}" for key, value in sorted(scoring.items()))  # never over the plain one
+        scored = "".join(f"_{key}-{_setting_label(value)}" for key, value in sorted(scoring.items()))
         name = re.sub(r"[^\w.-]", "", f"evaluation_{category}{scored}") + ".json"
         out = checkpoint_file(args.checkpoint).parent / name
     atomic_write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,

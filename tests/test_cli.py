@@ -285,7 +285,7 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     sets = [arg for key, value in scoring.items() for arg in ("--set", f"{key}={value!r}")]
     code, out, err = run(["evaluate", str(checkpoint), *sets, "--out", str(tmp_path / "scored.json")], capsys)
     assert code == 0, err
-    assert "memory map (m3) calibrated on" in out
+    assert "memory map (m3) calibrated on" in out and "does not record" not in out
     code, _, err = run(["evaluate", str(tmp_path / "reference"), "--out", str(tmp_path / "reference.json")], capsys)
     assert code == 0, err
     scored, expected = (json.loads((tmp_path / name).read_text()) for name in ("scored.json", "reference.json"))
@@ -300,6 +300,10 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
     assert code == 0, err  # by default beside the checkpoint, with the settings in the name
     written = checkpoint.parent / "evaluation_surface_score_mode-max.json"
     assert f"metrics written to {written}" in out and json.loads(written.read_text())["config"]["score_mode"] == "max"
+    for sigma in ("2", "2.0"):  # one file for one setting, however it is typed
+        code, out, err = run(["evaluate", str(checkpoint), "--set", f"map_smoothing_sigma={sigma}"], capsys)
+        assert code == 0, err
+        assert f"metrics written to {checkpoint.parent / 'evaluation_surface_map_smoothing_sigma-2.json'}" in out
     # Evaluated on another dataset (another category there), it is calibrated on its own training normals.
     other_data = generate_sample_dataset(tmp_path / "other_sample", seed=1)
     code, out, err = run(["evaluate", str(checkpoint), "--data", str(other_data), "--category", "object",
@@ -317,6 +321,12 @@ def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
         code, _, err = run(["evaluate", str(changed), "--set", "memory_map_weight=0.5",
                             "--out", str(tmp_path / "x.json")], capsys)
         assert_one_line_error(code, err, needle)
+    del saved["run"]["train_images"]  # saved before it was recorded: calibrated as before, with a note
+    torch.save(saved, tmp_path / "earlier.pt")
+    code, out, err = run(["evaluate", str(tmp_path / "earlier.pt"), "--set", "memory_map_weight=0.5",
+                          "--out", str(tmp_path / "earlier.json")], capsys)
+    assert code == 0, err
+    assert "does not record how many normals it trained on" in out
 
     # predict --set: the same scores and thresholds as the run made with those settings; new thresholds
     # are required, since the saved ones were chosen on the other scores.
