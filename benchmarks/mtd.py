@@ -1,14 +1,14 @@
 """Real-data benchmark: MemSeg with RANDOM encoder weights on the Magnetic Tile Defect dataset.
 
-Trains on the 761 normal training tiles of ``split.csv`` (texture anomalies from the Flickr
-Material Database folder), evaluates the LAST step on the test split (191 normal + 392 defective
-tiles) and prints image AUROC, pixel AUROC, AUPRO@0.3, training and evaluation images/s (with
-``half_scale_map``, as chosen, also the figures of the full-size map alone from the same run). Nothing
-is chosen on the test split: the settings below were picked with ``--validate``, which holds out
-160 training normals and scores 80 of them as they are against 80 that received a faded drawn
-defect (scratch, crack, hole, stain from the sample-data painters, or a wide band of changed
-brightness like MTD's "uneven": families the training simulation never produces), and prints a
-row per family.
+Trains on the 761 normal training tiles of ``split.csv`` (texture anomalies from the Flickr Material
+Database folder beside the checkout, else scikit-image's textures), evaluates the LAST step on the
+test split (191 normal + 392 defective tiles) and prints image AUROC, pixel AUROC, AUPRO@0.3,
+training and evaluation images/s (with ``half_scale_map``, as chosen, also the figures of the
+full-size map alone from the same run). Nothing is chosen on the test split: the settings below were
+picked with ``--validate``, which holds out 160 training normals and scores 80 of them as they are
+against 80 that received a faded drawn defect (scratch, crack, hole, stain from the sample-data
+painters, or a wide band of changed brightness like MTD's "uneven": families the training simulation
+never produces), and prints a row per family.
 
     python benchmarks/mtd.py                       # the benchmark (~30 min on 2 CPU cores)
     python benchmarks/mtd.py --minutes 10          # fewer steps, fitted to a 10-minute budget
@@ -17,9 +17,9 @@ row per family.
     python benchmarks/mtd.py --steps 827 --run-dir runs/mtd --set memory_map_level=1   # its model, scored otherwise
     python benchmarks/mtd.py --validate --minutes 8   # tuning: no test image is read
     python benchmarks/mtd.py --validate --steps 200 --set texture_probability=0.2   # any Config field
-    python benchmarks/mtd.py --image-size 256 --minutes 7 --threads 8 \
-        --set "device='cuda'" --set amp=False    # an H100: ~10000 steps at 256 px (mtd_experiments.md;
-                                                 # add --set half_scale_map=False to repeat its figures)
+    python benchmarks/mtd.py --image-size 256 --steps 10174 --threads 8 --set "device='cuda'" --set amp=False
+        # a GPU: the step count of mtd_experiments.md's first H100 run (5.7 min there with an earlier
+        # model; the current one, with its half-size map, is slower per step: about 7.5 min)
 
 Without ``--steps`` the number of steps is fitted to ``--minutes`` from the measured speed of a
 few warm-up steps, so the cosine schedule ends when the time does. On a shared machine that
@@ -388,7 +388,8 @@ def fit_steps(config, train, textures, minutes: float, warmup_steps: int = 10) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=None, help="MTD folder (default: ../shared/data/mtd)")
+    parser.add_argument("--root", type=Path, default=None, help="MTD folder (default: $MEMSEG_SHARED_DATA/mtd or ../shared/data/mtd, else "
+                             "data/mtd as `python -m memseg_tutorial download mtd` fills it)")
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget (default 30)")
     parser.add_argument("--steps", type=int, default=None, help="fixed number of steps (overrides --minutes)")
     parser.add_argument("--image-size", type=int, default=BENCHMARK_SETTINGS["image_size"],
@@ -416,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="grey anomaly sources on grey tiles (default on)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other Config field, e.g. --set texture_probability=0.2 (repeatable)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default runs/mtd_benchmark.json)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default mtd_benchmark.json, with --validate mtd_validation.json, in "
+                             "runs/ or $MEMSEG_RUNS_DIR)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="keep the trained model in DIR/checkpoint.pt (also every N steps with --set "
                              "checkpoint_every=N, and on Ctrl-C); a later run with the same settings continues "
