@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from pathlib import Path, PosixPath, PurePath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import Any
 
@@ -108,6 +109,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"Checkpoint not found: {path}. Train first (python -m memseg_tutorial train ...) "
             f"or pass the checkpoint.pt of a run folder under runs/."
         )
+    damaged = _damaged_part(path)
+    if damaged is not None:
+        raise ValueError(
+            f"Cannot read checkpoint {path}: it is damaged (its part {damaged} fails its checksum; a disk "
+            f"or copy error). Use another copy, or an earlier checkpoint of the run."
+        )
     try:  # weights_only: tensors and plain Python values only, so a file cannot run code when read
         with _allow_paths():
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
@@ -134,6 +141,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key, kind in (("config", dict), ("model", dict), ("step", int)):
         if not isinstance(checkpoint.get(key), kind):
             raise ValueError(f"{path} is damaged: its '{key}' entry is missing or not of type {kind.__name__}.")
+    if not isinstance(checkpoint.get("run", {}), dict):
+        raise ValueError(f"{path} is damaged: its 'run' entry is not of type dict.")
     checkpoint["config"] = {key: os.fspath(value) if isinstance(value, PurePath) else value
                             for key, value in checkpoint["config"].items()}  # older files held Paths
     try:
@@ -141,6 +150,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (TypeError, ValueError) as error:
         raise ValueError(f"The settings stored in {path} are not valid here: {error}") from error
     return checkpoint
+
+
+def _damaged_part(path: Path) -> str | None:
+    """The first part of a checkpoint whose bytes do not match the checksum torch.save wrote
+    (``torch.load`` does not compare them, so a flipped bit would load as a changed weight), or
+    None. About a second per GB; a file that is no zip archive is left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # truncated, not a zip: torch.load says
+        return None
 
 
 def _allow_paths():
@@ -189,7 +209,11 @@ def load_model(
     config = saved.with_scoring(**scoring) if scoring else saved
     with random_weights_on_purpose():  # the weights come from the checkpoint, not from ImageNet
         model = MemSeg.from_config(config, backbone_weights="none")
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # missing or misshapen weights: torch's text does not name the file
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ValueError(f"The weights in {checkpoint_file(path)} do not fit the model: {first}") from error
     if config.memory_map_level != saved.memory_map_level:
         model.forget_memory_map_calibration()
     model.to(device).eval()

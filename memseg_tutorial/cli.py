@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 EPILOG = """\
@@ -138,6 +139,7 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
     settings have been checked (``_train``), so a typo never costs the old run.
     """
     _require_folder_or_absent(run_dir)
+    _check_writable(run_dir, folder=True)
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             checkpoint = run_dir / "checkpoint.pt"
@@ -195,13 +197,45 @@ def _check_demo_target(final_dir: Path) -> None:
         )
 
 
+def _check_writable(path: Path, folder: bool = False) -> None:
+    """Fail before the work, not after it, when ``path`` could not be written: the folder it goes
+    in (``folder``: the folder itself, once it exists), or the nearest one above that exists, must
+    be a folder we may write to."""
+    place = path if folder and path.is_dir() else path.parent
+    while not place.exists() and place != place.parent:  # folders still to be made
+        place = place.parent
+    if not place.is_dir():
+        raise CommandError(f"Cannot write {path}: {place} is a file, not a folder.")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise CommandError(f"Cannot write {path}: no permission to write in {place}.")
+
+
 def _check_output_file(path: Path) -> Path:
     """Fail before the work, not after it, when the result could not be written."""
     if path.is_dir():
         raise CommandError(f"--out {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise CommandError(f"Cannot write {path}: {path.parent} is not a folder.")
+    _check_writable(path)
     return path
+
+
+def _check_image_files(paths, what: str) -> None:
+    """The first and last bytes of every file before training (``check_image_file``): one bad file
+    among thousands would otherwise stop the run when a batch first reaches it, maybe hours in."""
+    from .data.images import check_image_file
+    from .inference import unreadable_error
+
+    bad = []
+    for path in paths:
+        try:
+            check_image_file(path)
+        except (ValueError, OSError) as error:
+            bad.append((Path(path), unreadable_error(Path(path), error)))
+    if bad:
+        others = [path.name for path, _ in bad[1:]]
+        more = (f" {len(others)} more {what} cannot be read either: {', '.join(others[:3])}"
+                f"{' ...' if len(others) > 3 else ''}." if others else "")
+        fix = "Move them away (or replace them)" if others else "Move it away (or replace it)"
+        raise CommandError(f"{bad[0][1]}{more} {fix} and train again.")
 
 
 def _save_figure(figure, path: Path) -> None:
@@ -226,6 +260,8 @@ def cmd_download(args) -> int:
 
     if args.category is not None and args.dataset != "mvtec":
         raise CommandError(f"--category is for mvtec only; {args.dataset} is downloaded whole.")
+    if args.root is not None:
+        _check_writable(Path(args.root).expanduser(), folder=True)
     if args.dataset == "sample":
         from .data import generate_sample_dataset
 
@@ -252,6 +288,8 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     kind = _kind(args, is_sample) if resume is None else None  # a resumed run keeps its own
     train = MVTecDataset(root, args.category, "train", image_size=config.image_size)
     textures = _texture_source(args.textures, config.image_size)
+    _check_image_files(train.image_paths, "training images")
+    _check_image_files(textures.paths, "texture images")
     run_info = {"data_root": str(root), "category": args.category,
                 "textures": str(args.textures) if args.textures else None}
     if resume is not None:
@@ -318,6 +356,7 @@ def cmd_train(args) -> int:
         args.category = run.get("category", config.category)
         args.textures = args.textures or run.get("textures")
         run_dir = resume.parent
+        _check_writable(run_dir, folder=True)  # its checkpoints are written there
     else:
         resume = checkpoint = None
         from .config import parse_overrides
@@ -423,14 +462,14 @@ def cmd_evaluate(args) -> int:
     if is_sample:
         args.category = category
         _kind(args, True)  # unknown sample category -> clear error
+    if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
+        scored = "".join(f"_{key}-{_setting_label(value)}" for key, value in sorted(scoring.items()))
+        name = re.sub(r"[^\w.-]", "", f"evaluation_{category}{scored}") + ".json"
+        out = _check_output_file(checkpoint_file(args.checkpoint).parent / name)
     # where --data says the run's data is now; with another category, --data is other data
     _calibrate_memory_map(model, config, run, given_data if category == trained_on else None)
     result = _evaluate_run(model, config, root, category)
     print(result.table())
-    if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
-        scored = "".join(f"_{key}-{_setting_label(value)}" for key, value in sorted(scoring.items()))
-        name = re.sub(r"[^\w.-]", "", f"evaluation_{category}{scored}") + ".json"
-        out = checkpoint_file(args.checkpoint).parent / name
     atomic_write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
                                                  "data_root": str(root), "scoring_set": scoring}), out)
     print(f"metrics written to {out}")
@@ -439,8 +478,6 @@ def cmd_evaluate(args) -> int:
 
 def _calibrate(predictor, normals, *percentiles):
     """``predictor.calibrate`` with its warnings (too few normals) as plain "note:" lines."""
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         thresholds = predictor.calibrate(normals, *percentiles)
@@ -451,6 +488,7 @@ def _calibrate(predictor, normals, *percentiles):
 
 def cmd_predict(args) -> int:
     from .config import parse_overrides
+    from .data.images import UnreadableImageError
     from .inference import Predictor, earlier_outputs, resolve_images
 
     skipped = []
@@ -462,13 +500,21 @@ def cmd_predict(args) -> int:
         print(f"skipped: {error}", file=sys.stderr)
 
     # errors before the model is loaded; with --skip-unreadable, files that are no image are left out here
-    paths = resolve_images(args.inputs, unreadable if args.skip_unreadable else None)
+    try:
+        paths = resolve_images(args.inputs, unreadable if args.skip_unreadable else None)
+    except UnreadableImageError as error:
+        raise CommandError(f"{error} Add --skip-unreadable to leave such files out.") from None
     nothing_read = f"no image could be read ({len(paths) + len(skipped)} tried, each named above)."
     if not paths:
         raise CommandError(nothing_read)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
+    _check_writable(out, folder=True)
+    read = [Path(item).expanduser() for item in [*args.inputs, *([args.normals] if args.normals else [])]]
+    if out.is_dir() and any(item.is_dir() and item.resolve() == out.resolve() for item in read):
+        raise CommandError(f"--out {out} is a folder of images to read; give another folder for the overlays "
+                           f"and scores.csv (they would be read as images next time).")
     earlier = earlier_outputs(out)  # a scores.csv that predict did not write: a clear error
     if earlier and not args.overwrite:
         raise CommandError(
@@ -513,7 +559,8 @@ def cmd_predict(args) -> int:
 
 def demo_config(args):
     """The quick preset with :data:`DEMO_STEPS`, unless ``--steps`` or another preset is given."""
-    config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category)
+    config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category,
+                     backbone_weights=args.weights)
     if args.steps is None and config.preset == "quick":
         config = dataclasses.replace(config, steps=DEMO_STEPS).validate()
     return config
@@ -753,6 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo, "quick")
     demo.add_argument("--category", default="surface", help="surface (texture) or object")
     demo.add_argument("--steps", type=int, default=None, help=f"training steps (default {DEMO_STEPS} in the quick preset)")
+    demo.add_argument("--weights", default=None, metavar="W",
+                      help="encoder weights: imagenet, none or a .pth path (default: preset; none in quick)")
     demo.add_argument("--name", default="demo", help="run folder under runs/ (default demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(handler=cmd_demo)
@@ -809,6 +858,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _passive_openmp_waiting()
     _quiet_opencv()
+    with warnings.catch_warnings():  # restored on return (main is also called from Python)
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one "warning: ..." line, without the package's file and source line that
+    Python's format adds: the message names what to look at."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
+def _run(args) -> int:
+    """The command, with every error as one line and an exit code."""
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

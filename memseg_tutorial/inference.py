@@ -29,7 +29,7 @@ from .config import Config, is_number
 from .data.images import (
     IMAGE_EXTENSIONS,
     UnreadableImageError,
-    has_image_signature,
+    check_image_file,
     list_images,
     read_image_rgb,
     resize_image,
@@ -140,12 +140,7 @@ def resolve_images(
             raise FileNotFoundError(f"No such image file or folder: {item}")
     if not paths:
         raise ValueError("No input images were given.")
-    return [path for path, _ in _each_readable(paths, _check_signature, on_unreadable)]
-
-
-def _check_signature(path: Path) -> None:
-    if not has_image_signature(path):
-        raise UnreadableImageError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
+    return [path for path, _ in _each_readable(paths, check_image_file, on_unreadable)]
 
 
 def _each_readable(paths: list[Path], read: Callable,
@@ -158,7 +153,7 @@ def _each_readable(paths: list[Path], read: Callable,
             result = read(path)
         except (ValueError, OSError) as error:
             if on_unreadable is None:
-                raise
+                raise unreadable_error(path, error) from error
             on_unreadable(path, unreadable_error(path, error))
             continue
         done.append((path, result))
@@ -210,7 +205,7 @@ def as_rgb_uint8(array: np.ndarray, name: str = "image array") -> np.ndarray:
                          f"or (H, W, 4) RGBA.")
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}).")
-    array = to_uint8(array)
+    array = to_uint8(array, name)
     if channels == 1:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     return cv2.cvtColor(array, cv2.COLOR_RGBA2RGB) if channels == 4 else array

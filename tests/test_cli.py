@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -368,8 +369,64 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     code, _, err = run(["predict", str(checkpoint), str(image), "--out", str(tmp_path / "a_file")], capsys)
     assert_one_line_error(code, err, "is a file")
     monkeypatch.setattr(cli, "_evaluate_run", lambda *args: pytest.fail("evaluated before checking --out"))
-    code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "a_file" / "m.json")], capsys)
-    assert_one_line_error(code, err, "Cannot write", "a_file is not a folder")
+    for out in (tmp_path / "a_file" / "m.json", tmp_path / "a_file" / "deeper" / "m.json"):
+        code, _, err = run(["evaluate", str(checkpoint), "--out", str(out)], capsys)
+        assert_one_line_error(code, err, f"Cannot write {out}", "a_file is a file, not a folder")
+    code, _, err = run(["download", "sample", "--root", str(tmp_path / "a_file" / "sample")], capsys)
+    assert_one_line_error(code, err, "a_file is a file, not a folder")
+    # A folder we may not write to (as root, chmod would not stop us: os.access answers for it here).
+    locked = checkpoint.parent
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
+    code, _, err = run(["evaluate", str(checkpoint)], capsys)  # the default file goes beside the checkpoint
+    assert_one_line_error(code, err, f"no permission to write in {locked}")
+    monkeypatch.setattr(cli, "_calibrate", lambda *args: pytest.fail("calibrated before checking --out"))
+    code, _, err = run(["predict", str(checkpoint), str(image), "--normals", str(tmp_path),
+                        "--out", str(locked / "predictions")], capsys)
+    assert_one_line_error(code, err, f"no permission to write in {locked}")
+    # --out may not be a folder of images that is read: its overlays would be read as images next time.
+    code, _, err = run(["predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "is a folder of images to read")
+    code, _, err = run(["predict", str(checkpoint), str(image), "--normals", str(tmp_path),
+                        "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "is a folder of images to read")
+
+
+def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
+        sample_root, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before the checks"))
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "a_file" / "runs"))
+    code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
+    assert_one_line_error(code, err, "Cannot write", "a_file is a file, not a folder")
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
+    assert_one_line_error(code, err, f"no permission to write in {tmp_path}")
+    monkeypatch.undo()
+    monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before the checks"))
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    good = data / "surface" / "train" / "good"
+    (good / "zero.jpg").write_bytes(b"")
+    for name in ("noise.png", "more.png", "again.png", "last.png"):
+        (good / name).write_bytes(bytes(range(200)))
+    code, _, err = run(_train_argv(data, "--name", "r"), capsys)
+    assert_one_line_error(code, err, "again.png: it is not a PNG, JPEG",  # the first, by name
+                          "4 more training images cannot be read either: last.png, more.png, noise.png ...",
+                          "Move them away")
+    for name in ("zero.jpg", "noise.png", "more.png", "again.png", "last.png"):
+        (good / name).unlink()
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    cv2.imwrite(str(textures / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    (textures / "b.jpg").write_bytes(b"")
+    code, _, err = run(_train_argv(data, "--name", "r", "--textures", str(textures)), capsys)
+    assert_one_line_error(code, err, "b.jpg: the file is empty", "Move it away")
 
 
 def _ctrl_c_at(monkeypatch, step: int):
@@ -493,7 +550,7 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
         cv2.imwrite(str(images / f"{name}.png"), np.full((40, 60, 3), 128, np.uint8))
     (images / "c.png").write_text("not an image")
     code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
-    assert_one_line_error(code, err, "c.png", "not a PNG, JPEG")
+    assert_one_line_error(code, err, "c.png", "not a PNG, JPEG", "--skip-unreadable")
     assert not (tmp_path / "out").exists()
     (images / "c.png").unlink()
     code, out, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")], capsys)
@@ -517,6 +574,16 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
                         "--overwrite"], capsys)
     assert_one_line_error(code, err, "scores.csv that predict did not write")
     assert (tmp_path / "other" / "scores.csv").read_text() == "id,grade\n1,A\n"
+
+
+def test_warnings_are_one_line_that_names_the_file(checkpoint, tmp_path, capsys):
+    dark = tmp_path / "dark.png"
+    cv2.imwrite(str(dark), np.full((40, 60), 4095, np.uint16))  # 12-bit data stored in 16 bits
+    code, _, err = run(["predict", str(checkpoint), str(dark), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"warning: {dark}: a uint16 image uses at most 1/16 of its range (max 4095), so it reads dark: if "
+        f"your camera stores 12-bit data in 16 bits, scale it up first (x << 4)."]
 
 
 def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
@@ -692,6 +759,7 @@ def test_demo_trains_demo_steps_in_the_quick_preset_only(monkeypatch):
     assert cli.demo_config(parse(["demo"])).steps == cli.DEMO_STEPS
     assert cli.demo_config(parse(["demo", "--steps", "7"])).steps == 7
     assert cli.demo_config(parse(["demo", "--preset", "full"])).steps == get_config("full").steps
+    assert cli.demo_config(parse(["demo", "--preset", "full", "--weights", "none"])).backbone_weights == "none"
 
 
 def test_undefined_metrics_are_written_as_json_null(tmp_path):
@@ -752,17 +820,18 @@ def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoin
     images.mkdir()
     for name in ("a", "c"):
         cv2.imwrite(str(images / f"{name}.png"), np.full((40, 60, 3), 128, np.uint8))
-    (images / "b.png").write_bytes((images / "a.png").read_bytes()[:60])  # a PNG cut short
+    jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))[1]
+    (images / "b.jpg").write_bytes(jpeg.tobytes()[: jpeg.size // 2])  # a JPEG cut short: found when decoded
     argv = ["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")]
     code, _, err = run(argv, capsys)
-    assert_one_line_error(code, err, "b.png", "truncated", "--skip-unreadable")
+    assert_one_line_error(code, err, "b.jpg", "damaged", "--skip-unreadable")
     assert not (tmp_path / "out").exists()  # nothing half-written
     (images / "d.png").write_bytes(b"")  # no image at all: left out when the inputs are listed
     code, out, err = run([*argv, "--skip-unreadable"], capsys)
     assert code == 0
     assert err.strip().splitlines() == [
-        f"skipped: Cannot read image {images / 'd.png'}: it is not a PNG, JPEG, BMP, TIFF or WebP file.",
-        f"skipped: Cannot read image {images / 'b.png'}: the PNG file is truncated (it has no complete end chunk)."]
+        f"skipped: Cannot read image {images / 'd.png'}: the file is empty.",
+        f"skipped: Cannot read image {images / 'b.jpg'}: the file is damaged or not a valid image."]
     assert "2 images in" in out and "2 unreadable files left out" in out
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == [str(images / "a.png"), str(images / "c.png")]
@@ -776,7 +845,7 @@ def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoin
     code, _, err = run(["predict", str(checkpoint), str(images / "d.png"), "--out", str(tmp_path / "none"),
                         "--skip-unreadable"], capsys)
     assert code == 1 and err.strip().splitlines() == [  # refused before the model is loaded
-        f"skipped: Cannot read image {images / 'd.png'}: it is not a PNG, JPEG, BMP, TIFF or WebP file.",
+        f"skipped: Cannot read image {images / 'd.png'}: the file is empty.",
         "error: no image could be read (1 tried, each named above)."]
 
 

@@ -554,6 +554,8 @@ def test_16_bit_data_in_a_small_part_of_the_range_is_announced():
         warnings.simplefilter("error")
         assert to_uint8(twelve_bit << 4).max() == 255
         to_uint8(np.zeros((4, 4), np.uint16))  # black is black, not "12-bit"
+    with pytest.warns(UserWarning, match=r"^camera\.png: a uint16 image uses at most 1/16"):
+        to_uint8(twelve_bit, "camera.png")  # the file that reads dark is named
 
 
 @pytest.mark.parametrize(("values", "dtype"), [((0, 255), np.uint8), ((0, 1), np.uint8), ((0, 1), np.uint16),
@@ -595,3 +597,27 @@ def test_shrinking_an_image_averages_its_pixels():
     small = resize_image(dots, 16)
     assert small.shape == (16, 16, 3)
     assert np.abs(small.astype(np.float32) - 255 / 16).max() <= 1
+
+
+def test_check_image_file_refuses_what_cannot_be_an_image_without_decoding(tmp_path):
+    from memseg_tutorial.data.images import UnreadableImageError, check_image_file
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", noise)[1].tobytes()
+    cases = {"empty.png": (b"", "the file is empty"),
+             "text.png": (b"not an image at all", "not a PNG, JPEG"),
+             "cut.png": (png[: len(png) // 2], "PNG file is truncated"),
+             "no_checksum.png": (png[:-4], "PNG file is truncated")}
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UnreadableImageError, match=f"{name}: .*{reason}"):
+            check_image_file(tmp_path / name)
+    # What decodes passes: a PNG with a long trailer after its end chunk (read whole), a JPEG, a WebP.
+    (tmp_path / "trailer.png").write_bytes(png + bytes(10_000))
+    assert cv2.imdecode(np.fromfile(tmp_path / "trailer.png", np.uint8), cv2.IMREAD_COLOR) is not None
+    for name, data in (("trailer.png", None), ("a.jpg", cv2.imencode(".jpg", noise)[1].tobytes()),
+                       ("a.webp", cv2.imencode(".webp", noise)[1].tobytes())):
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        check_image_file(tmp_path / name)
+        read_image_rgb(tmp_path / name)

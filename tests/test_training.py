@@ -551,6 +551,7 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path):
     (lambda c: c.pop("model"), "'model' entry is missing"),
     (lambda c: c.update(step="3"), "'step' entry is missing or not of type int"),
     (lambda c: c.update(version=99), "format version 99"),
+    (lambda c: c.update(run=None), "'run' entry is not of type dict"),
     (lambda c: c.update(version=1), r"earlier memseg_tutorial \(checkpoint version 1\): its model had BatchNorm "
                                     r"and ReLU after MSFF's convs.*train again"),
 ])
@@ -563,6 +564,26 @@ def test_a_damaged_checkpoint_is_named(tmp_path, change, message):
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=message):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_changed_bytes_is_refused_not_loaded_as_other_weights(tmp_path):
+    """torch.load does not compare the checksums that torch.save writes: a flipped bit (a disk or
+    copy error) would load as a changed weight. load_checkpoint compares them."""
+    from memseg_tutorial.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_model
+
+    weights = torch.arange(4096, dtype=torch.float32)
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": 3,
+                "config": tiny_config().to_dict(), "model": {"w": weights}}, tmp_path / "checkpoint.pt")
+    data = bytearray((tmp_path / "checkpoint.pt").read_bytes())
+    start = bytes(data).index(weights[1000:1004].numpy().tobytes())  # inside the stored tensor
+    data[start] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"Cannot read checkpoint .*flipped\.pt: it is damaged \(its part "
+                                         r"\S+ fails its checksum"):
+        load_checkpoint(tmp_path / "flipped.pt")
+    assert torch.equal(load_checkpoint(tmp_path)["model"]["w"], weights)
+    with pytest.raises(ValueError, match=r"weights in .*checkpoint\.pt do not fit the model: .*Missing key"):
+        load_model(tmp_path)  # weights of something else: the file is named
 
 
 def test_a_non_finite_loss_stops_training_before_it_reaches_the_weights(train_set, texture_source, tmp_path):

@@ -34,11 +34,28 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
 
 
-def has_image_signature(path: str | Path) -> bool:
-    """Whether the file starts like a PNG, JPEG, BMP, TIFF or WebP (16 bytes read, nothing decoded)."""
+def check_image_file(path: str | Path) -> None:
+    """Refuse a file that cannot be an image, reading only its first and last bytes: an empty
+    file, one that starts like no PNG, JPEG, BMP, TIFF or WebP, and a PNG cut short.
+
+    Nothing is decoded, so a folder of thousands of files is checked in about a second, before
+    hours of work reach the one bad file; a file damaged in the middle still fails when it is read.
+    Raises :class:`UnreadableImageError` (or the OSError of a file that cannot be opened).
+    """
+    path = Path(path)
     with open(path, "rb") as file:
         head = file.read(16)
-    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        if not head:
+            raise UnreadableImageError(f"Cannot read image {path}: the file is empty.")
+        if not (head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+            raise UnreadableImageError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
+        if head.startswith(PNG_SIGNATURE):
+            file.seek(0, 2)
+            file.seek(max(0, file.tell() - 4096))
+            if not _png_is_complete(file.read()):  # its end chunk is not near the end: read it all
+                file.seek(0)
+                if not _png_is_complete(file.read()):
+                    raise UnreadableImageError(f"Cannot read image {path}: {PNG_TRUNCATED}.")
 
 
 def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -57,13 +74,23 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     # depths and give 1 or 3 channels (the decoder drops alpha).
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
     image = _decode(data, flags, f"Cannot read image {path}")
-    image = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(to_uint8(image, path), cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
     if size is not None:
         image = resize_image(image, size)
     return np.ascontiguousarray(image)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+PNG_TRUNCATED = "the PNG file is truncated (it has no complete end chunk)"
+
+
+def _png_is_complete(data: bytes) -> bool:
+    """Whether the bytes (a whole PNG, or its end) hold the closing IEND chunk: its type, then a
+    4-byte checksum."""
+    end = data.rfind(b"IEND")
+    return end >= 0 and end + 8 <= len(data)
 
 
 class UnreadableImageError(ValueError):
@@ -78,24 +105,22 @@ def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
     """
     if not data.size:
         raise UnreadableImageError(f"{failure}: the file is empty.")
-    if data[:8].tobytes() == PNG_SIGNATURE:
-        end = data.tobytes().rfind(b"IEND")  # the closing chunk: its type, then a 4-byte checksum
-        if end < 0 or end + 8 > data.size:
-            raise UnreadableImageError(f"{failure}: the PNG file is truncated (it has no complete end chunk).")
+    if data[:8].tobytes() == PNG_SIGNATURE and not _png_is_complete(data.tobytes()):
+        raise UnreadableImageError(f"{failure}: {PNG_TRUNCATED}.")
     image = cv2.imdecode(data, flags)
     if image is None or image.size == 0:
         raise UnreadableImageError(f"{failure}: the file is damaged or not a valid image.")
     return image
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     """Pixel values to uint8 by a fixed rule, so equal brightness reads equal in every image.
 
     Integers are scaled by their dtype's range (uint16: x / 257, rounded; negatives become 0).
     Floats in [0, 1] are scaled by 255; other floats are taken as 0-255 values and clipped
     (NaN becomes 0). "In [0, 1]" allows :data:`FLOAT_UNIT_TOLERANCE`, because lossy float
     encodings overshoot a little (OpenCV writes 3-channel float TIFF as SGILOG: 1.0 -> 1.012).
-    uint8 is returned as is.
+    uint8 is returned as is. ``source`` (a file name) goes into the warning about dark 16-bit data.
     """
     if image.dtype == np.uint8:
         return image
@@ -103,7 +128,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         top = np.iinfo(image.dtype).max
         if top > 255 and 0 < image.max() <= top // 16:
             warnings.warn(
-                f"a {image.dtype} image uses at most 1/16 of its range (max {int(image.max())}), so it "
+                f"{f'{source}: ' if source is not None else ''}a {image.dtype} image uses at most 1/16 of its range (max {int(image.max())}), so it "
                 f"reads dark: if your camera stores 12-bit data in 16 bits, scale it up first (x << 4).",
                 stacklevel=2,
             )
