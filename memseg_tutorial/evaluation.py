@@ -300,6 +300,9 @@ def format_results_table(per_defect: dict, overall: dict | None = None, fpr_limi
         lines.append(f"{'good':<14}{normal_count:>7}  (normal images, in every row)")
     if overall:
         lines.append(row("all", overall))
+    if any(" n/a" in line for line in lines[2:]):
+        lines.append("n/a: not defined by the row's images (pixel AUROC and AUPRO need defect pixels in the "
+                     "masks; image AUROC needs normal and defective images)")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -193,10 +194,21 @@ def test_missing_category_lists_the_available_ones(tmp_path):
         MVTecDataset(root, "bottle")
 
 
-def test_category_without_train_good(tmp_path):
-    (tmp_path / "toy" / "test" / "good").mkdir(parents=True)
+def test_category_without_train_good_has_a_test_split_only(tmp_path):
+    import shutil
+
+    root = _tiny_mvtec(tmp_path)
+    shutil.rmtree(root / "toy" / "train")
     with pytest.raises(FileNotFoundError, match=r"train[/\\]good"):
-        MVTecDataset(tmp_path, "toy", "test")
+        MVTecDataset(root, "toy", "train")
+    assert len(MVTecDataset(root, "toy", "test")) > 0  # scored without the images it trained on
+
+
+def test_a_category_folder_given_as_the_root_is_recognised(tmp_path):
+    root = _tiny_mvtec(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"looks like a category folder: give its parent as the root, "
+                                               rf"{re.escape(str(root))}"):
+        MVTecDataset(root / "toy", "toy")
 
 
 def test_empty_image_file_names_the_file(tmp_path):

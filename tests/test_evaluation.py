@@ -201,7 +201,8 @@ def test_results_table_puts_each_number_under_its_own_column():
     per_defect = {"crack": {"image_auroc": 0.1, "pixel_auroc": 0.2, "aupro": 0.3, "count": 2}}
     overall = {"image_auroc": 0.4, "pixel_auroc": 0.5, "aupro": float("nan")}
     for limit, label in ((0.3, "AUPRO@0.3"), (0.0001, "AUPRO@0.0001")):
-        header, _, *rows = format_results_table(per_defect, overall, limit).splitlines()
+        header, _, *rows, note = format_results_table(per_defect, overall, limit).splitlines()
+        assert note.startswith("n/a: not defined by the row's images")
         assert [row.split() for row in rows] == [["crack", "2", "0.100", "0.200", "0.300"],
                                                  ["all", "0.400", "0.500", "n/a"]]
         # each number is right-aligned under its heading, which the limit names
@@ -309,13 +310,16 @@ def test_a_defect_type_with_empty_masks_gets_nan_pixel_metrics():
     assert all(np.isfinite(value) for value in result.metrics.values())  # overall: dent's masks
     ghost_row = next(line for line in result.table().splitlines() if line.startswith("ghost"))
     assert ghost_row.split() == ["ghost", "2", "1.000", "n/a", "n/a"]
+    assert result.table().splitlines()[-1].startswith("n/a: not defined")  # said once, below the table
+    assert "n/a" not in format_results_table({"dent": result.per_defect["dent"]}, result.metrics)
 
 
 def test_result_table_counts_the_normal_images_and_all_of_them():
     """The normal images have no metrics of their own, but the table says how many there are, and
     the "all" row counts every test image."""
     result = evaluate(_BatchNormMaps(), _TinyTestSet(), _tiny_config())
-    rows = {line.split()[0]: line.split()[1:] for line in result.table().splitlines()[2:]}
+    rows = {line.split()[0]: line.split()[1:] for line in result.table().splitlines()[2:]
+            if not line.startswith("n/a:")}  # the note below the table ("ghost" has empty masks)
     normals, total = int((result.labels == 0).sum()), len(result.labels)
     assert 0 < normals < total
     assert rows["good"][0] == str(normals) and rows["all"][0] == str(total)

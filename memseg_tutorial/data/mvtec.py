@@ -129,18 +129,17 @@ def mvtec_records(root: str | Path, category: str, split: str = "train") -> list
         "memseg_tutorial.data.ensure_sample_dataset() or download MVTec AD with download_mvtec().",
     )
     category_dir = root / category
-    _require_dir(
-        category_dir,
-        f"Category {category!r}",
-        f"Categories found in {root}: {list_categories(root) or 'none'}.",
-    )
-    train_dir = category_dir / "train" / NORMAL
-    _require_dir(
-        train_dir,
-        f"Training folder of category {category!r}",
-        "MVTec AD layout needs <category>/train/good with the normal training images.",
-    )
-    if split == "train":
+    hint = f"Categories found in {root}: {list_categories(root) or 'none'}."
+    if (root / "train" / NORMAL).is_dir() or (root / "test").is_dir():  # the category folder itself
+        hint += f" {root} looks like a category folder: give its parent as the root, {root.parent}."
+    _require_dir(category_dir, f"Category {category!r}", hint)
+    if split == "train":  # a test split alone may be scored (evaluate) without its training images
+        train_dir = category_dir / "train" / NORMAL
+        _require_dir(
+            train_dir,
+            f"Training folder of category {category!r}",
+            "MVTec AD layout needs <category>/train/good with the normal training images.",
+        )
         records = [ImageRecord(p, None, 0, NORMAL) for p in list_images(train_dir)]
         where = train_dir
     else:
