@@ -384,7 +384,12 @@ def _evaluate_run(model, config, data_root: Path, category: str):
     from .evaluation import evaluate
 
     test = MVTecDataset(data_root, category, "test", image_size=config.image_size)
-    return evaluate(model, test, config)  # where the model is
+    return evaluate(model, test, config, progress=_on_a_terminal())  # where the model is
+
+
+def _on_a_terminal() -> bool:
+    """Progress bars for evaluate and predict only where someone watches: not in logs or pipes."""
+    return sys.stderr.isatty()
 
 
 def _metrics_record(result, config, extra: dict | None = None) -> dict:
@@ -537,9 +542,14 @@ def cmd_predict(args) -> int:
     results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
 
     def predictions():
-        for prediction in predictor.iter_predict(paths, on_unreadable=unreadable):
-            results.append((prediction.score, prediction.is_anomalous, prediction.path))
-            yield prediction
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(paths), desc="predict", unit="image", leave=False,
+                  disable=not _on_a_terminal()) as bar:
+            for prediction in predictor.iter_predict(paths, on_unreadable=unreadable):
+                results.append((prediction.score, prediction.is_anomalous, prediction.path))
+                bar.update()
+                yield prediction
         if not results:
             raise CommandError(nothing_read)
 

@@ -586,6 +586,19 @@ def test_warnings_are_one_line_that_names_the_file(checkpoint, tmp_path, capsys)
         f"your camera stores 12-bit data in 16 bits, scale it up first (x << 4)."]
 
 
+def test_evaluate_and_predict_show_progress_on_a_terminal_only(checkpoint, tmp_path, monkeypatch, capsys):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((40, 60, 3), 128, np.uint8))
+    commands = (["evaluate", str(checkpoint), "--out", str(tmp_path / "m.json")],
+                ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "p")])
+    for terminal in (False, True):
+        monkeypatch.setattr(cli, "_on_a_terminal", lambda terminal=terminal: terminal)
+        for argv in commands:
+            code, _, err = run([*argv, "--overwrite"] if argv[0] == "predict" and terminal else argv, capsys)
+            assert code == 0, err
+            assert (f"{argv[0]}: 100%" in err) == terminal, err  # tqdm's bar, on stderr
+
+
 def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
     for flags in (["--steps", "9"], ["--steps", "0"], ["--image-size", "0"], ["--image-size", "128"],
                   ["--name", "other"], ["--category", "object"]):  # 0 is given too, though falsy
