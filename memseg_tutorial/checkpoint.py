@@ -155,12 +155,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def _damaged_part(path: Path) -> str | None:
     """The first part of a checkpoint whose bytes do not match the checksum torch.save wrote
     (``torch.load`` does not compare them, so a flipped bit would load as a changed weight), or
-    None. About a second per GB; a file that is no zip archive is left to ``torch.load``."""
+    None. About a second per GB. A file that is no zip archive torch can read is left to
+    ``torch.load``, and so are parts saved without a checksum (torch writes 0 for them after
+    ``torch.serialization.set_crc32_options(False)``)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # truncated, not a zip: torch.load says
-        return None
+            for part in archive.infolist():
+                if part.CRC == 0 and part.file_size > 0:
+                    continue
+                try:
+                    with archive.open(part) as stream:
+                        while stream.read(1 << 24):  # the checksum is compared at the end
+                            pass
+                except zipfile.BadZipFile:
+                    return part.filename
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
+        return None  # truncated, not a zip, encrypted, another compression: torch.load says what it is
+    return None
 
 
 def _allow_paths():

@@ -139,17 +139,16 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
     settings have been checked (``_train``), so a typo never costs the old run.
     """
     _require_folder_or_absent(run_dir)
-    _check_writable(run_dir, folder=True)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            checkpoint = run_dir / "checkpoint.pt"
-            resume = f"continue it with --resume {checkpoint}, " if checkpoint.is_file() else ""
-            raise CommandError(
-                f"{run_dir} is already in use: {resume}choose another --name, or pass --overwrite to "
-                f"replace it."
-            )
-        return True
-    return False
+    clear = run_dir.is_dir() and any(run_dir.iterdir())
+    if clear and not overwrite:
+        checkpoint = run_dir / "checkpoint.pt"
+        resume = f"continue it with --resume {checkpoint}, " if checkpoint.is_file() else ""
+        raise CommandError(
+            f"{run_dir} is already in use: {resume}choose another --name, or pass --overwrite to "
+            f"replace it."
+        )
+    _check_writable(run_dir, folder=not clear)  # a folder to clear is removed and made again
+    return clear
 
 
 DEMO_FILES = frozenset({"checkpoint.pt", "history.json", "loss_curve.png", "metrics.json", "overlays.png"})
@@ -197,24 +196,37 @@ def _check_demo_target(final_dir: Path) -> None:
         )
 
 
-def _check_writable(path: Path, folder: bool = False) -> None:
+def _check_writable(path: Path, folder: bool = False, permission: bool = True) -> None:
     """Fail before the work, not after it, when ``path`` could not be written: the folder it goes
     in (``folder``: the folder itself, once it exists), or the nearest one above that exists, must
-    be a folder we may write to."""
+    be a folder, and (``permission``) one we may write to. ``os.access`` answers for the user's
+    permissions; a network share's own rules may still refuse a write later."""
     place = path if folder and path.is_dir() else path.parent
-    while not place.exists() and place != place.parent:  # folders still to be made
-        place = place.parent
+    try:
+        while not place.exists() and place != place.parent:  # folders still to be made
+            place = place.parent
+        if not place.exists():  # a drive or share that is not there
+            raise CommandError(f"Cannot write {path}: {place} does not exist.")
+    except PermissionError:
+        raise CommandError(f"Cannot write {path}: no permission to look inside {place.parent}.") from None
     if not place.is_dir():
         raise CommandError(f"Cannot write {path}: {place} is a file, not a folder.")
-    if not os.access(place, os.W_OK | os.X_OK):
+    if permission and not os.access(place, os.W_OK | os.X_OK):
         raise CommandError(f"Cannot write {path}: no permission to write in {place}.")
 
 
-def _check_output_file(path: Path) -> Path:
-    """Fail before the work, not after it, when the result could not be written."""
-    if path.is_dir():
-        raise CommandError(f"--out {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
-    _check_writable(path)
+def _check_output_file(path: Path, default: bool = False) -> Path:
+    """Fail before the work, not after it, when the result could not be written (``default``: a
+    file the user did not name, so the way out is --out)."""
+    try:
+        if path.is_dir():
+            raise CommandError(f"--out {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
+        _check_writable(path)
+    except CommandError as error:
+        if not default:
+            raise
+        reason = str(error).removeprefix("--out ").split("; give")[0].rstrip(".")
+        raise CommandError(f"{reason} (the default output file): give --out to write elsewhere.") from None
     return path
 
 
@@ -222,14 +234,10 @@ def _check_image_files(paths, what: str) -> None:
     """The first and last bytes of every file before training (``check_image_file``): one bad file
     among thousands would otherwise stop the run when a batch first reaches it, maybe hours in."""
     from .data.images import check_image_file
-    from .inference import unreadable_error
+    from .inference import each_readable
 
     bad = []
-    for path in paths:
-        try:
-            check_image_file(path)
-        except (ValueError, OSError) as error:
-            bad.append((Path(path), unreadable_error(Path(path), error)))
+    each_readable([Path(path) for path in paths], check_image_file, lambda path, error: bad.append((path, error)))
     if bad:
         others = [path.name for path, _ in bad[1:]]
         more = (f" {len(others)} more {what} cannot be read either: {', '.join(others[:3])}"
@@ -260,8 +268,8 @@ def cmd_download(args) -> int:
 
     if args.category is not None and args.dataset != "mvtec":
         raise CommandError(f"--category is for mvtec only; {args.dataset} is downloaded whole.")
-    if args.root is not None:
-        _check_writable(Path(args.root).expanduser(), folder=True)
+    if args.root is not None:  # a file on the way: said now (a folder that is there may be read-only)
+        _check_writable(Path(args.root), folder=True, permission=False)
     if args.dataset == "sample":
         from .data import generate_sample_dataset
 
@@ -433,7 +441,7 @@ def _calibrate_memory_map(model, config, run: dict, data: str | None = None) -> 
                            f"and {root} holds {len(train)}.")
     if run.get("train_images") is None:
         print(f"note: this run does not record how many normals it trained on (saved by an earlier version); "
-              f"the memory map is calibrated as if it trained on all {len(train)} of {root}.")
+              f"the memory map is calibrated as if it trained on the {len(train)} that {root} holds now.")
     images = memory_map_images(train, config)
     model.calibrate_memory_map(images.to(model_device(model)))
     print(f"memory map (m{config.memory_map_level}) calibrated on {len(images)} normal training images "
@@ -470,7 +478,7 @@ def cmd_evaluate(args) -> int:
     if out is None:  # beside the checkpoint, never over the metrics.json that a demo run wrote
         scored = "".join(f"_{key}-{_setting_label(value)}" for key, value in sorted(scoring.items()))
         name = re.sub(r"[^\w.-]", "", f"evaluation_{category}{scored}") + ".json"
-        out = _check_output_file(checkpoint_file(args.checkpoint).parent / name)
+        out = _check_output_file(checkpoint_file(args.checkpoint).parent / name, default=True)
     # where --data says the run's data is now; with another category, --data is other data
     _calibrate_memory_map(model, config, run, given_data if category == trained_on else None)
     result = _evaluate_run(model, config, root, category)
@@ -492,23 +500,26 @@ def _calibrate(predictor, normals, *percentiles):
 
 
 def cmd_predict(args) -> int:
+    from tqdm.auto import tqdm
+
     from .config import parse_overrides
     from .data.images import UnreadableImageError
     from .inference import Predictor, earlier_outputs, resolve_images
 
     skipped = []
+    skip_hint = "Add --skip-unreadable to leave such files out."
 
     def unreadable(path, error):  # raising here, during predictions, leaves nothing written (save_overlays)
         if not args.skip_unreadable:
-            raise CommandError(f"{error} Add --skip-unreadable to leave such files out.")
+            raise CommandError(f"{error} {skip_hint}")
         skipped.append(path)
-        print(f"skipped: {error}", file=sys.stderr)
+        tqdm.write(f"skipped: {error}", file=sys.stderr)  # above the progress bar, not through it
 
     # errors before the model is loaded; with --skip-unreadable, files that are no image are left out here
     try:
         paths = resolve_images(args.inputs, unreadable if args.skip_unreadable else None)
-    except UnreadableImageError as error:
-        raise CommandError(f"{error} Add --skip-unreadable to leave such files out.") from None
+    except UnreadableImageError as error:  # (with --skip-unreadable, unreadable() has them)
+        raise CommandError(f"{error} {skip_hint}") from None
     nothing_read = f"no image could be read ({len(paths) + len(skipped)} tried, each named above)."
     if not paths:
         raise CommandError(nothing_read)
@@ -517,9 +528,9 @@ def cmd_predict(args) -> int:
         raise CommandError(f"--out {out} is a file; give a folder for the overlays and scores.csv.")
     _check_writable(out, folder=True)
     read = [Path(item).expanduser() for item in [*args.inputs, *([args.normals] if args.normals else [])]]
-    if out.is_dir() and any(item.is_dir() and item.resolve() == out.resolve() for item in read):
-        raise CommandError(f"--out {out} is a folder of images to read; give another folder for the overlays "
-                           f"and scores.csv (they would be read as images next time).")
+    if out.is_dir() and any(item.is_dir() and os.path.samefile(item, out) for item in read):
+        raise CommandError(f"--out {out} is one of the folders of images to read; give another folder for the "
+                           f"overlays and scores.csv (they would be read as images next time).")
     earlier = earlier_outputs(out)  # a scores.csv that predict did not write: a clear error
     if earlier and not args.overwrite:
         raise CommandError(
@@ -542,8 +553,6 @@ def cmd_predict(args) -> int:
     results = []  # (score, anomalous, path): the maps are written and dropped batch by batch
 
     def predictions():
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(paths), desc="predict", unit="image", leave=False,
                   disable=not _on_a_terminal()) as bar:
             for prediction in predictor.iter_predict(paths, on_unreadable=unreadable):

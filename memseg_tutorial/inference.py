@@ -119,8 +119,9 @@ def resolve_images(
 ) -> list[Path]:
     """A folder, one image file, or a list of image files -> list of image paths (clear errors).
 
-    Each file's first bytes are checked, so that a file which is no image stops the run before the
-    model has scored the others (a file that is damaged further in still fails when it is read).
+    Each file's first and last bytes are checked (``check_image_file``), so that a file which is no
+    image, or a PNG or JPEG cut short, stops the run before the model has scored the others (a file
+    that is damaged further in still fails when it is read).
     With ``on_unreadable``, a file that is missing, cannot be opened or is no image is passed to
     it (with a ValueError saying why) and left out instead; the list may then be empty.
     """
@@ -140,13 +141,14 @@ def resolve_images(
             raise FileNotFoundError(f"No such image file or folder: {item}")
     if not paths:
         raise ValueError("No input images were given.")
-    return [path for path, _ in _each_readable(paths, check_image_file, on_unreadable)]
+    return [path for path, _ in each_readable(paths, check_image_file, on_unreadable)]
 
 
-def _each_readable(paths: list[Path], read: Callable,
-                   on_unreadable: Callable[[Path, Exception], None] | None) -> list[tuple[Path, object]]:
+def each_readable(paths: list[Path], read: Callable,
+                  on_unreadable: Callable[[Path, Exception], None] | None) -> list[tuple[Path, object]]:
     """(path, read(path)) for every path that ``read`` manages; the others raise, or go to
-    ``on_unreadable`` when it is given (see ``Predictor.iter_predict``)."""
+    ``on_unreadable`` when it is given (see ``Predictor.iter_predict``), as the one error
+    :func:`unreadable_error` makes of them."""
     done = []
     for path in paths:
         try:
@@ -375,7 +377,7 @@ class Predictor:
             if arrays is not None:
                 images = arrays[start : start + self.batch_size]
             else:
-                read = _each_readable(chunk_paths, read_image_rgb, on_unreadable)
+                read = each_readable(chunk_paths, read_image_rgb, on_unreadable)
                 if not read:
                     continue
                 chunk_paths, images = [path for path, _ in read], [image for _, image in read]

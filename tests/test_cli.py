@@ -379,17 +379,28 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
     code, _, err = run(["evaluate", str(checkpoint)], capsys)  # the default file goes beside the checkpoint
-    assert_one_line_error(code, err, f"no permission to write in {locked}")
+    assert_one_line_error(code, err, f"no permission to write in {locked} (the default output file): give --out")
+    (locked / "evaluation_surface.json").mkdir()  # a folder where the default file would go
+    code, _, err = run(["evaluate", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, "evaluation_surface.json is a folder (the default output file): give --out")
+    assert not err.startswith("error: --out")
+    (locked / "evaluation_surface.json").rmdir()
+    code, out, err = run(["download", "sample", "--root", str(tmp_path / "sample")], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only copy, already complete:
+    code, out, err = run(["download", "sample", "--root", str(tmp_path / "sample")], capsys)
+    assert code == 0 and "ready" in out, err  # nothing to write, so no permission is asked for
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
     monkeypatch.setattr(cli, "_calibrate", lambda *args: pytest.fail("calibrated before checking --out"))
     code, _, err = run(["predict", str(checkpoint), str(image), "--normals", str(tmp_path),
                         "--out", str(locked / "predictions")], capsys)
     assert_one_line_error(code, err, f"no permission to write in {locked}")
     # --out may not be a folder of images that is read: its overlays would be read as images next time.
     code, _, err = run(["predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path)], capsys)
-    assert_one_line_error(code, err, "is a folder of images to read")
+    assert_one_line_error(code, err, "is one of the folders of images to read")
     code, _, err = run(["predict", str(checkpoint), str(image), "--normals", str(tmp_path),
                         "--out", str(tmp_path)], capsys)
-    assert_one_line_error(code, err, "is a folder of images to read")
+    assert_one_line_error(code, err, "is one of the folders of images to read")
 
 
 def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
@@ -406,6 +417,14 @@ def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode))
     code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
     assert_one_line_error(code, err, f"no permission to write in {tmp_path}")
+    # --overwrite removes the old run's folder and makes it again: the folder above must be writable
+    # too, or the old run would be deleted and the new one never written.
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    (tmp_path / "runs" / "old" / "checkpoint.pt").write_text("an old run")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "runs" and access(path, mode))
+    code, _, err = run(_train_argv(sample_root, "--name", "old", "--overwrite"), capsys)
+    assert_one_line_error(code, err, f"no permission to write in {tmp_path / 'runs'}")
+    assert (tmp_path / "runs" / "old" / "checkpoint.pt").read_text() == "an old run"
     monkeypatch.undo()
     monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before the checks"))
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
@@ -576,14 +595,18 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
     assert (tmp_path / "other" / "scores.csv").read_text() == "id,grade\n1,A\n"
 
 
-def test_warnings_are_one_line_that_names_the_file(checkpoint, tmp_path, capsys):
-    dark = tmp_path / "dark.png"
-    cv2.imwrite(str(dark), np.full((40, 60), 4095, np.uint16))  # 12-bit data stored in 16 bits
-    code, _, err = run(["predict", str(checkpoint), str(dark), "--out", str(tmp_path / "out")], capsys)
+def test_warnings_are_one_line_that_names_the_file(checkpoint, tmp_path, monkeypatch, capsys):
+    from memseg_tutorial.data import images
+
+    monkeypatch.setattr(images, "_dark_data_announced", False)
+    for name in ("dark.png", "darker.png"):  # 12-bit data stored in 16 bits
+        cv2.imwrite(str(tmp_path / name), np.full((40, 60), 4095, np.uint16))
+    code, _, err = run(["predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path / "out")], capsys)
     assert code == 0, err
     assert err.strip().splitlines() == [
-        f"warning: {dark}: a uint16 image uses at most 1/16 of its range (max 4095), so it reads dark: if "
-        f"your camera stores 12-bit data in 16 bits, scale it up first (x << 4)."]
+        f"warning: {tmp_path / 'dark.png'}: a uint16 image uses at most 1/16 of its range (max 4095), so it "
+        f"reads dark: if your camera stores 12-bit data in 16 bits, scale it up first (x << 4). Said once; "
+        f"other images may read dark too."]
 
 
 def test_evaluate_and_predict_show_progress_on_a_terminal_only(checkpoint, tmp_path, monkeypatch, capsys):
@@ -596,7 +619,7 @@ def test_evaluate_and_predict_show_progress_on_a_terminal_only(checkpoint, tmp_p
         for argv in commands:
             code, _, err = run([*argv, "--overwrite"] if argv[0] == "predict" and terminal else argv, capsys)
             assert code == 0, err
-            assert (f"{argv[0]}: 100%" in err) == terminal, err  # tqdm's bar, on stderr
+            assert (f"{argv[0]}: " in err) == terminal, err  # tqdm's bar, on stderr
 
 
 def test_resume_refuses_flags_it_would_ignore(checkpoint, capsys):
@@ -809,7 +832,7 @@ def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_n
     ("cut.png", 60, "the PNG file is truncated (it has no complete end chunk)"),  # the header only: OpenCV's warning
     ("half.png", 0.5, "the PNG file is truncated (it has no complete end chunk)"),  # pixel data cut: libpng's line
     ("crc.png", -4, "the PNG file is truncated (it has no complete end chunk)"),  # only the last checksum cut
-    ("half.jpg", 0.5, "the file is damaged or not a valid image"),
+    ("half.jpg", 0.5, "the JPEG file is truncated (it has no end marker)"),
 ])
 def test_a_truncated_image_gives_one_line_on_stderr_not_a_decoder_message_too(checkpoint, tmp_path, name,
                                                                              keep, reason):
@@ -833,18 +856,18 @@ def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoin
     images.mkdir()
     for name in ("a", "c"):
         cv2.imwrite(str(images / f"{name}.png"), np.full((40, 60, 3), 128, np.uint8))
-    jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))[1]
-    (images / "b.jpg").write_bytes(jpeg.tobytes()[: jpeg.size // 2])  # a JPEG cut short: found when decoded
+    png = (images / "a.png").read_bytes()
+    (images / "b.png").write_bytes(png[:40] + bytes(len(png) - 52) + png[-12:])  # damaged inside: found when decoded
     argv = ["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")]
     code, _, err = run(argv, capsys)
-    assert_one_line_error(code, err, "b.jpg", "damaged", "--skip-unreadable")
+    assert_one_line_error(code, err, "b.png", "damaged", "--skip-unreadable")
     assert not (tmp_path / "out").exists()  # nothing half-written
     (images / "d.png").write_bytes(b"")  # no image at all: left out when the inputs are listed
     code, out, err = run([*argv, "--skip-unreadable"], capsys)
     assert code == 0
     assert err.strip().splitlines() == [
         f"skipped: Cannot read image {images / 'd.png'}: the file is empty.",
-        f"skipped: Cannot read image {images / 'b.jpg'}: the file is damaged or not a valid image."]
+        f"skipped: Cannot read image {images / 'b.png'}: the file is damaged or not a valid image."]
     assert "2 images in" in out and "2 unreadable files left out" in out
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == [str(images / "a.png"), str(images / "c.png")]

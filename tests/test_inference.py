@@ -433,24 +433,24 @@ def test_cuda_without_a_gpu_gives_the_get_device_message(checkpoint, monkeypatch
         Predictor(torch.nn.Linear(2, 2), get_config("quick"), device="cuda:0")
 
 
-def _jpeg_cut_short() -> bytes:
-    """A JPEG cut in half: its first bytes are a JPEG's, so only decoding finds the damage (a PNG
-    cut short is refused when the inputs are listed: its end chunk is missing)."""
+def _damaged_inside() -> bytes:
+    """A PNG whose pixel data was zeroed: it starts and ends like a PNG, so only decoding finds the
+    damage (a file cut short is refused when the inputs are listed)."""
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    whole = cv2.imencode(".jpg", noise)[1].tobytes()
-    return whole[: len(whole) // 2]
+    whole = cv2.imencode(".png", noise)[1].tobytes()
+    return whole[:40] + bytes(len(whole) - 52) + whole[-12:]
 
 
 def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_path):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     predictor.batch_size = 2
     paths = resolve_images(sample_root / "surface" / "test" / "good")[:4]
-    broken = tmp_path / "zz_broken.jpg"
-    broken.write_bytes(_jpeg_cut_short())  # found only when it is read
+    broken = tmp_path / "zz_broken.png"
+    broken.write_bytes(_damaged_inside())  # found only when it is read
     stream = predictor.iter_predict([*paths, broken])
     first_two_batches = [next(stream) for _ in range(4)]  # the broken third batch is not read yet
     assert [p.path for p in first_two_batches] == [str(p) for p in paths]
-    with pytest.raises(ValueError, match="zz_broken.jpg"):
+    with pytest.raises(ValueError, match="zz_broken.png"):
         next(stream)
     whole = predictor.predict(paths)
     streamed = list(predictor.iter_predict(paths))
@@ -461,9 +461,9 @@ def test_iter_predict_can_leave_out_files_it_cannot_read(checkpoint, sample_root
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     predictor.batch_size = 2
     paths = resolve_images(sample_root / "surface" / "test" / "good")[:3]
-    broken = [tmp_path / f"broken_{i}.jpg" for i in range(3)]
+    broken = [tmp_path / f"broken_{i}.png" for i in range(3)]
     for path in broken:
-        path.write_bytes(_jpeg_cut_short())  # found only when read
+        path.write_bytes(_damaged_inside())  # found only when read
     told = []
     inputs = [paths[0], broken[0], broken[1], broken[2], paths[1], paths[2]]  # batch 2: none readable
     kept = list(predictor.iter_predict(inputs, on_unreadable=lambda path, error: told.append((path, error))))

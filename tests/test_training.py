@@ -582,6 +582,13 @@ def test_a_checkpoint_with_changed_bytes_is_refused_not_loaded_as_other_weights(
                                          r"\S+ fails its checksum"):
         load_checkpoint(tmp_path / "flipped.pt")
     assert torch.equal(load_checkpoint(tmp_path)["model"]["w"], weights)
+    if hasattr(torch.serialization, "set_crc32_options"):  # torch >= 2.5: files saved without checksums load
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(load_checkpoint(tmp_path), tmp_path / "unchecked.pt")
+        finally:
+            torch.serialization.set_crc32_options(True)
+        assert torch.equal(load_checkpoint(tmp_path / "unchecked.pt")["model"]["w"], weights)
     with pytest.raises(ValueError, match=r"weights in .*checkpoint\.pt do not fit the model: .*Missing key"):
         load_model(tmp_path)  # weights of something else: the file is named
 

@@ -30,16 +30,20 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in folder.glob(pattern) if is_image_file(p))
 
 
-# The first bytes of each accepted format: a text file renamed .png is refused before any work.
-_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# The first bytes of each accepted format, so that a text file renamed .png is refused before any
+# work (TIFF: classic and BigTIFF, both byte orders; WebP is checked apart: RIFF....WEBP).
+_SIGNATURES = (PNG_SIGNATURE, JPEG_SIGNATURE, b"BM", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def check_image_file(path: str | Path) -> None:
     """Refuse a file that cannot be an image, reading only its first and last bytes: an empty
-    file, one that starts like no PNG, JPEG, BMP, TIFF or WebP, and a PNG cut short.
+    file, one that starts like no PNG, JPEG, BMP, TIFF or WebP, and a PNG or JPEG cut short.
 
     Nothing is decoded, so a folder of thousands of files is checked in about a second, before
-    hours of work reach the one bad file; a file damaged in the middle still fails when it is read.
+    hours of work reach the one bad file. A file damaged in the middle still fails when it is
+    read, and so does a JPEG cut short whose EXIF thumbnail holds an end marker of its own.
     Raises :class:`UnreadableImageError` (or the OSError of a file that cannot be opened).
     """
     path = Path(path)
@@ -49,13 +53,14 @@ def check_image_file(path: str | Path) -> None:
             raise UnreadableImageError(f"Cannot read image {path}: the file is empty.")
         if not (head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
             raise UnreadableImageError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
-        if head.startswith(PNG_SIGNATURE):
+        ending = _ending(head)
+        if ending is not None:
             file.seek(0, 2)
             file.seek(max(0, file.tell() - 4096))
-            if not _png_is_complete(file.read()):  # its end chunk is not near the end: read it all
+            if not _has_ending(file.read(), ending):  # not near the end (data after it?): read it all
                 file.seek(0)
-                if not _png_is_complete(file.read()):
-                    raise UnreadableImageError(f"Cannot read image {path}: {PNG_TRUNCATED}.")
+                if not _has_ending(file.read(), ending):
+                    raise UnreadableImageError(f"Cannot read image {path}: {ending[2]}.")
 
 
 def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -80,17 +85,28 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-PNG_TRUNCATED = "the PNG file is truncated (it has no complete end chunk)"
+def _ending(head: bytes) -> tuple[bytes, int, str] | None:
+    """How a file that starts with ``head`` ends, where the format says: (marker, bytes from the
+    marker's start to the file's end at least, what a file without it is), or None.
+
+    A PNG closes with its IEND chunk (type, then a 4-byte checksum); a JPEG with the EOI marker,
+    which cannot occur inside compressed data (0xFF is escaped there). libpng and libjpeg would
+    print their own lines for a file cut short, and libjpeg returns a half-grey image.
+    """
+    if head.startswith(PNG_SIGNATURE):
+        return b"IEND", 8, "the PNG file is truncated (it has no complete end chunk)"
+    if head.startswith(JPEG_SIGNATURE):
+        return b"\xff\xd9", 2, "the JPEG file is truncated (it has no end marker)"
+    return None
 
 
-def _png_is_complete(data: bytes) -> bool:
-    """Whether the bytes (a whole PNG, or its end) hold the closing IEND chunk: its type, then a
-    4-byte checksum."""
-    end = data.rfind(b"IEND")
-    return end >= 0 and end + 8 <= len(data)
+def _has_ending(data: bytes, ending: tuple[bytes, int, str]) -> bool:
+    """Whether ``data`` (a whole file, or its last bytes) holds the ending of :func:`_ending`."""
+    marker, span, _ = ending
+    end = data.rfind(marker)
+    return end >= 0 and end + span <= len(data)
 
 
 class UnreadableImageError(ValueError):
@@ -100,17 +116,21 @@ class UnreadableImageError(ValueError):
 def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
     """``cv2.imdecode`` with one clear ValueError (``failure`` + the reason) instead of None.
 
-    A PNG cut short is recognised before decoding (its closing IEND chunk is missing): libpng
-    would print its own "libpng error" line on stderr, beside the package's one-line error.
+    A PNG or JPEG cut short is recognised before decoding (:func:`_ending`): the decoders would
+    print their own lines on stderr beside the package's one-line error, or return half an image.
     """
     if not data.size:
         raise UnreadableImageError(f"{failure}: the file is empty.")
-    if data[:8].tobytes() == PNG_SIGNATURE and not _png_is_complete(data.tobytes()):
-        raise UnreadableImageError(f"{failure}: {PNG_TRUNCATED}.")
+    ending = _ending(data[:16].tobytes())
+    if ending is not None and not _has_ending(data.tobytes(), ending):
+        raise UnreadableImageError(f"{failure}: {ending[2]}.")
     image = cv2.imdecode(data, flags)
     if image is None or image.size == 0:
         raise UnreadableImageError(f"{failure}: the file is damaged or not a valid image.")
     return image
+
+
+_dark_data_announced = False  # see to_uint8
 
 
 def to_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
@@ -120,16 +140,20 @@ def to_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     Floats in [0, 1] are scaled by 255; other floats are taken as 0-255 values and clipped
     (NaN becomes 0). "In [0, 1]" allows :data:`FLOAT_UNIT_TOLERANCE`, because lossy float
     encodings overshoot a little (OpenCV writes 3-channel float TIFF as SGILOG: 1.0 -> 1.012).
-    uint8 is returned as is. ``source`` (a file name) goes into the warning about dark 16-bit data.
+    uint8 is returned as is. 16-bit data that reads dark is announced once per process, with its
+    ``source`` (a file name) when given.
     """
     if image.dtype == np.uint8:
         return image
     if np.issubdtype(image.dtype, np.integer):
         top = np.iinfo(image.dtype).max
-        if top > 255 and 0 < image.max() <= top // 16:
+        global _dark_data_announced
+        if top > 255 and 0 < image.max() <= top // 16 and not _dark_data_announced:
+            _dark_data_announced = True  # once: a folder of such images would repeat it per file
             warnings.warn(
-                f"{f'{source}: ' if source is not None else ''}a {image.dtype} image uses at most 1/16 of its range (max {int(image.max())}), so it "
-                f"reads dark: if your camera stores 12-bit data in 16 bits, scale it up first (x << 4).",
+                f"{f'{source}: ' if source is not None else ''}a {image.dtype} image uses at most 1/16 of "
+                f"its range (max {int(image.max())}), so it reads dark: if your camera stores 12-bit data "
+                f"in 16 bits, scale it up first (x << 4). Said once; other images may read dark too.",
                 stacklevel=2,
             )
         values = np.maximum(image, 0).astype(np.float32) * (255.0 / top)

@@ -109,11 +109,11 @@ def _require_dir(path: Path, what: str, hint: str) -> None:
 
 
 def list_categories(root: str | Path) -> list[str]:
-    """Categories of an MVTec-layout root: sub-folders that contain ``train/good``."""
+    """Categories of an MVTec-layout root: sub-folders that contain ``train/good`` or ``test``."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "train" / NORMAL).is_dir())
+    return sorted(p.name for p in root.iterdir() if (p / "train" / NORMAL).is_dir() or (p / "test").is_dir())
 
 
 def mvtec_records(root: str | Path, category: str, split: str = "train") -> list[ImageRecord]:
@@ -131,7 +131,7 @@ def mvtec_records(root: str | Path, category: str, split: str = "train") -> list
     category_dir = root / category
     hint = f"Categories found in {root}: {list_categories(root) or 'none'}."
     if (root / "train" / NORMAL).is_dir() or (root / "test").is_dir():  # the category folder itself
-        hint += f" {root} looks like a category folder: give its parent as the root, {root.parent}."
+        hint += f" {root} looks like a category folder: give its parent as the root, {root.resolve().parent}."
     _require_dir(category_dir, f"Category {category!r}", hint)
     if split == "train":  # a test split alone may be scored (evaluate) without its training images
         train_dir = category_dir / "train" / NORMAL
