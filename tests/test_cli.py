@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -375,13 +376,15 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     code, _, err = run(["download", "sample", "--root", str(tmp_path / "a_file" / "sample")], capsys)
     assert_one_line_error(code, err, "a_file is a file, not a folder")
     # A folder we may not write to (as root, chmod would not stop us: os.access answers for it here).
-    locked = checkpoint.parent
+    locked = tmp_path / "locked"  # a copy of the run: other tests evaluate the shared one
+    locked.mkdir()
+    shutil.copy(checkpoint, locked / "checkpoint.pt")
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
-    code, _, err = run(["evaluate", str(checkpoint)], capsys)  # the default file goes beside the checkpoint
+    code, _, err = run(["evaluate", str(locked)], capsys)  # the default file goes beside the checkpoint
     assert_one_line_error(code, err, f"no permission to write in {locked} (the default output file): give --out")
     (locked / "evaluation_surface.json").mkdir()  # a folder where the default file would go
-    code, _, err = run(["evaluate", str(checkpoint)], capsys)
+    code, _, err = run(["evaluate", str(locked)], capsys)
     assert_one_line_error(code, err, "evaluation_surface.json is a folder (the default output file): give --out")
     assert not err.startswith("error: --out")
     (locked / "evaluation_surface.json").rmdir()
@@ -405,8 +408,6 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
 
 def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
         sample_root, tmp_path, monkeypatch, capsys):
-    import shutil
-
     monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before the checks"))
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "a_file" / "runs"))
@@ -511,8 +512,6 @@ def test_set_category_reaches_the_run_and_the_sample_is_recognised_through_data(
 
 
 def test_a_copy_of_the_sample_with_a_category_of_its_own_trains(sample_root, tmp_path, monkeypatch, capsys):
-    import shutil
-
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
     template = tmp_path / "template"
     shutil.copytree(sample_root, template)  # with the sample's marker
@@ -712,8 +711,6 @@ def test_predict_percentile_flags_set_the_thresholds(checkpoint, sample_root, tm
     """--pixel-percentile moves only the pixel threshold (lesson 09: percentiles of the held-out
     normals' scores and pixels)."""
     import re
-    import shutil
-
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted((sample_root / "surface" / "train" / "good").iterdir())[:3]:
@@ -810,8 +807,6 @@ def test_undefined_metrics_are_written_as_json_null(tmp_path):
 def test_resume_never_writes_over_another_checkpoint_and_a_gone_data_folder_is_named(
     sample_root, tmp_path, monkeypatch, capsys
 ):
-    import shutil
-
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
     _ctrl_c_at(monkeypatch, 1)  # an unfinished run: a finished one has nothing to resume
     data = tmp_path / "mydata"
