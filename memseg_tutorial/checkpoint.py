@@ -169,8 +169,8 @@ def _damaged_part(path: Path) -> str | None:
                             pass
                 except zipfile.BadZipFile:
                     return part.filename
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
-        return None  # truncated, not a zip, encrypted, another compression: torch.load says what it is
+    except Exception:  # truncated, not a zip, encrypted, another compression: torch.load says what it is
+        return None
     return None
 
 

@@ -127,9 +127,9 @@ def _check_run_name(name: str) -> str:
     return name
 
 
-def _require_folder_or_absent(path: Path) -> None:
+def _require_folder_or_absent(path: Path, flag: str = "--name") -> None:
     if path.exists() and not path.is_dir():
-        raise CommandError(f"{path} exists and is not a folder; choose another --name.")
+        raise CommandError(f"{path} exists and is not a folder; choose another {flag}.")
 
 
 def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
@@ -147,7 +147,9 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
             f"{run_dir} is already in use: {resume}choose another --name, or pass --overwrite to "
             f"replace it."
         )
-    _check_writable(run_dir, folder=not clear)  # a folder to clear is removed and made again
+    _check_writable(run_dir, folder=True)
+    if clear:  # removed (its files, then itself) and made again
+        _check_writable(run_dir)
     return clear
 
 
@@ -196,23 +198,31 @@ def _check_demo_target(final_dir: Path) -> None:
         )
 
 
+class NotWritable(CommandError):
+    """``path`` could not be written, for ``reason`` (the message says both)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"Cannot write {path}: {reason}.")
+        self.path, self.reason = path, reason
+
+
 def _check_writable(path: Path, folder: bool = False, permission: bool = True) -> None:
     """Fail before the work, not after it, when ``path`` could not be written: the folder it goes
     in (``folder``: the folder itself, once it exists), or the nearest one above that exists, must
     be a folder, and (``permission``) one we may write to. ``os.access`` answers for the user's
     permissions; a network share's own rules may still refuse a write later."""
-    place = path if folder and path.is_dir() else path.parent
     try:
+        place = path if folder and path.is_dir() else path.parent
         while not place.exists() and place != place.parent:  # folders still to be made
             place = place.parent
         if not place.exists():  # a drive or share that is not there
-            raise CommandError(f"Cannot write {path}: {place} does not exist.")
+            raise NotWritable(path, f"{place} does not exist")
+        if not place.is_dir():
+            raise NotWritable(path, f"{place} is a file, not a folder")
     except PermissionError:
-        raise CommandError(f"Cannot write {path}: no permission to look inside {place.parent}.") from None
-    if not place.is_dir():
-        raise CommandError(f"Cannot write {path}: {place} is a file, not a folder.")
+        raise NotWritable(path, "a folder on the way to it may not be looked into (permissions)") from None
     if permission and not os.access(place, os.W_OK | os.X_OK):
-        raise CommandError(f"Cannot write {path}: no permission to write in {place}.")
+        raise NotWritable(path, f"no permission to write in {place}")
 
 
 def _check_output_file(path: Path, default: bool = False) -> Path:
@@ -220,13 +230,15 @@ def _check_output_file(path: Path, default: bool = False) -> Path:
     file the user did not name, so the way out is --out)."""
     try:
         if path.is_dir():
-            raise CommandError(f"--out {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
+            raise NotWritable(path, "it is a folder")
         _check_writable(path)
-    except CommandError as error:
-        if not default:
-            raise
-        reason = str(error).removeprefix("--out ").split("; give")[0].rstrip(".")
-        raise CommandError(f"{reason} (the default output file): give --out to write elsewhere.") from None
+    except NotWritable as error:
+        if default:
+            raise CommandError(f"Cannot write the default output file {path}: {error.reason}; give --out to "
+                               f"write elsewhere.") from None
+        if error.reason == "it is a folder":
+            raise CommandError(f"--out {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).") from None
+        raise
     return path
 
 
@@ -268,18 +280,22 @@ def cmd_download(args) -> int:
 
     if args.category is not None and args.dataset != "mvtec":
         raise CommandError(f"--category is for mvtec only; {args.dataset} is downloaded whole.")
-    if args.root is not None:  # a file on the way: said now (a folder that is there may be read-only)
-        _check_writable(Path(args.root), folder=True, permission=False)
+    given = Path(args.root).expanduser() if args.root is not None else None
+    if given is not None:
+        _require_folder_or_absent(given, "--root")
+        # A root still to be made is made beside its siblings; one that is there may hold the
+        # data already (then nothing is written), so its own permissions are left to the writes.
+        _check_writable(given, folder=True, permission=not given.exists())
     if args.dataset == "sample":
         from .data import generate_sample_dataset
 
-        root = generate_sample_dataset(args.root)
+        root = generate_sample_dataset(given)
     elif args.dataset == "mvtec":
-        root = download.download_mvtec(args.category, args.root)
+        root = download.download_mvtec(args.category, given)
     elif args.dataset == "dtd":
-        root = download.download_dtd(args.root)
+        root = download.download_dtd(given)
     else:
-        root = download.download_mtd(args.root)
+        root = download.download_mtd(given)
     print(f"{args.dataset}: ready in {root}")
     return 0
 

@@ -375,6 +375,8 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
         assert_one_line_error(code, err, f"Cannot write {out}", "a_file is a file, not a folder")
     code, _, err = run(["download", "sample", "--root", str(tmp_path / "a_file" / "sample")], capsys)
     assert_one_line_error(code, err, "a_file is a file, not a folder")
+    code, _, err = run(["download", "sample", "--root", str(tmp_path / "a_file")], capsys)
+    assert_one_line_error(code, err, "a_file exists and is not a folder; choose another --root")
     # A folder we may not write to (as root, chmod would not stop us: os.access answers for it here).
     locked = tmp_path / "locked"  # a copy of the run: other tests evaluate the shared one
     locked.mkdir()
@@ -382,12 +384,15 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
     code, _, err = run(["evaluate", str(locked)], capsys)  # the default file goes beside the checkpoint
-    assert_one_line_error(code, err, f"no permission to write in {locked} (the default output file): give --out")
+    assert_one_line_error(code, err, f"Cannot write the default output file {locked / 'evaluation_surface.json'}: "
+                                     f"no permission to write in {locked}; give --out")
     (locked / "evaluation_surface.json").mkdir()  # a folder where the default file would go
     code, _, err = run(["evaluate", str(locked)], capsys)
-    assert_one_line_error(code, err, "evaluation_surface.json is a folder (the default output file): give --out")
+    assert_one_line_error(code, err, "the default output file", "evaluation_surface.json: it is a folder; give --out")
     assert not err.startswith("error: --out")
     (locked / "evaluation_surface.json").rmdir()
+    code, _, err = run(["download", "sample", "--root", str(locked / "sample")], capsys)
+    assert_one_line_error(code, err, f"no permission to write in {locked}")  # to be made in a read-only folder
     code, out, err = run(["download", "sample", "--root", str(tmp_path / "sample")], capsys)
     assert code == 0, err
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only copy, already complete:
@@ -425,6 +430,10 @@ def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "runs" and access(path, mode))
     code, _, err = run(_train_argv(sample_root, "--name", "old", "--overwrite"), capsys)
     assert_one_line_error(code, err, f"no permission to write in {tmp_path / 'runs'}")
+    old = tmp_path / "runs" / "old"  # and the run's own folder, whose files are removed first
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != old and access(path, mode))
+    code, _, err = run(_train_argv(sample_root, "--name", "old", "--overwrite"), capsys)
+    assert_one_line_error(code, err, f"no permission to write in {old}")
     assert (tmp_path / "runs" / "old" / "checkpoint.pt").read_text() == "an old run"
     monkeypatch.undo()
     monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before the checks"))

@@ -204,6 +204,15 @@ def test_category_without_train_good_has_a_test_split_only(tmp_path):
     assert len(MVTecDataset(root, "toy", "test")) > 0  # scored without the images it trained on
 
 
+def test_a_test_only_category_is_listed(tmp_path):
+    import shutil
+
+    root = _tiny_mvtec(tmp_path)
+    shutil.copytree(root / "toy" / "test", root / "scored" / "test")
+    (root / "notes").mkdir()  # neither
+    assert list_categories(root) == ["scored", "toy"]
+
+
 def test_a_category_folder_given_as_the_root_is_recognised(tmp_path):
     root = _tiny_mvtec(tmp_path)
     with pytest.raises(FileNotFoundError, match=rf"looks like a category folder: give its parent as the root, "
@@ -621,11 +630,15 @@ def test_check_image_file_refuses_what_cannot_be_an_image_without_decoding(tmp_p
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     png = cv2.imencode(".png", noise)[1].tobytes()
     jpeg = cv2.imencode(".jpg", noise)[1].tobytes()
+    # A camera JPEG carries a thumbnail, a whole JPEG with its own end marker, in its EXIF header.
+    exif = b"Exif\x00\x00" + cv2.imencode(".jpg", noise[:16, :16])[1].tobytes()
+    camera = jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
     cases = {"empty.png": (b"", "the file is empty"),
              "text.png": (b"not an image at all", "not a PNG, JPEG"),
              "cut.png": (png[: len(png) // 2], "PNG file is truncated"),
              "no_checksum.png": (png[:-4], "PNG file is truncated"),
-             "cut.jpg": (jpeg[:-1], "JPEG file is truncated")}
+             "cut.jpg": (jpeg[:-1], "JPEG file is truncated"),
+             "cut_camera.jpg": (camera[: len(camera) * 2 // 3], "JPEG file is truncated")}
     for name, (data, reason) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(UnreadableImageError, match=f"{name}: .*{reason}"):
@@ -635,6 +648,7 @@ def test_check_image_file_refuses_what_cannot_be_an_image_without_decoding(tmp_p
                 read_image_rgb(tmp_path / name)
     # What decodes passes: a PNG or JPEG with a long trailer after its end (read whole), a WebP.
     for name, data in (("trailer.png", png + bytes(10_000)), ("trailer.jpg", jpeg + bytes(10_000)),
+                       ("camera.jpg", camera),
                        ("a.webp", cv2.imencode(".webp", noise)[1].tobytes())):
         (tmp_path / name).write_bytes(data)
         check_image_file(tmp_path / name)

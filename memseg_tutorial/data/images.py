@@ -42,8 +42,7 @@ def check_image_file(path: str | Path) -> None:
     file, one that starts like no PNG, JPEG, BMP, TIFF or WebP, and a PNG or JPEG cut short.
 
     Nothing is decoded, so a folder of thousands of files is checked in about a second, before
-    hours of work reach the one bad file. A file damaged in the middle still fails when it is
-    read, and so does a JPEG cut short whose EXIF thumbnail holds an end marker of its own.
+    hours of work reach the one bad file. A file damaged in the middle still fails when it is read.
     Raises :class:`UnreadableImageError` (or the OSError of a file that cannot be opened).
     """
     path = Path(path)
@@ -55,10 +54,12 @@ def check_image_file(path: str | Path) -> None:
             raise UnreadableImageError(f"Cannot read image {path}: it is not a PNG, JPEG, BMP, TIFF or WebP file.")
         ending = _ending(head)
         if ending is not None:
+            file.seek(0)
+            start = _jpeg_scan_start(file.read(1 << 18)) if head.startswith(JPEG_SIGNATURE) else 0
             file.seek(0, 2)
-            file.seek(max(0, file.tell() - 4096))
-            if not _has_ending(file.read(), ending):  # not near the end (data after it?): read it all
-                file.seek(0)
+            file.seek(max(start, file.tell() - 4096))
+            if not _has_ending(file.read(), ending):  # not in the last bytes (data after it?): read on
+                file.seek(start)
                 if not _has_ending(file.read(), ending):
                     raise UnreadableImageError(f"Cannot read image {path}: {ending[2]}.")
 
@@ -85,15 +86,14 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-
-
 def _ending(head: bytes) -> tuple[bytes, int, str] | None:
     """How a file that starts with ``head`` ends, where the format says: (marker, bytes from the
     marker's start to the file's end at least, what a file without it is), or None.
 
-    A PNG closes with its IEND chunk (type, then a 4-byte checksum); a JPEG with the EOI marker,
-    which cannot occur inside compressed data (0xFF is escaped there). libpng and libjpeg would
-    print their own lines for a file cut short, and libjpeg returns a half-grey image.
+    A PNG closes with its IEND chunk (type, then a 4-byte checksum); a JPEG with the EOI marker
+    after its first scan (:func:`_jpeg_scan_start`), which cannot occur inside compressed data
+    (0xFF is escaped there). The decoders print their own lines for a file cut short, and some
+    OpenCV builds return such a JPEG with its end grey.
     """
     if head.startswith(PNG_SIGNATURE):
         return b"IEND", 8, "the PNG file is truncated (it has no complete end chunk)"
@@ -102,11 +102,32 @@ def _ending(head: bytes) -> tuple[bytes, int, str] | None:
     return None
 
 
-def _has_ending(data: bytes, ending: tuple[bytes, int, str]) -> bool:
-    """Whether ``data`` (a whole file, or its last bytes) holds the ending of :func:`_ending`."""
+def _has_ending(data: bytes, ending: tuple[bytes, int, str], start: int = 0) -> bool:
+    """Whether ``data`` (a whole file, or its last bytes) holds the ending of :func:`_ending`
+    at ``start`` or later."""
     marker, span, _ = ending
-    end = data.rfind(marker)
+    end = data.rfind(marker, start)
     return end >= 0 and end + span <= len(data)
+
+
+def _jpeg_scan_start(data: bytes) -> int:
+    """Where a JPEG's first scan (its SOS marker) starts, found by walking the header's segments
+    by their lengths; 0 when ``data`` ends first or is malformed. An end marker before it belongs
+    to something inside the header (an EXIF thumbnail is a whole JPEG), not to the image."""
+    at = 2  # after SOI
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return 0
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0xDA:
+            return at
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return 0
 
 
 class UnreadableImageError(ValueError):
@@ -121,8 +142,10 @@ def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
     """
     if not data.size:
         raise UnreadableImageError(f"{failure}: the file is empty.")
-    ending = _ending(data[:16].tobytes())
-    if ending is not None and not _has_ending(data.tobytes(), ending):
+    raw = data.tobytes()
+    ending = _ending(raw[:16])
+    start = _jpeg_scan_start(raw) if raw.startswith(JPEG_SIGNATURE) else 0
+    if ending is not None and not _has_ending(raw, ending, start):
         raise UnreadableImageError(f"{failure}: {ending[2]}.")
     image = cv2.imdecode(data, flags)
     if image is None or image.size == 0:

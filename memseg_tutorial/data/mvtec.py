@@ -131,7 +131,7 @@ def mvtec_records(root: str | Path, category: str, split: str = "train") -> list
     category_dir = root / category
     hint = f"Categories found in {root}: {list_categories(root) or 'none'}."
     if (root / "train" / NORMAL).is_dir() or (root / "test").is_dir():  # the category folder itself
-        hint += f" {root} looks like a category folder: give its parent as the root, {root.resolve().parent}."
+        hint += f" {root} looks like a category folder: give its parent as the root, {root.absolute().parent}."
     _require_dir(category_dir, f"Category {category!r}", hint)
     if split == "train":  # a test split alone may be scored (evaluate) without its training images
         train_dir = category_dir / "train" / NORMAL
