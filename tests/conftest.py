@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +14,14 @@ from memseg_tutorial.data import MVTecDataset, TextureSource, generate_sample_da
 from memseg_tutorial.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: README, notebooks, benchmarks
+
+
+def png_damaged_inside() -> bytes:
+    """A PNG whose pixel data was zeroed: it starts and ends like a PNG, so only decoding finds the
+    damage (a file cut short is refused from its first and last bytes, before it is read)."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    whole = cv2.imencode(".png", noise)[1].tobytes()
+    return whole[:40] + bytes(len(whole) - 52) + whole[-12:]
 
 
 @pytest.fixture(autouse=True)

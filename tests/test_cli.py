@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import png_damaged_inside
 
 from memseg_tutorial import cli, get_config
 from memseg_tutorial.checkpoint import load_checkpoint
@@ -47,6 +48,14 @@ def calibrated_on(monkeypatch) -> list:
 
     monkeypatch.setattr(MemSeg, "calibrate_memory_map", recording)
     return seen
+
+
+REAL_ACCESS = os.access
+
+
+def deny_write(monkeypatch, *folders: Path) -> None:
+    """os.access says no for these folders only (the tests run as root, whom chmod would not stop)."""
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) not in folders and REAL_ACCESS(path, mode))
 
 
 def run(argv, capsys):
@@ -381,8 +390,7 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     locked = tmp_path / "locked"  # a copy of the run: other tests evaluate the shared one
     locked.mkdir()
     shutil.copy(checkpoint, locked / "checkpoint.pt")
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
+    deny_write(monkeypatch, locked)
     code, _, err = run(["evaluate", str(locked)], capsys)  # the default file goes beside the checkpoint
     assert_one_line_error(code, err, f"Cannot write the default output file {locked / 'evaluation_surface.json'}: "
                                      f"no permission to write in {locked}; give --out")
@@ -395,10 +403,10 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(checkpoint, tm
     assert_one_line_error(code, err, f"no permission to write in {locked}")  # to be made in a read-only folder
     code, out, err = run(["download", "sample", "--root", str(tmp_path / "sample")], capsys)
     assert code == 0, err
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only copy, already complete:
+    deny_write(monkeypatch, tmp_path / "sample", tmp_path)  # a read-only copy, already complete:
     code, out, err = run(["download", "sample", "--root", str(tmp_path / "sample")], capsys)
     assert code == 0 and "ready" in out, err  # nothing to write, so no permission is asked for
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
+    deny_write(monkeypatch, locked)
     monkeypatch.setattr(cli, "_calibrate", lambda *args: pytest.fail("calibrated before checking --out"))
     code, _, err = run(["predict", str(checkpoint), str(image), "--normals", str(tmp_path),
                         "--out", str(locked / "predictions")], capsys)
@@ -419,19 +427,18 @@ def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
     code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
     assert_one_line_error(code, err, "Cannot write", "a_file is a file, not a folder")
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    deny_write(monkeypatch, tmp_path)
     code, _, err = run(_train_argv(sample_root, "--name", "r"), capsys)
     assert_one_line_error(code, err, f"no permission to write in {tmp_path}")
     # --overwrite removes the old run's folder and makes it again: the folder above must be writable
     # too, or the old run would be deleted and the new one never written.
     (tmp_path / "runs" / "old").mkdir(parents=True)
     (tmp_path / "runs" / "old" / "checkpoint.pt").write_text("an old run")
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "runs" and access(path, mode))
+    deny_write(monkeypatch, tmp_path / "runs")
     code, _, err = run(_train_argv(sample_root, "--name", "old", "--overwrite"), capsys)
     assert_one_line_error(code, err, f"no permission to write in {tmp_path / 'runs'}")
     old = tmp_path / "runs" / "old"  # and the run's own folder, whose files are removed first
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != old and access(path, mode))
+    deny_write(monkeypatch, old)
     code, _, err = run(_train_argv(sample_root, "--name", "old", "--overwrite"), capsys)
     assert_one_line_error(code, err, f"no permission to write in {old}")
     assert (tmp_path / "runs" / "old" / "checkpoint.pt").read_text() == "an old run"
@@ -860,8 +867,7 @@ def test_skip_unreadable_leaves_out_only_the_files_that_cannot_be_read(checkpoin
     images.mkdir()
     for name in ("a", "c"):
         cv2.imwrite(str(images / f"{name}.png"), np.full((40, 60, 3), 128, np.uint8))
-    png = (images / "a.png").read_bytes()
-    (images / "b.png").write_bytes(png[:40] + bytes(len(png) - 52) + png[-12:])  # damaged inside: found when decoded
+    (images / "b.png").write_bytes(png_damaged_inside())  # found when decoded
     argv = ["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out")]
     code, _, err = run(argv, capsys)
     assert_one_line_error(code, err, "b.png", "damaged", "--skip-unreadable")

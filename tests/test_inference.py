@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import png_damaged_inside
 
 from memseg_tutorial import get_config
 from memseg_tutorial.data import MVTecDataset, UnreadableImageError
@@ -433,20 +434,12 @@ def test_cuda_without_a_gpu_gives_the_get_device_message(checkpoint, monkeypatch
         Predictor(torch.nn.Linear(2, 2), get_config("quick"), device="cuda:0")
 
 
-def _damaged_inside() -> bytes:
-    """A PNG whose pixel data was zeroed: it starts and ends like a PNG, so only decoding finds the
-    damage (a file cut short is refused when the inputs are listed)."""
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    whole = cv2.imencode(".png", noise)[1].tobytes()
-    return whole[:40] + bytes(len(whole) - 52) + whole[-12:]
-
-
 def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_path):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     predictor.batch_size = 2
     paths = resolve_images(sample_root / "surface" / "test" / "good")[:4]
     broken = tmp_path / "zz_broken.png"
-    broken.write_bytes(_damaged_inside())  # found only when it is read
+    broken.write_bytes(png_damaged_inside())  # found only when it is read
     stream = predictor.iter_predict([*paths, broken])
     first_two_batches = [next(stream) for _ in range(4)]  # the broken third batch is not read yet
     assert [p.path for p in first_two_batches] == [str(p) for p in paths]
@@ -463,7 +456,7 @@ def test_iter_predict_can_leave_out_files_it_cannot_read(checkpoint, sample_root
     paths = resolve_images(sample_root / "surface" / "test" / "good")[:3]
     broken = [tmp_path / f"broken_{i}.png" for i in range(3)]
     for path in broken:
-        path.write_bytes(_damaged_inside())  # found only when read
+        path.write_bytes(png_damaged_inside())  # found only when read
     told = []
     inputs = [paths[0], broken[0], broken[1], broken[2], paths[1], paths[2]]  # batch 2: none readable
     kept = list(predictor.iter_predict(inputs, on_unreadable=lambda path, error: told.append((path, error))))

@@ -75,7 +75,7 @@ def read_image_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
+    data = path.read_bytes()
     # Not IMREAD_UNCHANGED, which skips EXIF orientation. These flags keep 16-bit and float
     # depths and give 1 or 3 channels (the decoder drops alpha).
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -134,20 +134,19 @@ class UnreadableImageError(ValueError):
     """A file that cannot be decoded as an image (or mask); the message names it and says why."""
 
 
-def _decode(data: np.ndarray, flags: int, failure: str) -> np.ndarray:
+def _decode(data: bytes, flags: int, failure: str) -> np.ndarray:
     """``cv2.imdecode`` with one clear ValueError (``failure`` + the reason) instead of None.
 
     A PNG or JPEG cut short is recognised before decoding (:func:`_ending`): the decoders would
     print their own lines on stderr beside the package's one-line error, or return half an image.
     """
-    if not data.size:
+    if not data:
         raise UnreadableImageError(f"{failure}: the file is empty.")
-    raw = data.tobytes()
-    ending = _ending(raw[:16])
-    start = _jpeg_scan_start(raw) if raw.startswith(JPEG_SIGNATURE) else 0
-    if ending is not None and not _has_ending(raw, ending, start):
+    ending = _ending(data[:16])
+    start = _jpeg_scan_start(data) if data.startswith(JPEG_SIGNATURE) else 0
+    if ending is not None and not _has_ending(data, ending, start):
         raise UnreadableImageError(f"{failure}: {ending[2]}.")
-    image = cv2.imdecode(data, flags)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)  # a view: the file's bytes are not copied
     if image is None or image.size == 0:
         raise UnreadableImageError(f"{failure}: the file is damaged or not a valid image.")
     return image
@@ -197,7 +196,7 @@ def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Mask file not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
+    data = path.read_bytes()
     flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH  # keeps 16 bits: 1 must not become 0
     mask = _decode(data, flags, f"Cannot read mask {path}")
     if mask.max() == 1:

@@ -113,7 +113,12 @@ def list_categories(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "train" / NORMAL).is_dir() or (p / "test").is_dir())
+    return sorted(p.name for p in root.iterdir() if _is_category_folder(p))
+
+
+def _is_category_folder(folder: Path) -> bool:
+    """A category of MVTec layout: it has normal training images, or a test split (scored alone)."""
+    return (folder / "train" / NORMAL).is_dir() or (folder / "test").is_dir()
 
 
 def mvtec_records(root: str | Path, category: str, split: str = "train") -> list[ImageRecord]:
@@ -130,7 +135,7 @@ def mvtec_records(root: str | Path, category: str, split: str = "train") -> list
     )
     category_dir = root / category
     hint = f"Categories found in {root}: {list_categories(root) or 'none'}."
-    if (root / "train" / NORMAL).is_dir() or (root / "test").is_dir():  # the category folder itself
+    if _is_category_folder(root):  # the category folder itself was given
         hint += f" {root} looks like a category folder: give its parent as the root, {root.absolute().parent}."
     _require_dir(category_dir, f"Category {category!r}", hint)
     if split == "train":  # a test split alone may be scored (evaluate) without its training images
