@@ -24,7 +24,6 @@ import argparse
 import ctypes
 import os
 import platform
-import resource
 import threading
 import time
 import warnings
@@ -197,6 +196,16 @@ def bench_inference(model: MemSeg, images: dict[int, torch.Tensor], repeats: int
     print(f"current CPU default (memseg.CPU_INFERENCE): {CPU_INFERENCE}")
 
 
+def peak_rss_mib() -> float | None:
+    """The process's peak resident memory, where the OS reports it (not on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -223,7 +232,9 @@ def main() -> None:
 
     bench_selection(model, images[8], args.repeats)
     bench_inference(model, images, args.repeats)
-    print(f"\nprocess peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    peak = peak_rss_mib()
+    if peak is not None:
+        print(f"\nprocess peak RSS: {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

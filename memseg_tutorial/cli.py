@@ -115,6 +115,13 @@ def _kind(args, is_sample: bool) -> str:
     return "texture" if args.category in MVTEC_TEXTURES else "object"
 
 
+def _weights(value: str | None) -> str | None:
+    """--weights as the config stores it: a .pth path made absolute (valid from any folder)."""
+    if value is None or value.lower() in ("imagenet", "none"):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
 def _texture_source(folder, image_size: int):
     from .data import TextureSource
 
@@ -142,7 +149,7 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
     clear = run_dir.is_dir() and any(run_dir.iterdir())
     if clear and not overwrite:
         checkpoint = run_dir / "checkpoint.pt"
-        resume = f"continue it with --resume {checkpoint}, " if checkpoint.is_file() else ""
+        resume = f"continue it with --resume {checkpoint} if unfinished, " if checkpoint.is_file() else ""
         raise CommandError(
             f"{run_dir} is already in use: {resume}choose another --name, or pass --overwrite to "
             f"replace it."
@@ -242,22 +249,6 @@ def _check_output_file(path: Path, default: bool = False) -> Path:
     return path
 
 
-def _check_image_files(paths, what: str) -> None:
-    """The first and last bytes of every file before training (``check_image_file``): one bad file
-    among thousands would otherwise stop the run when a batch first reaches it, maybe hours in."""
-    from .data.images import check_image_file
-    from .inference import each_readable
-
-    bad = []
-    each_readable([Path(path) for path in paths], check_image_file, lambda path, error: bad.append((path, error)))
-    if bad:
-        others = [path.name for path, _ in bad[1:]]
-        more = (f" {len(others)} more {what} cannot be read either: {', '.join(others[:3])}"
-                f"{' ...' if len(others) > 3 else ''}." if others else "")
-        fix = "Move them away (or replace them)" if others else "Move it away (or replace it)"
-        raise CommandError(f"{bad[0][1]}{more} {fix} and train again.")
-
-
 def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -312,10 +303,8 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     kind = _kind(args, is_sample) if resume is None else None  # a resumed run keeps its own
     train = MVTecDataset(root, args.category, "train", image_size=config.image_size)
     textures = _texture_source(args.textures, config.image_size)
-    _check_image_files(train.image_paths, "training images")
-    _check_image_files(textures.paths, "texture images")
     run_info = {"data_root": str(root), "category": args.category,
-                "textures": str(args.textures) if args.textures else None}
+                "textures": str(Path(args.textures).expanduser().resolve()) if args.textures else None}
     if resume is not None:
         trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=not args.no_progress,
                                  checkpoint=checkpoint)
@@ -388,7 +377,7 @@ def cmd_train(args) -> int:
         overrides = parse_overrides(args.set)
         if "preset" in overrides:
             raise CommandError("Choose the preset with --preset, not --set preset=...")
-        flags = dict(image_size=args.image_size, steps=args.steps, backbone_weights=args.weights,
+        flags = dict(image_size=args.image_size, steps=args.steps, backbone_weights=_weights(args.weights),
                      device=args.device, category=args.category)  # a given flag beats --set
         config = _config(args, "full", **{**overrides, **{k: v for k, v in flags.items() if v is not None}})
         args.category = config.category  # --category, else --set category=..., else the preset's
@@ -505,11 +494,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _calibrate(predictor, normals, *percentiles):
+def _calibrate(predictor, normals, **percentiles):
     """``predictor.calibrate`` with its warnings (too few normals) as plain "note:" lines."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        thresholds = predictor.calibrate(normals, *percentiles)
+        thresholds = predictor.calibrate(normals, **percentiles)
     for warning in caught:
         print(f"note: {warning.message}")
     return thresholds
@@ -553,6 +542,9 @@ def cmd_predict(args) -> int:
             f"--out {out} holds the results of an earlier predict ({len(earlier)} files: scores.csv and "
             f"overlays); choose another --out, or pass --overwrite to replace them."
         )
+    if args.normals is None and (args.image_percentile is not None or args.pixel_percentile is not None):
+        raise CommandError("--image-percentile and --pixel-percentile choose thresholds on held-out normal images: "
+                           "add --normals FOLDER (without it the thresholds saved with the model are used).")
     scoring = parse_overrides(args.set)
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, scoring=scoring)  # checks --set
     if scoring and args.normals is None:
@@ -561,7 +553,8 @@ def cmd_predict(args) -> int:
     _calibrate_memory_map(predictor.model, predictor.config, predictor.run_info)
     hint = "; --normals FOLDER sets new ones"
     if args.normals is not None:
-        _calibrate(predictor, args.normals, args.image_percentile, args.pixel_percentile)  # sets predictor.thresholds
+        given = dict(image_percentile=args.image_percentile, pixel_percentile=args.pixel_percentile)
+        _calibrate(predictor, args.normals, **{k: v for k, v in given.items() if v is not None})  # sets thresholds
         hint = ""
     thresholds = predictor.thresholds
     print(f"thresholds: image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f} ({thresholds.source}{hint})")
@@ -595,7 +588,7 @@ def cmd_predict(args) -> int:
 def demo_config(args):
     """The quick preset with :data:`DEMO_STEPS`, unless ``--steps`` or another preset is given."""
     config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category,
-                     backbone_weights=args.weights)
+                     backbone_weights=_weights(args.weights))
     if args.steps is None and config.preset == "quick":
         config = dataclasses.replace(config, steps=DEMO_STEPS).validate()
     return config
@@ -727,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     download = commands.add_parser(
         "download", help="get a dataset (sample, mvtec, dtd, mtd)", formatter_class=formatter,
-        description="Download (with checksums) or generate a dataset into data/ ($MEMSEG_DATA_DIR).",
+        description="Download (checked by SHA-256 where one is published, else by content) or generate a "
+                    "dataset into data/ ($MEMSEG_DATA_DIR).",
         epilog="examples:\n  python -m memseg_tutorial download sample\n"
                "  python -m memseg_tutorial download mvtec --category bottle\n"
                "  python -m memseg_tutorial download dtd",
@@ -738,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--category", default=None,
                           help="mvtec only: one category (e.g. bottle, a fraction of the whole); without it "
                                "the whole 4.9 GB archive")
-    download.add_argument("--root", default=None, help="target folder (default under data/)")
+    download.add_argument("--root", default=None,
+                          help="target folder (default under data/); for dtd the folder that is to hold dtd/images")
     download.set_defaults(handler=cmd_download)
 
     train = commands.add_parser(
@@ -808,10 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--normals", default=None, metavar="DIR",
                          help="held-out normal images to set the thresholds (default: the thresholds "
                               "a demo run saved in its checkpoint, else 0.5, not calibrated; needed with --set)")
-    predict.add_argument("--image-percentile", type=_percentile, default=99.0,
-                         help="image threshold = this percentile of the normal scores (default 99)")
-    predict.add_argument("--pixel-percentile", type=_percentile, default=99.9,
-                         help="pixel threshold = this percentile of the normal pixels (default 99.9)")
+    predict.add_argument("--image-percentile", type=_percentile, default=None,
+                         help="with --normals: image threshold = this percentile of their scores (default 99)")
+    predict.add_argument("--pixel-percentile", type=_percentile, default=None,
+                         help="with --normals: pixel threshold = this percentile of their pixels (default 99.9)")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace the scores.csv and overlays of an earlier predict in --out")
     predict.add_argument("--skip-unreadable", action="store_true",

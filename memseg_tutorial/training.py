@@ -222,6 +222,28 @@ def _autocast(device: torch.device, config: Config):
     return nullcontext()
 
 
+def check_training_files(train_dataset, texture_source) -> None:
+    """The first and last bytes of every training and texture file (``check_image_file``), where
+    the dataset lists its files (``image_paths``, ``paths``): one bad file among thousands would
+    otherwise stop a run when a batch first reaches it, maybe hours in. Raises
+    :class:`UnreadableImageError` naming the first bad file and how many more there are."""
+    from .data.images import UnreadableImageError, check_image_file
+    from .inference import each_readable
+
+    for paths, what in ((getattr(train_dataset, "image_paths", None), "training images"),
+                        (getattr(texture_source, "paths", None), "texture images")):
+        bad: list[tuple[Path, Exception]] = []
+        each_readable([Path(path) for path in paths or ()], check_image_file,
+                      lambda path, error, found=bad: found.append((path, error)))
+        if bad:
+            others = [path.name for path, _ in bad[1:]]
+            unnamed = len(others) - 3
+            more = (f" {len(others)} more {what} cannot be read either: {', '.join(others[:3])}"
+                    f"{f' and {unnamed} other' + 's' * (unnamed > 1) if unnamed > 0 else ''}." if others else "")
+            fix = "Move them away (or replace them)" if others else "Move it away (or replace it)"
+            raise UnreadableImageError(f"{bad[0][1]}{more} {fix} and train again.")
+
+
 class Trainer:
     """Owns the model, the training stream, the optimiser, the schedule and the loss history.
 
@@ -241,13 +263,18 @@ class Trainer:
         invert_foreground: bool = False,
         progress: bool = True,
         run_info: dict | None = None,
+        load_encoder_weights: bool = True,
     ) -> None:
+        """``load_encoder_weights=False`` leaves the encoder random where every weight is replaced
+        at once (:meth:`resume`): a resumed run then needs neither the ImageNet download nor the
+        ``.pth`` file it started from."""
         from .losses import MemSegLoss
         from .model import MemSeg
         from .model.backbone import random_weights_on_purpose
         from .synthesis import AnomalySynthesizer, TrainingSampleDataset
 
         self.config = config.validate()
+        check_training_files(train_dataset, texture_source)
         self.device = torch.device(device) if device is not None else get_device(config)
         self.train_dataset = train_dataset
         self.texture_source = texture_source
@@ -262,8 +289,9 @@ class Trainer:
         if config.deterministic:
             use_deterministic_algorithms()  # before the first kernel, so cuBLAS picks it up
         torch.manual_seed(config.seed)  # the same initial weights for the same seed
-        with random_weights_on_purpose(config.backbone_weights == "none"):  # said once below
-            self.model = MemSeg.from_config(config)
+        weights = config.backbone_weights if load_encoder_weights else "none"
+        with random_weights_on_purpose(weights == "none"):  # meant (the summary says so) or replaced
+            self.model = MemSeg.from_config(config, backbone_weights=weights)
         if config.train_encoder:
             self.model.encoder.requires_grad_(True)  # no pretrained features worth freezing
         if not config.train_stem:
@@ -372,7 +400,7 @@ class Trainer:
             raise TrainingDiverged(
                 f"The loss became {loss} at step {self.step + 1} (learning rate {lr:g}): training "
                 f"diverged. Train again with a lower learning rate (the config's lr; on the command "
-                f"line --set lr=... with a new --name): resuming would repeat the same steps."
+                f"line train --set lr=... with a new --name): resuming would repeat the same steps."
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -531,6 +559,7 @@ class Trainer:
             invert_foreground=run.get("invert_foreground", False),
             progress=progress,
             run_info=run,
+            load_encoder_weights=False,  # load_state brings every weight
         )
         trainer.load_state(checkpoint)
         return trainer

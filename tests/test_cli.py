@@ -443,7 +443,7 @@ def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
     assert_one_line_error(code, err, f"no permission to write in {old}")
     assert (tmp_path / "runs" / "old" / "checkpoint.pt").read_text() == "an old run"
     monkeypatch.undo()
-    monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before the checks"))
+    monkeypatch.setattr(Trainer, "fit", lambda *args, **kwargs: pytest.fail("trained before the checks"))
     monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
     data = tmp_path / "data"
     shutil.copytree(sample_root, data)
@@ -453,7 +453,7 @@ def test_train_checks_where_it_writes_and_every_image_before_the_first_step(
         (good / name).write_bytes(bytes(range(200)))
     code, _, err = run(_train_argv(data, "--name", "r"), capsys)
     assert_one_line_error(code, err, "again.png: it is not a PNG, JPEG",  # the first, by name
-                          "4 more training images cannot be read either: last.png, more.png, noise.png ...",
+                          "4 more training images cannot be read either: last.png, more.png, noise.png and 1 other.",
                           "Move them away")
     for name in ("zero.jpg", "noise.png", "more.png", "again.png", "last.png"):
         (good / name).unlink()
@@ -573,6 +573,32 @@ def test_ctrl_c_during_training_is_reported_once_with_the_resume_command(sample_
     assert "has finished (4 of 4 steps): nothing to train" in out and f"evaluate {checkpoint}" in out
     assert "training:" not in out
     assert [(path.stat().st_mtime_ns, path.read_bytes()) for path in files] == before
+
+
+def test_a_run_with_relative_weights_and_textures_resumes_from_another_folder_without_the_pth(
+        sample_root, tmp_path, monkeypatch, capsys):
+    from torchvision.models import resnet18
+
+    work = tmp_path / "work"
+    (work / "tex").mkdir(parents=True)
+    cv2.imwrite(str(work / "tex" / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    torch.save(resnet18(weights=None).state_dict(), work / "enc.pth")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    real_step = _ctrl_c_at(monkeypatch, 2)
+    code, _, err = run(_train_argv(sample_root, "--name", "rel", "--steps", "4", "--weights", "enc.pth",
+                                   "--textures", "tex"), capsys)
+    assert code == 130, err
+    checkpoint = tmp_path / "runs" / "rel" / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint)
+    assert saved["config"]["backbone_weights"] == str(work / "enc.pth")  # valid from any folder
+    assert saved["run"]["textures"] == str(work / "tex")
+    (work / "enc.pth").unlink()  # the checkpoint holds every weight: the file is no longer needed
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    code, out, err = run(["train", "--resume", str(checkpoint), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "at step 2 of 4" in out and load_checkpoint(checkpoint)["step"] == 4
 
 
 def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_results(
@@ -739,6 +765,11 @@ def test_predict_percentile_flags_set_the_thresholds(checkpoint, sample_root, tm
         image, pixel_threshold = re.search(r"thresholds: image ([\d.]+), pixel ([\d.]+)", out).groups()
         thresholds[pixel] = float(image), float(pixel_threshold)
     assert thresholds["50"][0] == thresholds["99.9"][0] and thresholds["50"][1] < thresholds["99.9"][1]
+    # Without --normals there is nothing to read a percentile off: said, not silently ignored.
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "none"),
+                        "--image-percentile", "95"], capsys)
+    assert_one_line_error(code, err, "--image-percentile and --pixel-percentile", "add --normals FOLDER")
+    assert not (tmp_path / "none").exists()
 
 
 def test_demo_writes_a_complete_run_folder(tmp_path, monkeypatch, capsys, calibrated_on):

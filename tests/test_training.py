@@ -3,9 +3,11 @@ leaves a broken checkpoint behind."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ from conftest import assert_same_weights, make_trainer, straight_and_resumed, ti
 
 from memseg_tutorial.checkpoint import load_checkpoint, load_model
 from memseg_tutorial.config import SCORING_FIELDS
-from memseg_tutorial.data import MVTecDataset
+from memseg_tutorial.data import MVTecDataset, TextureSource, UnreadableImageError
+from memseg_tutorial.model import MemSeg
 from memseg_tutorial.training import (
     GpuSampleStream,
     TexturePool,
@@ -49,6 +52,36 @@ def test_a_few_steps_lower_the_loss(train_set, texture_source):
     assert after < 0.7 * before, (before, after)
     assert np.mean([r["loss"] for r in history[-3:]]) < np.mean([r["loss"] for r in history[:3]])
     assert {"loss", "l1", "focal", "lr", "step"} <= set(history[0])
+
+
+def test_bad_training_and_texture_files_are_refused_before_the_model_is_built(sample_root, tmp_path,
+                                                                          monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(sample_root / "surface", data / "surface")
+    good = data / "surface" / "train" / "good"
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    cv2.imwrite(str(textures / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    texture_source = TextureSource(textures, image_size=64)
+    monkeypatch.setattr(MemSeg, "from_config", lambda *args: pytest.fail("built the model before the checks"))
+    (good / "zero.png").write_bytes(b"")
+    train = MVTecDataset(data, "surface", "train", image_size=64)
+    with pytest.raises(UnreadableImageError, match=r"zero\.png: the file is empty\. Move it away"):
+        Trainer(tiny_config(), train, texture_source)
+    for name in ("cut.png", "more.png", "last.png", "noise.png"):
+        (good / name).write_bytes(bytes(range(200)))
+    train = MVTecDataset(data, "surface", "train", image_size=64)
+    with pytest.raises(UnreadableImageError, match=r"cut\.png: .* 4 more training images cannot be read "
+                                                   r"either: last\.png, more\.png, noise\.png and 1 other\. "
+                                                   r"Move them away"):
+        Trainer(tiny_config(), train, texture_source)
+    for name in ("zero.png", "cut.png", "more.png", "last.png", "noise.png"):
+        (good / name).unlink()
+    train = MVTecDataset(data, "surface", "train", image_size=64)
+    (textures / "b.jpg").write_bytes((textures / "a.png").read_bytes()[:100])  # a PNG cut short, named .jpg
+    texture_source = TextureSource(textures, image_size=64)
+    with pytest.raises(UnreadableImageError, match=r"b\.jpg: .*Move it away \(or replace it\) and train again"):
+        Trainer(tiny_config(), train, texture_source)
 
 
 def test_batches_hold_normal_then_synthetic(train_set, texture_source):
