@@ -70,6 +70,8 @@ def _config(args, default_preset: str, **overrides):
 
     preset = args.preset or (os.environ.get("MEMSEG_PRESET") and active_preset()) or default_preset
     values = {key: value for key, value in overrides.items() if value is not None}
+    if "backbone_weights" in values:  # from --weights or --set
+        values["backbone_weights"] = _weights(values["backbone_weights"])
     return get_config(preset, **values)
 
 
@@ -115,10 +117,10 @@ def _kind(args, is_sample: bool) -> str:
     return "texture" if args.category in MVTEC_TEXTURES else "object"
 
 
-def _weights(value: str | None) -> str | None:
-    """--weights as the config stores it: a .pth path made absolute (valid from any folder)."""
-    if value is None or value.lower() in ("imagenet", "none"):
-        return value
+def _weights(value):
+    """Encoder weights as the config stores them: a .pth path made absolute (valid from any folder)."""
+    if not isinstance(value, str) or value.lower() in ("imagenet", "none"):
+        return value  # the config checks the type and writes the words in lower case
     return str(Path(value).expanduser().resolve())
 
 
@@ -377,7 +379,7 @@ def cmd_train(args) -> int:
         overrides = parse_overrides(args.set)
         if "preset" in overrides:
             raise CommandError("Choose the preset with --preset, not --set preset=...")
-        flags = dict(image_size=args.image_size, steps=args.steps, backbone_weights=_weights(args.weights),
+        flags = dict(image_size=args.image_size, steps=args.steps, backbone_weights=args.weights,
                      device=args.device, category=args.category)  # a given flag beats --set
         config = _config(args, "full", **{**overrides, **{k: v for k, v in flags.items() if v is not None}})
         args.category = config.category  # --category, else --set category=..., else the preset's
@@ -588,7 +590,7 @@ def cmd_predict(args) -> int:
 def demo_config(args):
     """The quick preset with :data:`DEMO_STEPS`, unless ``--steps`` or another preset is given."""
     config = _config(args, "quick", steps=args.steps, device=args.device, category=args.category,
-                     backbone_weights=_weights(args.weights))
+                     backbone_weights=args.weights)
     if args.steps is None and config.preset == "quick":
         config = dataclasses.replace(config, steps=DEMO_STEPS).validate()
     return config
@@ -802,7 +804,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     predict.add_argument("--normals", default=None, metavar="DIR",
                          help="held-out normal images to set the thresholds (default: the thresholds "
-                              "a demo run saved in its checkpoint, else 0.5, not calibrated; needed with --set)")
+                              "a demo run saved in its checkpoint, else 0.5, not calibrated; needed with --set and "
+                              "with --image-percentile or --pixel-percentile)")
     predict.add_argument("--image-percentile", type=_percentile, default=None,
                          help="with --normals: image threshold = this percentile of their scores (default 99)")
     predict.add_argument("--pixel-percentile", type=_percentile, default=None,

@@ -89,6 +89,8 @@ class Config:
     def __post_init__(self) -> None:
         if isinstance(self.backbone_weights, os.PathLike):  # a pathlib.Path is as good as its string
             self.backbone_weights = os.fspath(self.backbone_weights)
+        if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() in ("imagenet", "none"):
+            self.backbone_weights = self.backbone_weights.lower()  # the code compares the words as written
         for item in dataclasses.fields(self):  # --set structure_grid=[8, 8] means the tuple
             if isinstance(item.default, tuple) and isinstance(getattr(self, item.name), list):
                 setattr(self, item.name, tuple(getattr(self, item.name)))

@@ -233,7 +233,7 @@ def check_training_files(train_dataset, texture_source) -> None:
     for paths, what in ((getattr(train_dataset, "image_paths", None), "training images"),
                         (getattr(texture_source, "paths", None), "texture images")):
         bad: list[tuple[Path, Exception]] = []
-        each_readable([Path(path) for path in paths or ()], check_image_file,
+        each_readable([Path(path) for path in (() if paths is None else paths)], check_image_file,
                       lambda path, error, found=bad: found.append((path, error)))
         if bad:
             others = [path.name for path, _ in bad[1:]]
@@ -265,9 +265,10 @@ class Trainer:
         run_info: dict | None = None,
         load_encoder_weights: bool = True,
     ) -> None:
-        """``load_encoder_weights=False`` leaves the encoder random where every weight is replaced
-        at once (:meth:`resume`): a resumed run then needs neither the ImageNet download nor the
-        ``.pth`` file it started from."""
+        """``load_encoder_weights=False`` leaves the encoder random although the config names
+        weights: only for :meth:`resume`, whose ``load_state`` then replaces every weight, so that a
+        resumed run needs neither the ImageNet download nor the ``.pth`` file it started from.
+        Trained without that, the run would be random while its config says otherwise."""
         from .losses import MemSegLoss
         from .model import MemSeg
         from .model.backbone import random_weights_on_purpose

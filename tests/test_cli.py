@@ -593,6 +593,9 @@ def test_a_run_with_relative_weights_and_textures_resumes_from_another_folder_wi
     saved = load_checkpoint(checkpoint)
     assert saved["config"]["backbone_weights"] == str(work / "enc.pth")  # valid from any folder
     assert saved["run"]["textures"] == str(work / "tex")
+    args = cli.build_parser().parse_args(_train_argv(sample_root))
+    for weights, stored in (("NONE", "none"), ("enc.pth", str(work / "enc.pth"))):  # from --weights or --set
+        assert cli._config(args, "full", backbone_weights=weights).backbone_weights == stored
     (work / "enc.pth").unlink()  # the checkpoint holds every weight: the file is no longer needed
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(Trainer, "train_step", real_step)

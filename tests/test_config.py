@@ -188,6 +188,9 @@ def test_edge_values_that_mean_something_are_accepted(tmp_path):
     config = get_config("quick", checkpoint_every=0, memory_refresh_every=0, structure_augmenters=1,
                         warmup_fraction=0.0, lr=1, backbone_weights=tmp_path / "w.pth")
     assert config.lr == 1 and config.backbone_weights == str(tmp_path / "w.pth")
+    # the words in any case mean the same, and the code that compares them sees them in lower case
+    assert [get_config("quick", backbone_weights=word).backbone_weights for word in ("NONE", "ImageNet")] == [
+        "none", "imagenet"]
     ranges = get_config("quick", perlin_scale_range=(0, 1), perlin_rotation_range=(5.0, 5.0),
                         transparency_range=(1.0, 1.0))  # the closed ends of each rule
     assert ranges.perlin_scale_range == (0, 1) and ranges.transparency_range == (1.0, 1.0)

@@ -63,7 +63,7 @@ def test_bad_training_and_texture_files_are_refused_before_the_model_is_built(sa
     textures.mkdir()
     cv2.imwrite(str(textures / "a.png"), np.full((40, 60, 3), 128, np.uint8))
     texture_source = TextureSource(textures, image_size=64)
-    monkeypatch.setattr(MemSeg, "from_config", lambda *args: pytest.fail("built the model before the checks"))
+    monkeypatch.setattr(MemSeg, "from_config", lambda *args, **kwargs: pytest.fail("built the model before the checks"))
     (good / "zero.png").write_bytes(b"")
     train = MVTecDataset(data, "surface", "train", image_size=64)
     with pytest.raises(UnreadableImageError, match=r"zero\.png: the file is empty\. Move it away"):
@@ -82,6 +82,9 @@ def test_bad_training_and_texture_files_are_refused_before_the_model_is_built(sa
     texture_source = TextureSource(textures, image_size=64)
     with pytest.raises(UnreadableImageError, match=r"b\.jpg: .*Move it away \(or replace it\) and train again"):
         Trainer(tiny_config(), train, texture_source)
+    (textures / "b.jpg").unlink()  # and a dataset that lists no files is not checked: on to the model
+    with pytest.raises(pytest.fail.Exception, match="built the model"):
+        Trainer(tiny_config(), torch.utils.data.Subset(train, [0, 1]), TextureSource(textures, image_size=64))
 
 
 def test_batches_hold_normal_then_synthetic(train_set, texture_source):
@@ -101,6 +104,27 @@ def test_resume_continues_exactly(train_set, texture_source, tmp_path):
     assert torch.equal(resumed.batch(resumed.step)["image"], straight.batch(2)["image"])
     resumed.fit()
     assert resumed.step == 4
+    assert_same_weights(straight, resumed)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+
+
+def test_resume_of_a_run_with_weights_from_a_file_continues_exactly_without_the_file(
+        train_set, texture_source, tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(123)  # weights other than the ones the trainer's seed would draw
+    encoder_file = tmp_path / "encoder.pth"
+    torch.save(resnet18(weights=None).state_dict(), encoder_file)
+    config = tiny_config(steps=4, backbone_weights=str(encoder_file))
+    straight = make_trainer(config, train_set, texture_source)
+    straight.fit()
+    first = make_trainer(config, train_set, texture_source, run_dir=tmp_path / "run")
+    first.fit(steps=2)
+    path = first.save()
+    encoder_file.unlink()  # the checkpoint holds every weight
+    resumed = Trainer.resume(path, train_set, texture_source, progress=False)
+    assert resumed.config.backbone_weights == str(encoder_file)  # the run's own config, saved again as it was
+    resumed.fit()
     assert_same_weights(straight, resumed)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
