@@ -29,6 +29,21 @@ def get_device(config: Config | str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def checked_device(device: torch.device | str | None) -> torch.device:
+    """None/"auto", "cpu", "cuda" or "cuda:1" (or a torch.device) -> a device, through
+    :func:`get_device` so that CUDA without a GPU gives its clear message rather than torch's
+    driver error at the first copy, and a misspelt name says what is accepted."""
+    if device is None or device == "auto":
+        return get_device("auto")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from None
+    if parsed.type == "cuda":
+        get_device("cuda")  # raises when no GPU is visible
+    return parsed
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where a model's weights are, so its inputs can follow it (CPU for a weightless module)."""
     first = next(model.parameters(), None)

@@ -83,12 +83,21 @@ def binarize_masks(masks, size: tuple[int, int] | None = None) -> np.ndarray:
     return masks > 0.5
 
 
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    """NaN or inf would be ranked silently (AUPRO) or reach sklearn's bare "Input contains NaN"."""
+    if not np.isfinite(values).all():
+        raise ValueError(f"The {what} hold NaN or inf ({int((~np.isfinite(values)).sum())} of {values.size}): a model that "
+                         f"produces them has diverged (train again with a lower learning rate).")
+    return values
+
+
 def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     maps = _as_numpy(maps).astype(np.float32)
     if maps.ndim == 2:
         maps = maps[None]
     if maps.ndim != 3:
         raise ValueError(f"anomaly maps must be (N, H, W), got shape {maps.shape}.")
+    _finite(maps, "anomaly maps")
     masks = binarize_masks(masks, size=maps.shape[1:])
     if masks.shape[0] != maps.shape[0]:
         raise ValueError(f"Got {maps.shape[0]} anomaly maps but {masks.shape[0]} masks.")
@@ -100,10 +109,19 @@ def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _labels(labels) -> np.ndarray:
+    """Image labels as 0 (normal) / 1 (defective) ints; other values are refused, not read as one class."""
+    labels = _as_numpy(labels).ravel()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"Image labels must be 0 (normal) or 1 (defective), got the values "
+                         f"{sorted(set(np.unique(labels).tolist()))[:5]}.")
+    return labels.astype(int)
+
+
 def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve of image scores (label 1 = defective)."""
-    labels = _as_numpy(labels).astype(int).ravel()
-    scores = _as_numpy(scores).astype(np.float64).ravel()
+    labels = _labels(labels)
+    scores = _finite(_as_numpy(scores).astype(np.float64).ravel(), "image scores")
     if labels.shape != scores.shape:
         raise ValueError(f"Got {labels.size} labels but {scores.size} scores.")
     _require_both_classes(labels, "Image AUROC", "images")
@@ -242,6 +260,15 @@ def compute_metrics(
     A metric the data cannot define (no normal or no anomalous images/pixels) raises a
     :class:`MissingClassError`, or is NaN with ``undefined_as_nan``.
     """
+    def images(array) -> int:  # a single (H, W) map or mask is one image
+        array = _as_numpy(array)
+        return 1 if array.ndim == 2 else len(array)
+
+    sizes = {"labels": _as_numpy(labels).size, "scores": _as_numpy(scores).size,
+             "masks": images(masks), "maps": images(maps)}
+    if len(set(sizes.values())) > 1:
+        raise ValueError("compute_metrics needs one label, score, mask and map per image, got "
+                         + ", ".join(f"{count} {name}" for name, count in sizes.items()) + ".")
     call = _nan_if_undefined if undefined_as_nan else (lambda metric, *args: metric(*args))
     return {
         "image_auroc": call(image_auroc, labels, scores),
@@ -258,11 +285,13 @@ def per_defect_metrics(
     A metric one row cannot define is NaN there (a type whose masks are all empty: no pixel
     metrics), rather than an error that would cost every other row.
     """
-    labels = _as_numpy(labels).astype(int)
+    labels = _labels(labels)
     scores = _as_numpy(scores)
     maps = _as_numpy(maps)
     masks = _as_numpy(masks)
     defects = list(defects)
+    if len(defects) != len(labels):
+        raise ValueError(f"Got {len(defects)} defect names for {len(labels)} images: one per image.")
     normal = labels == 0
     table = {}
     for defect in sorted({d for d, y in zip(defects, labels, strict=True) if y == 1}):
@@ -393,7 +422,12 @@ def evaluate(
     """
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty.")
-    labels = np.asarray(dataset.labels, dtype=int)
+    missing = [name for name in ("labels", "defects", "image_paths") if not hasattr(dataset, name)]
+    if missing:
+        raise TypeError(f"evaluate needs a dataset with {', '.join(missing)} (MVTecDataset, MTDDataset; "
+                        f"for some of its images, memseg_tutorial.training.DatasetSubset), got "
+                        f"{type(dataset).__name__}.")
+    labels = _labels(dataset.labels)
     _require_both_classes(labels, "Image AUROC", "images")
     start = time.perf_counter()
     maps, scores, masks = predict_dataset(

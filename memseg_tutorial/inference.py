@@ -36,7 +36,7 @@ from .data.images import (
     to_tensor,
     to_uint8,
 )
-from .device import get_device, model_device
+from .device import checked_device, model_device
 from .evaluation import batch_maps_and_scores, require_finite
 from .staging import staging_dir
 
@@ -60,17 +60,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-def checked_device(device: torch.device | str | None) -> torch.device:
-    """None/"auto", "cpu", "cuda" or "cuda:1" -> a device, through ``get_device`` so that CUDA
-    without a GPU gives its clear message rather than torch's driver error at the first copy."""
-    if device is None or device == "auto":
-        return get_device("auto")
-    device = torch.device(device)
-    if device.type == "cuda":
-        get_device("cuda")  # raises when no GPU is visible
-    return device
 
 
 def expected_false_alarm_rate(count: int, percentile: float) -> float:
@@ -113,6 +102,11 @@ class Prediction:
     defect_mask: np.ndarray  # bool (H, W): anomaly_map > thresholds.pixel
 
 
+def _input_kinds(given, where: str = "") -> str:
+    return (f"Images are given as a folder, an image file, a list of image files, or RGB images as numpy "
+            f"arrays (one or a list, not mixed with paths); got a {type(given).__name__}{where}.")
+
+
 def resolve_images(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     on_unreadable: Callable[[Path, Exception], None] | None = None,
@@ -127,8 +121,12 @@ def resolve_images(
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
+    elif not isinstance(inputs, Iterable) or isinstance(inputs, bytes | torch.Tensor):
+        raise TypeError(_input_kinds(inputs))
     paths: list[Path] = []
     for item in inputs:
+        if not isinstance(item, str | os.PathLike):  # an array after a path, a tensor, a PIL image
+            raise TypeError(_input_kinds(item, " in the list"))
         item = Path(item).expanduser()
         if item.is_dir():
             found = list_images(item)
@@ -410,6 +408,12 @@ class Predictor:
         contour; it is the percentile of up to :data:`CALIBRATION_PIXELS_PER_IMAGE` pixels of each
         map (all of them up to 256 x 256), so that large photos need not all be held in memory.
         """
+        for name, value in (("image_percentile", image_percentile), ("pixel_percentile", pixel_percentile)):
+            if not 0 <= value <= 100:  # checked before any image is scored
+                raise ValueError(f"{name} must lie in [0, 100] (a percentile, not a fraction), got {value}.")
+            if 0 < value <= 1:
+                warnings.warn(f"{name}={value:g} flags all but the lowest {value:g} % of normals: percentiles "
+                              f"are in percent (99 is the 99th), not fractions (0.99).", stacklevel=2)
         scores, pixels = [], []
         for prediction in self.iter_predict(normal_inputs):
             scores.append(prediction.score)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .device import get_device
+from .device import checked_device, get_device
 from .seeding import make_rng, use_deterministic_algorithms
 
 MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
@@ -171,6 +171,10 @@ class DatasetSubset(torch.utils.data.Dataset):
         return [self.dataset.image_paths[i] for i in self.indices]
 
     @property
+    def image_size(self) -> int | None:
+        return getattr(self.dataset, "image_size", None)
+
+    @property
     def labels(self) -> list[int]:
         return [self.dataset.labels[i] for i in self.indices]
 
@@ -220,6 +224,26 @@ def _autocast(device: torch.device, config: Config):
     if device.type == "cpu" and config.cpu_bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def check_training_set(train_dataset, config: Config) -> None:
+    """What a training set must be, where it says (``image_size``, ``labels``): at the config's
+    size, since the checkpoint records that size and everything later resizes to it; and normal
+    images only, since the memory bank and the normal half of every batch are drawn from it."""
+    size = getattr(train_dataset, "image_size", None)
+    if size is not None and size != config.image_size:
+        raise ValueError(
+            f"The training set gives {size} px images but config.image_size is {config.image_size}: "
+            f"make it with image_size=config.image_size (the checkpoint records the config's size)."
+        )
+    labels = getattr(train_dataset, "labels", None)
+    defective = 0 if labels is None else int(np.count_nonzero(np.asarray(labels)))
+    if defective:
+        raise ValueError(
+            f"The training set holds {defective} defective image{'s' * (defective > 1)} of {len(labels)}: "
+            f"MemSeg trains on normal images only (its memory bank and the normal half of every batch come "
+            f"from them). Use the 'train' split, or split_holdout's normal images."
+        )
 
 
 def check_training_files(train_dataset, texture_source) -> None:
@@ -275,8 +299,9 @@ class Trainer:
         from .synthesis import AnomalySynthesizer, TrainingSampleDataset
 
         self.config = config.validate()
+        check_training_set(train_dataset, config)
         check_training_files(train_dataset, texture_source)
-        self.device = torch.device(device) if device is not None else get_device(config)
+        self.device = checked_device(device) if device is not None else get_device(config)
         self.train_dataset = train_dataset
         self.texture_source = texture_source
         self.kind = kind

@@ -532,6 +532,21 @@ def test_mtd_split_file_without_a_column_is_explained(tmp_path):
     (root / "split.csv").write_text("split,label,image\ntrain,good,MT_Free/Imgs/exp0.jpg\n")
     with pytest.raises(ValueError, match=r"split.csv lacks the columns \['mask'\]"):
         MTDDataset(root)
+    (root / "split.csv").write_text("split,label,image,mask\ntrain,good,MT_Free/Imgs/exp0.jpg,\n"
+                                    "test,MT_Crack,MT_Crack/Imgs/exp0.jpg,\n")
+    with pytest.raises(ValueError, match=r"split.csv, line 3: the mask cell is empty"):  # a defect row
+        MTDDataset(root, "test")
+    (root / "split.csv").write_text("split,label,image,mask\ntrain,good\n")  # a row cut short
+    with pytest.raises(ValueError, match=r"line 2: the image cell is empty"):
+        MTDDataset(root)
+
+
+def test_a_size_that_is_no_positive_number_of_pixels_is_refused_at_once(sample_root):
+    for size in (0, -5):
+        with pytest.raises(ValueError, match="image_size must be a positive number of pixels"):
+            MVTecDataset(sample_root, "surface", image_size=size)
+        with pytest.raises(ValueError, match="image_size must be a positive number of pixels"):
+            TextureSource(None, image_size=size)
 
 
 def test_write_mtd_split_seed_chooses_the_training_tiles(tmp_path):

@@ -356,6 +356,27 @@ def test_evaluation_needs_normal_and_defective_images():
     dataset.labels = [1] * len(dataset)
     with pytest.raises(ValueError, match="Image AUROC needs both normal and anomalous images"):
         evaluate(_BatchNormMaps(), dataset, _tiny_config())
+    with pytest.raises(TypeError, match="DatasetSubset"):  # torch's Subset has no labels or masks to score
+        evaluate(_BatchNormMaps(), torch.utils.data.Subset(_TinyTestSet(), [0, 1]), _tiny_config())
+
+
+def test_metric_inputs_that_do_not_fit_together_are_refused_not_misread():
+    rng = np.random.default_rng(0)
+    labels, scores = np.array([0, 0, 1, 1, 0, 1]), rng.random(6)
+    masks = np.zeros((6, 16, 16))
+    masks[2:4, 4:8, 4:8] = masks[5, 1:3, 1:3] = 1
+    maps = rng.random((6, 16, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="6 labels, 6 scores, 5 masks, 5 maps"):
+        compute_metrics(labels, scores, masks[:5], maps[:5])
+    with pytest.raises(ValueError, match=r"labels must be 0 \(normal\) or 1 \(defective\), got the values \[-1, 1\]"):
+        image_auroc(labels * 2 - 1, scores)  # not "only normal ones"
+    with pytest.raises(ValueError, match="Got 2 defect names for 6 images"):
+        per_defect_metrics(labels, scores, masks, maps, ["a", "b"])
+    with pytest.raises(ValueError, match="anomaly maps hold NaN or inf"):
+        aupro(masks, np.where(maps > 0.9, np.nan, maps))  # was a number
+    with pytest.raises(ValueError, match=r"image scores hold NaN or inf \(1 of 6\)"):
+        image_auroc(labels, np.r_[scores[:5], np.inf])
+    assert compute_metrics(labels.astype(bool), scores, masks, maps)["image_auroc"] == image_auroc(labels, scores)
 
 
 def test_a_map_with_infinite_pixels_is_refused_even_when_its_score_is_finite():

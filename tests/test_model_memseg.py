@@ -21,6 +21,23 @@ def make_model(size: int, memory: int = 3, seed: int = 0) -> MemSeg:
     return model
 
 
+def test_inputs_of_the_wrong_kind_are_named_before_torch_sees_them():
+    import numpy as np
+
+    model = make_model(64)
+    for given, kind in ((torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "torch.uint8 tensor"),
+                        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), "torch.float64 tensor"),
+                        (np.zeros((1, 3, 64, 64), np.float32), "ndarray")):
+        with pytest.raises(TypeError, match=f"MemSeg expects a float32 tensor .*got a {kind}"):
+            model.anomaly_map(given)
+        with pytest.raises(TypeError, match="to_tensor"):
+            model.build_memory_bank(given)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.predict(torch.zeros(0, 3, 64, 64))
+    with pytest.raises(ValueError, match="B >= 1"):
+        image_scores(torch.zeros(0, 64, 64))
+
+
 @pytest.mark.parametrize("size", [64, 128, 256])
 def test_shapes_at_every_stage(size):
     model = make_model(size, memory=2)

@@ -87,6 +87,17 @@ def test_bad_training_and_texture_files_are_refused_before_the_model_is_built(sa
         Trainer(tiny_config(), torch.utils.data.Subset(train, [0, 1]), TextureSource(textures, image_size=64))
 
 
+def test_a_training_set_at_another_size_or_with_defects_or_a_misspelt_device_is_refused(sample_root, train_set,
+                                                                                      texture_source):
+    with pytest.raises(ValueError, match="gives 64 px images but config.image_size is 128"):
+        Trainer(tiny_config(image_size=128), train_set, texture_source)
+    test_set = MVTecDataset(sample_root, "surface", "test", image_size=64)
+    with pytest.raises(ValueError, match=f"holds {sum(test_set.labels)} defective images of {len(test_set)}"):
+        Trainer(tiny_config(), test_set, texture_source)
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        Trainer(tiny_config(), train_set, texture_source, device="gpu")
+
+
 def test_batches_hold_normal_then_synthetic(train_set, texture_source):
     trainer = make_trainer(tiny_config(), train_set, texture_source)
     batch = trainer.batch(3)

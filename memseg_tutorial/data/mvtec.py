@@ -57,6 +57,8 @@ class AnomalyDataset(Dataset):
         self.labels: list[int] = [r.label for r in self.records]
         self.defects: list[str] = [r.defect for r in self.records]
         self.image_size = int(image_size)
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
         self.normalize = normalize
         self.mask_threshold = mask_threshold
         self.name = name

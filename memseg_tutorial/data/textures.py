@@ -61,6 +61,8 @@ class TextureSource:
 
     def __init__(self, folder: str | Path | None = None, image_size: int = 256, cache_size: int = 1024):
         self.image_size = int(image_size)
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()

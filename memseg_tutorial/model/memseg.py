@@ -37,8 +37,8 @@ def image_scores(maps: torch.Tensor, top_k: int = 100, mode: str = "topk_mean") 
     ``top_k`` is capped at the number of pixels.
     """
     maps = torch.as_tensor(maps)
-    if maps.ndim != 3:
-        raise ValueError(f"image_scores expects maps (B, H, W), got shape {tuple(maps.shape)}.")
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"image_scores expects maps (B, H, W) with B >= 1, got shape {tuple(maps.shape)}.")
     flat = maps.reshape(maps.shape[0], -1).float()  # (B, H * W)
     if mode == "max":
         return flat.max(dim=1).values
@@ -117,13 +117,20 @@ def after_memory_precision(device_type: str):
 
 def check_input(x: torch.Tensor, half_scale_map: bool = False) -> None:
     """MemSeg needs (B, 3, H, W) with H and W multiples of 32 (ResNet18 halves the side 5 times),
-    or of 64 with ``half_scale_map`` (see :func:`~memseg_tutorial.config.input_multiple`)."""
+    or of 64 with ``half_scale_map`` (see :func:`~memseg_tutorial.config.input_multiple`), as a
+    float32 tensor normalised like the datasets' images (``to_tensor``), and at least one of them."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:  # autocast, where used, casts inside
+        kind = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+        raise TypeError(f"MemSeg expects a float32 tensor (B, 3, H, W), normalised as the datasets give it "
+                        f"(memseg_tutorial.data.to_tensor), got {kind}.")
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"MemSeg expects images (B, 3, H, W), got shape {tuple(x.shape)}.")
     height, width = x.shape[-2:]
     multiple = input_multiple(half_scale_map)
     if height % multiple or width % multiple:
         raise ValueError(f"Input side must be a {size_rule(half_scale_map)}, got {height}x{width}.")
+    if x.shape[0] == 0:
+        raise ValueError("MemSeg got an empty batch (0 images).")
 
 
 @dataclass(frozen=True)
