@@ -104,7 +104,7 @@ class Prediction:
 
 def _input_kinds(given, where: str = "") -> str:
     return (f"Images are given as a folder, an image file, a list of image files, or RGB images as numpy "
-            f"arrays (one or a list, not mixed with paths); got a {type(given).__name__}{where}.")
+            f"arrays (one or a list, not mixed with paths); got an object of type {type(given).__name__}{where}.")
 
 
 def resolve_images(
@@ -412,8 +412,10 @@ class Predictor:
             if not 0 <= value <= 100:  # checked before any image is scored
                 raise ValueError(f"{name} must lie in [0, 100] (a percentile, not a fraction), got {value}.")
             if 0 < value <= 1:
-                warnings.warn(f"{name}={value:g} flags all but the lowest {value:g} % of normals: percentiles "
-                              f"are in percent (99 is the 99th), not fractions (0.99).", stacklevel=2)
+                unit = "images" if name == "image_percentile" else "pixels"
+                warnings.warn(f"{name}={value:g} (--{name.replace('_', '-')} on the command line) flags all but "
+                              f"the lowest {value:g} % of normal {unit}: percentiles are in percent (99 is the "
+                              f"99th), not fractions (0.99).", stacklevel=2)
         scores, pixels = [], []
         for prediction in self.iter_predict(normal_inputs):
             scores.append(prediction.score)

@@ -532,9 +532,9 @@ def test_mtd_split_file_without_a_column_is_explained(tmp_path):
     (root / "split.csv").write_text("split,label,image\ntrain,good,MT_Free/Imgs/exp0.jpg\n")
     with pytest.raises(ValueError, match=r"split.csv lacks the columns \['mask'\]"):
         MTDDataset(root)
-    (root / "split.csv").write_text("split,label,image,mask\ntrain,good,MT_Free/Imgs/exp0.jpg,\n"
+    (root / "split.csv").write_text("split,label,image,mask\ntrain,good,MT_Free/Imgs/exp0.jpg,\n\n"
                                     "test,MT_Crack,MT_Crack/Imgs/exp0.jpg,\n")
-    with pytest.raises(ValueError, match=r"split.csv, line 3: the mask cell is empty"):  # a defect row
+    with pytest.raises(ValueError, match=r"split.csv, line 4: the mask cell is empty"):  # after a blank line
         MTDDataset(root, "test")
     (root / "split.csv").write_text("split,label,image,mask\ntrain,good\n")  # a row cut short
     with pytest.raises(ValueError, match=r"line 2: the image cell is empty"):

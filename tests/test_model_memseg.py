@@ -25,15 +25,17 @@ def test_inputs_of_the_wrong_kind_are_named_before_torch_sees_them():
     import numpy as np
 
     model = make_model(64)
-    for given, kind in ((torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "torch.uint8 tensor"),
-                        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), "torch.float64 tensor"),
-                        (np.zeros((1, 3, 64, 64), np.float32), "ndarray")):
-        with pytest.raises(TypeError, match=f"MemSeg expects a float32 tensor .*got a {kind}"):
+    for given, kind in ((torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "a torch.uint8 tensor"),
+                        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), "a torch.float64 tensor"),
+                        (np.zeros((1, 3, 64, 64), np.float32), "an object of type ndarray")):
+        with pytest.raises(TypeError, match=f"MemSeg expects a float32 tensor .*got {kind}"):
             model.anomaly_map(given)
         with pytest.raises(TypeError, match="to_tensor"):
             model.build_memory_bank(given)
     with pytest.raises(ValueError, match="empty batch"):
         model.predict(torch.zeros(0, 3, 64, 64))
+    with pytest.raises(ValueError, match="build_memory_bank needs at least one normal image"):
+        model.build_memory_bank(torch.zeros(0, 3, 64, 64))
     with pytest.raises(ValueError, match="B >= 1"):
         image_scores(torch.zeros(0, 64, 64))
 

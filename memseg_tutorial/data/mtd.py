@@ -58,14 +58,14 @@ def read_split(root: str | Path) -> list[dict[str, str]]:
         missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path} lacks the columns {sorted(missing)}; expected {SPLIT_COLUMNS}.")
-        rows = list(reader)
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        numbered = [(reader.line_num, row) for row in reader]  # the file's line (blank lines are skipped)
+    for number, row in numbered:
         needed = ["image", "split", "label"] + ([] if row.get("label") == NORMAL else ["mask"])
         empty = [name for name in needed if not (row.get(name) or "").strip()]
         if empty:
             raise ValueError(f"{path}, line {number}: the {' and '.join(empty)} cell{'s are' if len(empty) > 1 else ' is'} empty (every row names "
                              f"its image, split and label, and a defect row its mask).")
-    return rows
+    return [row for _, row in numbered]
 
 
 class MTDDataset(AnomalyDataset):

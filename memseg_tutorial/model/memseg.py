@@ -120,7 +120,7 @@ def check_input(x: torch.Tensor, half_scale_map: bool = False) -> None:
     or of 64 with ``half_scale_map`` (see :func:`~memseg_tutorial.config.input_multiple`), as a
     float32 tensor normalised like the datasets' images (``to_tensor``), and at least one of them."""
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:  # autocast, where used, casts inside
-        kind = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+        kind = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else f"an object of type {type(x).__name__}"
         raise TypeError(f"MemSeg expects a float32 tensor (B, 3, H, W), normalised as the datasets give it "
                         f"(memseg_tutorial.data.to_tensor), got {kind}.")
     if x.ndim != 4 or x.shape[1] != 3:
@@ -251,9 +251,9 @@ class MemSeg(nn.Module):
     def build_memory_bank(self, images: torch.Tensor, batch_size: int = 8) -> None:
         """Store layer1..3 features of normal images (N, 3, S, S), at every scale; the encoder runs
         in eval mode."""
-        check_input(images, self.half_scale_map)
-        if len(images) == 0:
+        if len(images) == 0:  # before check_input, whose empty-batch message is less specific
             raise ValueError("build_memory_bank needs at least one normal image, got none.")
+        check_input(images, self.half_scale_map)
         was_training = self.encoder.training
         self.encoder.eval()
         device = next(self.parameters()).device
@@ -315,9 +315,9 @@ class MemSeg(nn.Module):
         no new image does. Each scale is measured at its own size, against its own bank. Runs in
         eval mode and changes nothing but the statistics (all or, on an error, none of them).
         """
-        check_input(normal_images, self.half_scale_map)
         if len(normal_images) == 0:
             raise ValueError("calibrate_memory_map needs at least one normal image, got none.")
+        check_input(normal_images, self.half_scale_map)
         was_training = self.training
         self.eval()
         device = self.memory_map_stats.device
