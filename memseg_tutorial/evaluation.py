@@ -83,11 +83,15 @@ def binarize_masks(masks, size: tuple[int, int] | None = None) -> np.ndarray:
     return masks > 0.5
 
 
+# Why maps or scores hold NaN or inf, and what to do: said by both checks below.
+DIVERGED_HINT = "probably from a diverged training run: train again with a lower learning rate"
+
+
 def _finite(values: np.ndarray, what: str) -> np.ndarray:
     """NaN or inf would be ranked silently (AUPRO) or reach sklearn's bare "Input contains NaN"."""
     if not np.isfinite(values).all():
-        raise ValueError(f"The {what} hold NaN or inf ({int((~np.isfinite(values)).sum())} of {values.size}): a model that "
-                         f"produces them has diverged (train again with a lower learning rate).")
+        raise ValueError(f"The {what} hold NaN or inf ({int((~np.isfinite(values)).sum())} of {values.size}), "
+                         f"{DIVERGED_HINT}.")
     return values
 
 
@@ -344,7 +348,7 @@ def require_finite(names: Sequence[str], maps: Sequence[np.ndarray], scores: np.
         more = f" (and {len(bad) - 1} more of {len(names)})" if len(bad) > 1 else ""
         raise ValueError(
             f"Non-finite score for {bad[0]}{more}: the model produces non-finite anomaly maps (NaN "
-            f"or inf), probably from a diverged training run: train again with a lower learning rate."
+            f"or inf), {DIVERGED_HINT}."
         )
 
 
