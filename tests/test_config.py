@@ -102,7 +102,7 @@ def test_device_helper(monkeypatch):
     assert get_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         get_device("cuda")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu' or 'cuda', got 'tpu'"):
         get_device("tpu")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         get_device(get_config("quick", device="cuda"))  # a Config's own device is read

@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from memseg_tutorial import get_config
 from memseg_tutorial.evaluation import (
+    MissingClassError,
     area_up_to,
     aupro,
     binarize_masks,
@@ -57,7 +58,7 @@ def test_pixel_auroc_pairs_each_pixel_with_its_own_mask_pixel():
     ],
 )
 def test_metrics_need_both_classes(call):
-    with pytest.raises(ValueError, match="normal"):
+    with pytest.raises(MissingClassError, match=r"needs (both normal and anomalous|normal pixels and at least one defect)"):
         call()
 
 

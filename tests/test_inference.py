@@ -256,8 +256,17 @@ def test_bad_inputs_say_what_is_wrong(checkpoint, tmp_path):
             predictor.calibrate(tmp_path, pixel_percentile=0.999)
 
 
-def test_speed_is_positive(checkpoint):
-    assert Predictor.from_checkpoint(checkpoint, "cpu").speed(repeats=1, batch_size=2) > 0
+def test_speed_counts_the_timed_images_only(checkpoint, monkeypatch):
+    """Images per second = repeats x batch size over the timed calls; the warm-up call is not timed."""
+    from memseg_tutorial import inference
+
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    sizes = []
+    monkeypatch.setattr(predictor.model, "anomaly_map", lambda x: sizes.append(len(x)))
+    clock = iter([10.0, 10.5])
+    monkeypatch.setattr(inference.time, "perf_counter", lambda: next(clock))
+    assert predictor.speed(repeats=3, batch_size=2) == pytest.approx(3 * 2 / 0.5)
+    assert sizes == [2] * 4  # one warm-up and three timed calls
 
 
 def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -460,9 +469,10 @@ def test_iter_predict_reads_one_batch_at_a_time(checkpoint, sample_root, tmp_pat
     assert [p.path for p in first_two_batches] == [str(p) for p in paths]
     with pytest.raises(ValueError, match="zz_broken.png"):
         next(stream)
+    streamed = list(predictor.iter_predict(paths))  # two batches of 2
+    predictor.batch_size = len(paths)  # the reference: one batch of 4
     whole = predictor.predict(paths)
-    streamed = list(predictor.iter_predict(paths))
-    assert [p.score for p in streamed] == pytest.approx([p.score for p in whole])
+    assert [p.score for p in streamed] == pytest.approx([p.score for p in whole], rel=1e-5)
 
 
 def test_iter_predict_can_leave_out_files_it_cannot_read(checkpoint, sample_root, tmp_path):
@@ -538,9 +548,10 @@ def test_saved_thresholds_ignore_unknown_keys_and_reject_non_numbers():
     thresholds = Thresholds.from_saved(saved, "run/last.pt")
     assert thresholds == Thresholds(image=0.25, pixel=1.0, source="90th percentile of 6 normals")
     assert isinstance(thresholds.pixel, float)
-    for bad in ({"image": "0.3", "pixel": 0.5}, {"image": 0.5, "pixel": float("nan")}, {"image": None, "pixel": 0.5},
-                {"image": 0.5, "pixel": True}, {"image": 0.5}):  # the last: a missing value is not 0.5
-        with pytest.raises(ValueError, match=r"run/last\.pt: the saved (image|pixel) threshold"):
+    for bad, field in (({"image": "0.3", "pixel": 0.5}, "image"), ({"image": 0.5, "pixel": float("nan")}, "pixel"),
+                       ({"image": None, "pixel": 0.5}, "image"), ({"image": 0.5, "pixel": True}, "pixel"),
+                       ({"image": 0.5}, "pixel")):  # the last: a missing value is not 0.5
+        with pytest.raises(ValueError, match=rf"run/last\.pt: the saved {field} threshold"):
             Thresholds.from_saved(bad, "run/last.pt")
 
 

@@ -68,6 +68,8 @@ def test_stored_outputs_come_from_one_clean_run(path: Path):
     assert counts == list(range(1, len(code) + 1)), "re-execute top to bottom (make notebooks)"
     for cell in code:
         assert all(o["output_type"] != "error" for o in cell["outputs"]), "stored error output"
+        assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell["outputs"]), (
+            "a stored progress bar shows 0 % without its widget state: run tools/clean_notebooks.py")
         if "NBVAL_CHECK_OUTPUT" in _source(cell):
             assert cell["outputs"], "a checked cell must store the output nbval compares"
     assert path.stat().st_size < 3_000_000, "keep stored figures small"

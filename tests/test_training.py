@@ -754,11 +754,11 @@ def test_each_optimizer_step_uses_that_steps_learning_rate(train_set, texture_so
 def test_checkpoints_are_written_every_checkpoint_every_steps(train_set, texture_source, tmp_path, monkeypatch):
     """checkpoint_every = k saves after every k-th step and at the end, so a crash loses fewer
     than k steps (a run that saved only at the first interval would lose all the rest)."""
-    trainer = make_trainer(tiny_config(steps=3, checkpoint_every=1), train_set, texture_source, run_dir=tmp_path)
+    trainer = make_trainer(tiny_config(steps=5, checkpoint_every=2), train_set, texture_source, run_dir=tmp_path)
     saved = []
     monkeypatch.setattr(trainer, "save", lambda path=None: saved.append(trainer.step))  # no 200 MB files
     trainer.fit()
-    assert saved == [1, 2, 3]
+    assert saved == [2, 4, 5]  # every 2nd step, then the end (5 is no multiple of 2)
 
 
 def test_the_trainer_keeps_layer1_to_layer3_frozen_unless_asked(train_set, texture_source):
