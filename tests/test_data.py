@@ -610,9 +610,41 @@ def test_masks_read_the_same_whatever_their_encoding(tmp_path, values, dtype):
     expected = np.zeros((8, 10), np.float32)
     expected[2:5, 3:7] = 1
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), expected)
-    soft = np.full((8, 10), 100, np.uint8)  # a faint 8-bit mask stays below the 127 threshold
-    cv2.imwrite(str(tmp_path / "soft.png"), soft)
-    assert read_mask(tmp_path / "soft.png").max() == 0
+
+
+@pytest.mark.parametrize(("channels", "defect"), [(3, (0, 0, 255)), (3, (0, 255, 0)), (4, (0, 0, 255, 255))],
+                         ids=["red", "green", "red-rgba"])
+def test_a_coloured_mask_counts_its_brightest_channel(tmp_path, channels, defect):
+    """Pure red on black is grey 76, below the threshold: read as grey, the defect vanished."""
+    from memseg_tutorial.data.images import read_mask
+
+    mask = np.zeros((8, 10, channels), np.uint8)
+    mask[2:5, 3:7] = defect
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    expected = np.zeros((8, 10), np.float32)
+    expected[2:5, 3:7] = 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), expected)
+
+
+def test_a_mask_with_values_all_below_the_threshold_reads_empty_and_says_so_once(tmp_path, monkeypatch):
+    """Label ids 2, 3, ... or a faint edge alone: no defect (MTD's anti-aliasing is no defect), but a
+    label image read as empty would silently spoil the metrics, so the first such file is named."""
+    from memseg_tutorial.data import images
+
+    monkeypatch.setattr(images, "_empty_mask_announced", False)
+    labels = np.zeros((8, 10), np.uint8)
+    labels[2:5, 3:7] = 2
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    cv2.imwrite(str(tmp_path / "soft.png"), np.full((8, 10), 100, np.uint8))  # faint, everywhere
+    cv2.imwrite(str(tmp_path / "normal.png"), np.zeros((8, 10), np.uint8))
+    with pytest.warns(UserWarning, match=r"labels\.png: the mask has values up to 2 but none above the "
+                                         r"threshold \(127 .*Said once"):
+        assert images.read_mask(tmp_path / "labels.png").max() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, and never for an all-zero mask
+        assert images.read_mask(tmp_path / "soft.png").max() == 0
+        monkeypatch.setattr(images, "_empty_mask_announced", False)
+        assert images.read_mask(tmp_path / "normal.png").max() == 0
 
 
 def test_a_faint_16_bit_mask_value_is_no_defect(tmp_path):

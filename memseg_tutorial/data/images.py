@@ -186,24 +186,41 @@ def to_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+_empty_mask_announced = False  # see read_mask
+
+
 def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -> np.ndarray:
     """A binary float32 mask (H, W) in {0, 1}, resized by nearest neighbour.
 
-    Defect where the grey value is above ``threshold`` (on the 0-255 scale; a 16-bit mask is
+    Defect where the value is above ``threshold`` (on the 0-255 scale; a 16-bit mask is
     compared on its own scale), except in a 0/1 label image (maximum exactly 1), where any 1 is a
     defect: many segmentation datasets store masks that way, and "> 127" would read them empty.
+    A coloured mask counts its brightest channel: as grey, a pure red defect would be 76, no defect.
+    A mask with values that all stay at or below ``threshold`` (label ids 2, 3, ...; only a faint
+    edge) reads empty, and the first such file is announced once per process.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Mask file not found: {path}")
     data = path.read_bytes()
-    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH  # keeps 16 bits: 1 must not become 0
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # as read_image; 16 bits kept: 1 must not become 0
     mask = _decode(data, flags, f"Cannot read mask {path}")
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
     if mask.max() == 1:
         binary = (mask > 0).astype(np.float32)
     else:
         scale = np.iinfo(mask.dtype).max / 255.0 if np.issubdtype(mask.dtype, np.integer) else 1.0 / 255.0
         binary = (mask > threshold * scale).astype(np.float32)
+        global _empty_mask_announced
+        if mask.max() > 0 and not binary.any() and not _empty_mask_announced:
+            _empty_mask_announced = True  # once: a folder of label images would repeat it per file
+            warnings.warn(
+                f"{path}: the mask has values up to {mask.max():g} but none above the threshold ({threshold} "
+                f"on the 0-255 scale), so it reads as no defect. Store defects as 255 (or 1) and the "
+                f"rest as 0. Said once; other masks may read empty too.",
+                stacklevel=2,
+            )
     if size is not None:
         binary = resize_mask(binary, size)
     return binary
