@@ -303,6 +303,9 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
 
     root, is_sample = _dataset_root(args)
     kind = _kind(args, is_sample) if resume is None else None  # a resumed run keeps its own
+    if args.invert_foreground and kind == "texture":
+        raise CommandError(f"--invert-foreground finds a dark object on a bright background, for --kind object; "
+                           f"{args.category!r} trains as a texture, where anomalies go anywhere.")
     train = MVTecDataset(root, args.category, "train", image_size=config.image_size)
     textures = _texture_source(args.textures, config.image_size)
     run_info = {"data_root": str(root), "category": args.category,
@@ -312,10 +315,11 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
                                  checkpoint=checkpoint)
         print(f"resuming {resume} at step {trainer.step} of {trainer.config.steps}")
     else:
-        trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir,
-                          progress=not args.no_progress, run_info=run_info)
+        trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir, progress=not args.no_progress,
+                          invert_foreground=args.invert_foreground, run_info=run_info)
+    inverted = ", inverted foreground" if trainer.run_info.get("invert_foreground") else ""
     print(f"training: {trainer.config.summary()} | {len(train)} normal images of "
-          f"{args.category!r} ({trainer.kind}) | device {trainer.device}", flush=True)
+          f"{args.category!r} ({trainer.kind}{inverted}) | device {trainer.device}", flush=True)
     if resume is None and trainer.device.type == "cpu" and trainer.config.preset == "full":
         print(f"warning: the full preset ({trainer.config.steps} steps at {trainer.config.image_size} px) "
               f"takes hours on a CPU; --preset quick trains in minutes.", file=sys.stderr, flush=True)
@@ -345,7 +349,8 @@ def cmd_train(args) -> int:
         given = [flag for flag, value in (
             ("--set", args.set or None), ("--preset", args.preset), ("--steps", args.steps),
             ("--image-size", args.image_size), ("--weights", args.weights), ("--device", args.device),
-            ("--kind", args.kind), ("--category", args.category), ("--name", args.name),
+            ("--kind", args.kind), ("--invert-foreground", args.invert_foreground or None),
+            ("--category", args.category), ("--name", args.name),
             ("--overwrite", args.overwrite or None)) if value is not None]  # 0 is given, too
         if given:
             raise CommandError(
@@ -753,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of texture images for texture anomalies (default: scikit-image's)")
     train.add_argument("--kind", choices=("texture", "object"), default=None,
                        help="texture (anomalies anywhere) or object (only on the foreground)")
+    train.add_argument("--invert-foreground", action="store_true",
+                       help="object kind: the object is darker than its background (the foreground mask "
+                            "takes the dark side, lesson 02)")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
     train.add_argument("--image-size", type=int, default=None,
                        help="input side, a multiple of 32, of 64 with half_scale_map (default: the preset's, "

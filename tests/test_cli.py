@@ -953,6 +953,20 @@ def test_quieting_opencv_works_with_every_build_of_it(api, monkeypatch):
     assert len(calls) == (0 if api in ("none", "other-signature") else 1)
 
 
+def test_invert_foreground_reaches_the_run_and_its_resume(sample_root, tmp_path, monkeypatch, capsys):
+    """A dark object on a bright background: the foreground mask takes the dark side (lesson 02)."""
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    code, _, err = run(_train_argv(sample_root, "--category", "surface", "--invert-foreground"), capsys)
+    assert_one_line_error(code, err, "--invert-foreground", "'surface' trains as a texture")
+    code, out, err = run(_train_argv(sample_root, "--category", "object", "--name", "dark",
+                                     "--invert-foreground"), capsys)
+    assert code == 0, err
+    assert "'object' (object, inverted foreground)" in out
+    assert load_checkpoint(tmp_path / "dark")["run"]["invert_foreground"] is True
+    code, _, err = run(["train", "--resume", str(tmp_path / "dark"), "--invert-foreground"], capsys)
+    assert_one_line_error(code, err, "--invert-foreground cannot change a run being resumed")
+
+
 @pytest.mark.parametrize(("category", "data", "kind", "expected"), [
     ("surface", None, None, "texture"), ("object", None, None, "object"),  # the sample data
     ("carpet", "mvtec", None, "texture"), ("bottle", "mvtec", None, "object"),  # MVTec AD's own
