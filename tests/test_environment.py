@@ -1,5 +1,6 @@
 """The project's own files: environment.yml (conda) and pyproject.toml (pip) name the same
-packages, and the linter reads every Python file."""
+packages, the Makefile and the README the Pythons that pyproject.toml allows, and the linter
+reads every Python file."""
 
 from __future__ import annotations
 
@@ -100,6 +101,19 @@ def test_environment_and_pyproject_name_the_same_packages():
 
 def test_environment_pins_python_311():
     assert environment_python((ROOT / "environment.yml").read_text()) == "3.11"
+
+
+def test_the_makefile_accepts_the_pythons_that_pyproject_allows():
+    """The Makefile checks the Python before it makes .venv (pip's own refusal comes later and reads
+    worse), so its range must follow ``requires-python`` when that changes."""
+    required = re.search(r'requires-python = ">=3\.(\d+),<3\.(\d+)"', (ROOT / "pyproject.toml").read_text())
+    lowest, highest = int(required[1]), int(required[2]) - 1
+    makefile = (ROOT / "Makefile").read_text()
+    check = re.search(r"PY_SUPPORTED := .*\(3, (\d+)\) <= sys\.version_info\[:2\] <= \(3, (\d+)\)", makefile)
+    assert (int(check[1]), int(check[2])) == (lowest, highest)
+    assert makefile.count(f"3.{lowest} to 3.{highest}") == 2  # both error messages
+    assert f"Python 3.{lowest} to 3.{highest}" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert lowest <= int(environment_python((ROOT / "environment.yml").read_text()).split(".")[1]) <= highest
 
 
 def test_a_package_added_on_one_side_is_detected():
