@@ -642,7 +642,7 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
 def test_warnings_are_one_line_that_names_the_file(checkpoint, tmp_path, monkeypatch, capsys):
     from memseg_tutorial.data import images
 
-    monkeypatch.setattr(images, "_dark_data_announced", False)
+    monkeypatch.setattr(images, "_announced", set())
     for name in ("dark.png", "darker.png"):  # 12-bit data stored in 16 bits
         cv2.imwrite(str(tmp_path / name), np.full((40, 60), 4095, np.uint16))
     code, _, err = run(["predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path / "out")], capsys)

@@ -585,7 +585,7 @@ def test_16_bit_data_in_a_small_part_of_the_range_is_announced_once(monkeypatch)
     from memseg_tutorial.data import images
     from memseg_tutorial.data.images import to_uint8
 
-    monkeypatch.setattr(images, "_dark_data_announced", False)
+    monkeypatch.setattr(images, "_announced", set())
     twelve_bit = np.full((4, 4), 4095, np.uint16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -631,7 +631,7 @@ def test_a_mask_with_values_all_below_the_threshold_reads_empty_and_says_so_once
     label image read as empty would silently spoil the metrics, so the first such file is named."""
     from memseg_tutorial.data import images
 
-    monkeypatch.setattr(images, "_empty_mask_announced", False)
+    monkeypatch.setattr(images, "_announced", set())
     labels = np.zeros((8, 10), np.uint8)
     labels[2:5, 3:7] = 2
     cv2.imwrite(str(tmp_path / "labels.png"), labels)
@@ -643,7 +643,7 @@ def test_a_mask_with_values_all_below_the_threshold_reads_empty_and_says_so_once
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, and never for an all-zero mask
         assert images.read_mask(tmp_path / "soft.png").max() == 0
-        monkeypatch.setattr(images, "_empty_mask_announced", False)
+        monkeypatch.setattr(images, "_announced", set())
         assert images.read_mask(tmp_path / "normal.png").max() == 0
 
 

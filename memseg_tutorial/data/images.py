@@ -152,7 +152,14 @@ def _decode(data: bytes, flags: int, failure: str) -> np.ndarray:
     return image
 
 
-_dark_data_announced = False  # see to_uint8
+_announced: set[str] = set()  # warnings already given in this process (see _announce_once)
+
+
+def _announce_once(kind: str, message: str) -> None:
+    """Warn the first time only: a folder of such files would repeat one warning per file."""
+    if kind not in _announced:
+        _announced.add(kind)
+        warnings.warn(message, stacklevel=3)
 
 
 def to_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
@@ -169,24 +176,17 @@ def to_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
         return image
     if np.issubdtype(image.dtype, np.integer):
         top = np.iinfo(image.dtype).max
-        global _dark_data_announced
-        if top > 255 and 0 < image.max() <= top // 16 and not _dark_data_announced:
-            _dark_data_announced = True  # once: a folder of such images would repeat it per file
-            warnings.warn(
-                f"{f'{source}: ' if source is not None else ''}a {image.dtype} image uses at most 1/16 of "
-                f"its range (max {int(image.max())}), so it reads dark: if your camera stores 12-bit data "
-                f"in 16 bits, scale it up first (x << 4). Said once; other images may read dark too.",
-                stacklevel=2,
-            )
+        if top > 255 and 0 < image.max() <= top // 16:
+            named = f"{source}: " if source is not None else ""
+            _announce_once("dark data", f"{named}a {image.dtype} image uses at most 1/16 of its range (max "
+                           f"{int(image.max())}), so it reads dark: if your camera stores 12-bit data in 16 bits, "
+                           f"scale it up first (x << 4). Said once; other images may read dark too.")
         values = np.maximum(image, 0).astype(np.float32) * (255.0 / top)
     else:
         values = np.nan_to_num(image.astype(np.float32), nan=0.0)
         if values.min() >= -FLOAT_UNIT_TOLERANCE and values.max() <= 1.0 + FLOAT_UNIT_TOLERANCE:
             values = values * 255.0
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-_empty_mask_announced = False  # see read_mask
 
 
 def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -> np.ndarray:
@@ -212,15 +212,10 @@ def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -
     else:
         scale = np.iinfo(mask.dtype).max / 255.0 if np.issubdtype(mask.dtype, np.integer) else 1.0 / 255.0
         binary = (mask > threshold * scale).astype(np.float32)
-        global _empty_mask_announced
-        if mask.max() > 0 and not binary.any() and not _empty_mask_announced:
-            _empty_mask_announced = True  # once: a folder of label images would repeat it per file
-            warnings.warn(
-                f"{path}: the mask has values up to {mask.max():g} but none above the threshold ({threshold} "
-                f"on the 0-255 scale), so it reads as no defect. Store defects as 255 (or 1) and the "
-                f"rest as 0. Said once; other masks may read empty too.",
-                stacklevel=2,
-            )
+        if mask.max() > 0 and not binary.any():
+            _announce_once("empty mask", f"{path}: the mask has values up to {mask.max():g} but none above the "
+                           f"threshold ({threshold} on the 0-255 scale), so it reads as no defect. Store defects "
+                           f"as 255 (or 1) and the rest as 0. Said once; other masks may read empty too.")
     if size is not None:
         binary = resize_mask(binary, size)
     return binary
