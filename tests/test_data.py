@@ -612,13 +612,19 @@ def test_masks_read_the_same_whatever_their_encoding(tmp_path, values, dtype):
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), expected)
 
 
-@pytest.mark.parametrize(("channels", "defect"), [(3, (0, 0, 255)), (3, (0, 255, 0)), (4, (0, 0, 255, 255))],
-                         ids=["red", "green", "red-rgba"])
-def test_a_coloured_mask_counts_its_brightest_channel(tmp_path, channels, defect):
-    """Pure red on black is grey 76, below the threshold: read as grey, the defect vanished."""
+@pytest.mark.parametrize(("background", "defect"), [
+    ((0, 0, 0), (0, 0, 255)), ((0, 0, 0), (255, 0, 0)),  # red, blue (BGR) on black
+    ((0, 0, 0, 255), (0, 0, 255, 255)),  # red on opaque black
+    ((255, 255, 255, 0), (255, 255, 255, 255)),  # white drawn on a transparent layer over white
+    ((0, 0, 0, 0), (0, 0, 255, 255)),  # red drawn on a transparent layer over black
+    ((0, 0, 0, 0), (0, 0, 0, 255)),  # the defect in alpha alone
+], ids=["red", "blue", "red-opaque", "white-on-transparent", "red-on-transparent", "alpha-only"])
+def test_a_coloured_mask_counts_its_brightest_channel_where_it_is_opaque(tmp_path, background, defect):
+    """Pure red on black is grey 76 (blue 29), below the threshold: read as grey, the defect vanished.
+    Alpha, dropped by the colour decode, would make a transparent white background all defect."""
     from memseg_tutorial.data.images import read_mask
 
-    mask = np.zeros((8, 10, channels), np.uint8)
+    mask = np.full((8, 10, len(background)), background, np.uint8)
     mask[2:5, 3:7] = defect
     cv2.imwrite(str(tmp_path / "m.png"), mask)
     expected = np.zeros((8, 10), np.float32)
@@ -638,13 +644,16 @@ def test_a_mask_with_values_all_below_the_threshold_reads_empty_and_says_so_once
     cv2.imwrite(str(tmp_path / "soft.png"), np.full((8, 10), 100, np.uint8))  # faint, everywhere
     cv2.imwrite(str(tmp_path / "normal.png"), np.zeros((8, 10), np.uint8))
     with pytest.warns(UserWarning, match=r"labels\.png: the mask has values up to 2 but none above the "
-                                         r"threshold \(127 .*Said once"):
+                                         r"threshold \(127\), .*Said once"):
         assert images.read_mask(tmp_path / "labels.png").max() == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, and never for an all-zero mask
         assert images.read_mask(tmp_path / "soft.png").max() == 0
         monkeypatch.setattr(images, "_announced", set())
         assert images.read_mask(tmp_path / "normal.png").max() == 0
+    cv2.imwrite(str(tmp_path / "labels16.png"), labels.astype(np.uint16) * 2)  # ids 0/4 in 16 bits
+    with pytest.warns(UserWarning, match=r"up to 4 but none above the threshold \(32639, 127 on the 0-255 scale\)"):
+        assert images.read_mask(tmp_path / "labels16.png").max() == 0
 
 
 def test_a_faint_16_bit_mask_value_is_no_defect(tmp_path):

@@ -75,6 +75,31 @@ def test_stored_outputs_come_from_one_clean_run(path: Path):
     assert path.stat().st_size < 3_000_000, "keep stored figures small"
 
 
+def test_cleaning_drops_widget_outputs_and_execution_metadata_and_keeps_the_rest(tmp_path):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("clean_notebooks", ROOT / "tools" / "clean_notebooks.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    bar = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0},
+        "text/plain": "train:   0%|          | 0/24"})
+    printed = nbformat.v4.new_output("stream", name="stdout", text="24 steps\n")
+    cell = nbformat.v4.new_code_cell("fit()", outputs=[bar, printed], execution_count=1)
+    cell.metadata["execution"] = {"iopub.status.busy": "2026-01-01"}
+    notebook = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("# text")])
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(notebook, path)
+    tool.clean(str(path))
+    cleaned = nbformat.read(path, as_version=4)
+    assert set(cleaned.metadata) == {"kernelspec", "language_info"}
+    assert cleaned.cells[0].outputs == [printed] and cleaned.cells[0].metadata == {}
+    assert cleaned.cells[0].execution_count == 1 and cleaned.cells[1].source == "# text"
+
+
 def test_setup_asks_for_a_restart_when_the_install_changed_numpy(monkeypatch):
     import importlib.metadata
 

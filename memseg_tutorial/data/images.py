@@ -195,7 +195,8 @@ def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -
     Defect where the value is above ``threshold`` (on the 0-255 scale; a 16-bit mask is
     compared on its own scale), except in a 0/1 label image (maximum exactly 1), where any 1 is a
     defect: many segmentation datasets store masks that way, and "> 127" would read them empty.
-    A coloured mask counts its brightest channel: as grey, a pure red defect would be 76, no defect.
+    A coloured mask counts its brightest channel (as grey, a pure red defect would be 76, no defect),
+    and where its alpha varies, only where it is opaque (:func:`_mask_values`).
     A mask with values that all stay at or below ``threshold`` (label ids 2, 3, ...; only a faint
     edge) reads empty, and the first such file is announced once per process.
     """
@@ -204,21 +205,38 @@ def read_mask(path: str | Path, size: int | None = None, threshold: int = 127) -
         raise FileNotFoundError(f"Mask file not found: {path}")
     data = path.read_bytes()
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # as read_image; 16 bits kept: 1 must not become 0
-    mask = _decode(data, flags, f"Cannot read mask {path}")
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
+    mask = _mask_values(_decode(data, flags, f"Cannot read mask {path}"), data)
     if mask.max() == 1:
         binary = (mask > 0).astype(np.float32)
     else:
         scale = np.iinfo(mask.dtype).max / 255.0 if np.issubdtype(mask.dtype, np.integer) else 1.0 / 255.0
         binary = (mask > threshold * scale).astype(np.float32)
         if mask.max() > 0 and not binary.any():
+            limit = f"{threshold}" if scale == 1 else f"{threshold * scale:g}, {threshold} on the 0-255 scale"
             _announce_once("empty mask", f"{path}: the mask has values up to {mask.max():g} but none above the "
-                           f"threshold ({threshold} on the 0-255 scale), so it reads as no defect. Store defects "
-                           f"as 255 (or 1) and the rest as 0. Said once; other masks may read empty too.")
+                           f"threshold ({limit}), so it reads as no defect. Store defects as the top value "
+                           f"(255) or 1, and the rest as 0. Said once; other masks may read empty too.")
     if size is not None:
         binary = resize_mask(binary, size)
     return binary
+
+
+def _mask_values(mask: np.ndarray, data: bytes) -> np.ndarray:
+    """One value per pixel: the brightest colour channel, limited to where a varying alpha is opaque.
+
+    The colour decode drops alpha, so a file with colour is decoded again for it: a defect drawn on a
+    transparent layer (white or black beneath it) or stored in alpha alone counts where it is opaque.
+    """
+    if mask.ndim == 2:
+        return mask
+    values = mask.max(axis=2)
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # keeps alpha, as no other flag
+    if full is None or full.ndim != 3 or full.shape[2] != 4 or full.shape[:2] != values.shape:
+        return values
+    alpha = full[..., 3]
+    if alpha.min() == alpha.max():  # opaque everywhere: the colour alone
+        return values
+    return alpha if values.min() == values.max() else np.minimum(values, alpha)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
