@@ -230,11 +230,11 @@ def _mask_values(mask: np.ndarray, data: bytes) -> np.ndarray:
     if mask.ndim == 2:
         return mask
     values = mask.max(axis=2)
-    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # keeps alpha, as no other flag
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # the one flag that keeps alpha
     if full is None or full.ndim != 3 or full.shape[2] != 4 or full.shape[:2] != values.shape:
         return values
     alpha = full[..., 3]
-    if alpha.min() == alpha.max():  # opaque everywhere: the colour alone
+    if alpha.min() == alpha.max():  # the same everywhere (opaque, as a rule): the colour alone
         return values
     return alpha if values.min() == values.max() else np.minimum(values, alpha)
 
