@@ -259,13 +259,15 @@ def check_training_files(train_dataset, texture_source) -> None:
         bad: list[tuple[Path, Exception]] = []
         each_readable([Path(path) for path in (() if paths is None else paths)], check_image_file,
                       lambda path, error, found=bad: found.append((path, error)))
-        if bad:
-            others = [path.name for path, _ in bad[1:]]
-            unnamed = len(others) - 3
-            more = (f" {len(others)} more {what} cannot be read either: {', '.join(others[:3])}"
-                    f"{f' and {unnamed} other' + 's' * (unnamed > 1) if unnamed > 0 else ''}." if others else "")
-            fix = "Move them away (or replace them)" if others else "Move it away (or replace it)"
-            raise UnreadableImageError(f"{bad[0][1]}{more} {fix} and train again.")
+        if not bad:
+            continue
+        others = [path.name for path, _ in bad[1:]]
+        if not others:
+            raise UnreadableImageError(f"{bad[0][1]} Move it away (or replace it) and train again.")
+        unnamed = len(others) - 3
+        listed = ", ".join(others[:3]) + (f" and {unnamed} other{'s' * (unnamed > 1)}" if unnamed > 0 else "")
+        raise UnreadableImageError(f"{bad[0][1]} {len(others)} more {what} cannot be read either: {listed}. "
+                                   f"Move them away (or replace them) and train again.")
 
 
 class Trainer:

@@ -63,8 +63,9 @@ def read_split(root: str | Path) -> list[dict[str, str]]:
         needed = ["image", "split", "label"] + ([] if row.get("label") == NORMAL else ["mask"])
         empty = [name for name in needed if not (row.get(name) or "").strip()]
         if empty:
-            raise ValueError(f"{path}, line {number}: the {' and '.join(empty)} cell{'s are' if len(empty) > 1 else ' is'} empty (every row names "
-                             f"its image, split and label, and a defect row its mask).")
+            cells = f"{' and '.join(empty)} cell{'s are' if len(empty) > 1 else ' is'}"
+            raise ValueError(f"{path}, line {number}: the {cells} empty (every row names its image, split and "
+                             f"label, and a defect row its mask).")
     return [row for _, row in numbered]
 
 
