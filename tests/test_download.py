@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import io
 import os
 import re
+import shutil
 import tarfile
 import urllib.error
 import zipfile
@@ -164,6 +166,65 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         download_file(info, tmp_path / "downloads", progress=False)
     assert list((tmp_path / "downloads").iterdir()) == []  # a folder it found stays, even empty
+
+
+class _Response:
+    """What urlopen returns: ``body`` with ``headers``."""
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        self.stream, self.headers = io.BytesIO(body), headers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+    def read(self, size):
+        return self.stream.read(size)
+
+
+def test_a_web_page_sent_instead_of_the_archive_is_refused(tmp_path, monkeypatch):
+    """A moved link or a login page answers 200 with HTML: it must not be saved as the archive."""
+    page = b"<!DOCTYPE html><html>Please sign in</html>"
+    monkeypatch.setattr(download_module.urllib.request, "urlopen",
+                        lambda *a, **k: _Response(page, {"Content-Type": "text/html; charset=utf-8"}))
+    info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.xz", None, "toy.tar.xz")
+    with pytest.raises(DownloadError, match=r"sent a text/html file, not the archive toy\.tar\.xz \(it starts "
+                                            r"with b'<!DOCTYPE html><html>Ple'\).*link may have moved(.|\n)*by hand"):
+        download_file(info, tmp_path / "downloads", progress=False)
+    assert not (tmp_path / "downloads").exists()  # nothing kept, so the next call downloads again
+
+
+def test_a_full_disk_is_not_called_a_download_failure(tmp_path, monkeypatch):
+    """Downloading again or by hand cannot help when the disk is full or cannot be written."""
+    archive = _make_tar(tmp_path / "toy.tar.gz", {"a.txt": b"hello"}).read_bytes()
+    monkeypatch.setattr(download_module.urllib.request, "urlopen",
+                        lambda *a, **k: _Response(archive, {"Content-Length": str(len(archive))}))
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_module, "open", lambda *a, **k: FullDisk(), raising=False)
+    info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.gz", None, "toy.tar.gz")
+    with pytest.raises(DownloadError) as caught:
+        download_file(info, tmp_path / "downloads", progress=False)
+    assert str(caught.value) == (f"Could not save toy dataset in {tmp_path / 'downloads'}: No space left on device. "
+                                 "Nothing was kept. Free some space there, or set MEMSEG_DATA_DIR to a folder on "
+                                 "another disk, and run the same call again.")
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_a_download_larger_than_the_free_space_is_refused_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(download_module.urllib.request, "urlopen",
+                        lambda *a, **k: _Response(b"", {"Content-Length": str(int(4.9e9))}))
+    monkeypatch.setattr(download_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(9e9, 8e9, 1e9))
+    info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.xz", None, "toy.tar.xz")
+    with pytest.raises(DownloadError, match=rf"save toy dataset in {re.escape(str(tmp_path / 'downloads'))}: it "
+                                            r"needs 4\.9 GB and 1\.0 GB are free\. Free some space"):
+        download_file(info, tmp_path / "downloads", progress=False)
+    assert not (tmp_path / "downloads").exists()
 
 
 def test_unknown_url_scheme_is_a_download_error(tmp_path):
@@ -363,6 +424,7 @@ LINK_CHAINS = {
     "link listed after its use": [("b", SYM, "a/../outside.txt"), ("a", SYM, "."), ("b", FILE, "")],
     "hard link to a link": [("l1", SYM, "."), ("h", HARD, "l1"), ("h/l2", SYM, ".."), ("l2/outside.txt", FILE, "")],
     "case-blind name": [("Lib", SYM, "."), ("lib/l2", SYM, ".."), ("l2/outside.txt", FILE, "")],
+    "accent spelt twice": [("l\u00e9", SYM, "."), ("le\u0301/l2", SYM, ".."), ("l2/outside.txt", FILE, "")],  # one name on macOS
 }
 
 
@@ -530,6 +592,28 @@ def test_download_mvtec_replaces_an_incomplete_category_folder(tmp_path, monkeyp
     assert not (root / "toy" / "test" / "good" / "stale.png").exists()
 
 
+def test_the_full_mvtec_archive_keeps_the_complete_categories_already_there(tmp_path, monkeypatch):
+    """The full archive brings every category: one already complete, with the user's own files, stays as it is."""
+    rng = np.random.default_rng(0)
+    archive = _make_tar(tmp_path / "all.tar.xz", {**_toy_category(rng, "toy"), **_toy_category(rng, "other"),
+                                                  "license.txt": b"CC BY-NC-SA 4.0"}, mode="w:xz")
+    monkeypatch.setattr(download_module, "MVTEC_CATEGORIES", ("toy", "other"))
+    monkeypatch.setattr(download_module, "MVTEC_AD", _info(archive, name="all.tar.xz"))
+    root = tmp_path / "mv"
+    for name, data in _toy_category(rng, "toy").items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    kept = {p: p.read_bytes() for p in root.rglob("*.png")}
+    (root / "toy" / "train" / "good" / "mine.png").write_bytes(b"my own image")
+    assert download_mvtec(None, root) == root
+    assert (root / "toy" / "train" / "good" / "mine.png").read_bytes() == b"my own image"
+    assert all(path.read_bytes() == data for path, data in kept.items())  # not the archive's copies
+    assert len(MVTecDataset(root, "other", "test", image_size=8)) == 2
+    assert sorted(p.name for p in root.iterdir()) == ["license.txt", "other", "toy"]  # no staging left
+    monkeypatch.setattr(download_module, "download_and_extract", None)  # all complete now: no download
+    assert download_mvtec(None, root) == root
+
+
 class _DroppedResponse:
     """A response that says it has 100 bytes and delivers 40: chunked (raising, as http.client does
     for a cut chunked stream) or with a Content-Length (simply ending early)."""
@@ -550,7 +634,7 @@ class _DroppedResponse:
                 raise http.client.IncompleteRead(b"", 60)
             return b""
         self.sent = True
-        return b"x" * 40
+        return b"PK" + b"x" * 38  # a zip's start (MTD is a zip), then cut
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
@@ -658,6 +742,33 @@ def test_mtd_into_a_used_folder_is_refused_before_the_download(tmp_path, monkeyp
     assert [p.name for p in (tmp_path / "used").iterdir()] == ["notes.txt"]
 
 
+def test_mtd_fills_an_existing_empty_root_in_place(tmp_path, monkeypatch):
+    """An empty root (a mount point, a folder on another disk) is filled, not replaced: its parent is
+    never written, and a move that fails half-way leaves it empty again."""
+    counts = dict.fromkeys(download_module.MTD_IMAGE_COUNTS, 1)
+    _offer_mtd_zip(tmp_path / "mtd.zip", counts, monkeypatch)
+    root = tmp_path / "mount" / "mtd"
+    root.mkdir(parents=True)
+    real_replace, calls = os.replace, []
+
+    def replace(source, target):
+        assert Path(target).parent != root.parent, "wrote beside the root"
+        if Path(target).parent == root:
+            calls.append(target)
+            if len(calls) == 3:
+                raise PermissionError("no permission to move it")
+        real_replace(source, target)
+
+    monkeypatch.setattr(download_module.os, "replace", replace)
+    with pytest.raises(PermissionError, match="no permission"):
+        download_module.download_mtd(root)
+    assert list(root.iterdir()) == [] and (tmp_path / "data" / "downloads" / "mtd.zip").is_file()
+    inode = root.stat().st_ino
+    assert download_module.download_mtd(root) == root
+    assert root.stat().st_ino == inode and sorted(p.name for p in root.parent.iterdir()) == ["mtd"]
+    assert {p.name for p in root.iterdir()} == {*counts, "split.csv"}
+
+
 def test_mtd_extraction_stages_inside_the_download_staging_folder(tmp_path, monkeypatch):
     """A killed download_mtd leaves one staging folder (removed by the next run), not two."""
     seen = []
@@ -674,6 +785,6 @@ def test_mtd_extraction_stages_inside_the_download_staging_folder(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         download_module.download_mtd()
     (extract_staging,) = seen
-    outer = extract_staging.parent
+    outer = extract_staging.parent.parent  # inside .../archive, the extraction's destination
     assert outer.parent == tmp_path / "data" and outer.name.startswith(".mtd.download-")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]  # Ctrl-C cleaned up

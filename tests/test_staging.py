@@ -309,11 +309,12 @@ def test_an_extraction_and_a_sample_generation_hold_their_staging(tmp_path, monk
 
     def check(folder):
         assert (folder / "a.txt").is_file()
-        assert_held(tmp_path / "out", "extract")
+        assert_held(tmp_path / "out" / "toy.tar", "extract")  # staged inside the destination: one disk
         checked.append("extract")
 
     download_module.safe_extract(tmp_path / "toy.tar", tmp_path / "out", check=check)
     assert (tmp_path / "out" / "a.txt").read_text() == "a"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.txt"]  # and nothing else is left there
 
     real_write = sample_module._write_png
 

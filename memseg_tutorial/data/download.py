@@ -13,6 +13,7 @@ A truncated, corrupt or wrong archive raises :class:`DownloadError` saying to de
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
@@ -20,6 +21,7 @@ import lzma
 import os
 import shutil
 import tarfile
+import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
@@ -31,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..paths import data_dir
-from ..staging import staging_dir
+from ..staging import remove_abandoned, staging_dir
 
 CHUNK_SIZE = 1 << 20
 # What reading a truncated or corrupt archive raises (tarfile.TarError includes ReadError).
@@ -39,6 +41,12 @@ _CORRUPT_ARCHIVE_ERRORS = (EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.
                            gzip.BadGzipFile)
 # Python >= 3.11.4: what the "data" extraction filter raises (a TarError, but not corruption).
 _TAR_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+# How each kind of archive starts: a web page served instead (a moved link, a login or captive
+# portal) is caught on its first bytes, before it can be saved under the archive's name.
+_ARCHIVE_MAGIC = {".xz": b"\xfd7zXZ\x00", ".gz": b"\x1f\x8b", ".zip": b"PK"}
+# Errors of the local disk, not of the network: fetching the file again cannot help.
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_DISK_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -169,8 +177,9 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
 
     Streams into a hidden staging folder beside it (``.<filename>.part-...``) with a progress bar,
     hashes on the way, verifies the checksum, then moves the file into place: the final name exists
-    only for a complete, verified file.
-    A file already at the final name is verified and reused.
+    only for a complete, verified file. A file already at the final name is verified and reused.
+    A web page sent instead of the archive, and a disk too small for it, are refused before the
+    stream is saved; a full or read-only disk is reported as such (downloading again cannot help).
     """
     folder = Path(folder) if folder is not None else downloads_dir()
     target = folder / info.filename
@@ -183,10 +192,13 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
             partial = staging / info.filename
             with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
+                _check_free_space(info, staging, total)
                 received, cut = 0, False
                 with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename, disable=not progress) as bar:
                     try:
                         for block in iter(lambda: response.read(CHUNK_SIZE), b""):
+                            if received == 0:
+                                _check_archive_start(info, target, block, response.headers.get("Content-Type"))
                             out.write(block)
                             digest.update(block)
                             received += len(block)
@@ -205,11 +217,39 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
                     + _manual_instructions(info, target)
                 )
             os.replace(partial, target)
-    except ChecksumError:
+    except (ChecksumError, DownloadError):
         raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:  # ValueError:
-        raise _download_error(info, target, getattr(error, "reason", None) or error) from error  # unknown url type
+    except OSError as error:
+        if not isinstance(error, urllib.error.URLError) and error.errno in _DISK_ERRNOS:
+            remedy = "Free some space there" if error.errno in _FULL_ERRNOS else "Make it writable"
+            raise DownloadError(f"Could not save {info.name} in {folder}: {error.strerror or error}. Nothing "
+                                f"was kept. {remedy}, or set MEMSEG_DATA_DIR to a folder on another disk, and "
+                                "run the same call again.") from error
+        raise _download_error(info, target, getattr(error, "reason", None) or error) from error
+    except (http.client.HTTPException, ValueError) as error:  # ValueError: unknown url type
+        raise _download_error(info, target, error) from error
     return target
+
+
+def _check_free_space(info: DownloadInfo, folder: Path, size: int | None) -> None:
+    """Refuse at once a download that cannot fit, rather than after gigabytes of it."""
+    if size is None:
+        return
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        raise DownloadError(f"Could not save {info.name} in {folder.parent}: it needs {size / 1e9:.1f} GB and "
+                            f"{free / 1e9:.1f} GB are free. Free some space there, or set MEMSEG_DATA_DIR to a "
+                            "folder on another disk, and run the same call again.")
+
+
+def _check_archive_start(info: DownloadInfo, target: Path, first: bytes, content_type: str | None) -> None:
+    """Refuse what is not the expected kind of archive: most often a web page (moved link, login)."""
+    magic = _ARCHIVE_MAGIC.get(Path(info.filename).suffix)
+    if magic is not None and not first.startswith(magic):
+        sent = f"a {content_type.split(';')[0]} file" if content_type else "a file"
+        raise _download_error(info, target, f"the server sent {sent}, not the archive {info.filename} (it "
+                                            f"starts with {first[:24]!r}), perhaps a web page: the link may "
+                                            "have moved; nothing was kept")
 
 
 def _download_error(info: DownloadInfo, target: Path, reason: object) -> DownloadError:
@@ -236,8 +276,9 @@ def _escapes(path: PurePosixPath) -> bool:
 
 
 def _key(path: PurePosixPath | str) -> str:
-    """A member path as the file system may see it: normalised and case-blind (macOS, Windows)."""
-    return os.path.normpath(str(path)).casefold()
+    """A member path as the file system may see it: normalised, case-blind (macOS, Windows) and
+    with one Unicode spelling per accented name (macOS treats "é" and "e" + accent as one name)."""
+    return unicodedata.normalize("NFC", os.path.normpath(str(path))).casefold()
 
 
 def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
@@ -312,17 +353,20 @@ def _unpack(archive: Path, staging: Path) -> None:
 
 
 def safe_extract(archive: str | Path, destination: str | Path,
-                 check: Callable[[Path], None] | None = None) -> Path:
+                 check: Callable[[Path], None] | None = None, keep: frozenset[str] = frozenset()) -> Path:
     """Extract a tar (any compression) or zip archive into ``destination``, safely and atomically.
 
     Every member is checked before anything is written. The archive is unpacked into a hidden
-    staging folder beside ``destination``; ``check`` (which raises to reject) inspects that
-    folder, and only then is each top-level entry renamed into place. So an interrupted
-    extraction, or an archive with the wrong content, never leaves files in ``destination``.
-    A truncated or corrupt archive raises :class:`DownloadError` naming the file to delete.
+    staging folder inside ``destination`` (on its disk, however it is mounted or linked: a rename
+    cannot cross disks); ``check`` (which raises to reject) inspects that folder, and only then is
+    each top-level entry renamed into place, replacing one of the same name unless that name is in
+    ``keep``. So an interrupted extraction, or an archive with the wrong content, never leaves
+    files in ``destination``. A truncated or corrupt archive raises :class:`DownloadError` naming
+    the file to delete.
     """
     archive, destination = Path(archive), Path(destination)
-    with staging_dir(destination, "extract") as staging:  # locked while it is written; removed after
+    # Locked while it is written and removed after; a destination made for it goes again if it fails.
+    with staging_dir(destination / archive.name, "extract") as staging:
         try:
             _unpack(archive, staging)
         except _TAR_FILTER_ERRORS as error:
@@ -331,9 +375,10 @@ def safe_extract(archive: str | Path, destination: str | Path,
             raise _bad_archive(archive, f"it is truncated or corrupt ({type(error).__name__}: {error})") from error
         if check is not None:
             check(staging)
-        destination.mkdir(parents=True, exist_ok=True)
         for entry in sorted(staging.iterdir()):
             final = destination / entry.name
+            if entry.name in keep and final.exists():
+                continue
             if final.exists():
                 if final.is_dir() and entry.is_dir():
                     shutil.rmtree(final)
@@ -345,12 +390,14 @@ def safe_extract(archive: str | Path, destination: str | Path,
 
 def download_and_extract(info: DownloadInfo, destination: str | Path, keep_archive: bool = False,
                          progress: bool = True,
-                         content_problem: Callable[[Path], str | None] | None = None) -> Path:
+                         content_problem: Callable[[Path], str | None] | None = None,
+                         keep: frozenset[str] = frozenset()) -> Path:
     """Download (or reuse) ``info``'s archive, verify it and extract it into ``destination``.
 
     ``content_problem`` looks at the extracted folder and says what is wrong with it (None: it
     is fine). It runs before anything reaches ``destination``, and the archive is deleted only
-    after it passes: a wrong file saved by hand is reported, not half-used and lost.
+    after it passes: a wrong file saved by hand is reported, not half-used and lost. Top-level
+    entries named in ``keep`` that ``destination`` already holds are left as they are.
     """
     archive = download_file(info, progress=progress)
 
@@ -362,7 +409,7 @@ def download_and_extract(info: DownloadInfo, destination: str | Path, keep_archi
                 "Delete that file and download it again.\n" + _manual_instructions(info, archive)
             )
 
-    safe_extract(archive, destination, check=check)
+    safe_extract(archive, destination, check=check, keep=keep)
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return Path(destination)
@@ -385,14 +432,17 @@ def download_mvtec(category: str | None = None, root: str | Path | None = None,
     """MVTec AD in ``root`` (default ``data_dir()/mvtec_anomaly_detection``); returns the root.
 
     ``category`` fetches only that category's archive (recommended: the full archive is 4.9 GB).
-    Categories already present are not downloaded again. Licence: CC BY-NC-SA 4.0.
+    Complete categories already present are not downloaded again, and the full archive leaves
+    them as they are (with any files added to them); an incomplete one is replaced.
+    Licence: CC BY-NC-SA 4.0.
     """
     root = Path(root) if root is not None else data_dir() / "mvtec_anomaly_detection"
     categories = MVTEC_CATEGORIES if category is None else (category,)
-    if all((root / c / "train" / "good").is_dir() for c in categories):
+    complete = frozenset(c for c in categories if _mvtec_problem(root, (c,)) is None)
+    if len(complete) == len(categories):
         return root
     info = MVTEC_AD if category is None else mvtec_category_info(category)
-    download_and_extract(info, root, keep_archive=keep_archive,
+    download_and_extract(info, root, keep_archive=keep_archive, keep=complete,
                          content_problem=lambda folder: _mvtec_problem(folder, categories))
     return root
 
@@ -441,6 +491,22 @@ def _mtd_problem(folder: Path) -> str | None:
     return "; ".join(_mtd_problems(_mtd_source(folder))) or None
 
 
+def _move_contents(source: Path, folder: Path) -> None:
+    """Move everything in ``source`` into the existing ``folder``, all or nothing."""
+    moved = []
+    try:
+        for entry in sorted(source.iterdir()):
+            os.replace(entry, folder / entry.name)
+            moved.append(folder / entry.name)
+    except BaseException:
+        for path in moved:  # copies from the archive, which is kept: the folder is left as it was
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+
+
 def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> Path:
     """The Magnetic Tile Defect dataset in ``root`` (default ``data_dir()/mtd``), with a split.csv.
 
@@ -451,16 +517,24 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
 
     root = Path(root) if root is not None else data_dir() / "mtd"
     if not (root / "MT_Free").is_dir():
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):  # before the download, not after
+        # An existing empty root (a mount point, a folder on another disk) is filled, never replaced:
+        # it is staged in, as a rename cannot cross disks, and its parent need not be writable.
+        inside = root.is_dir()
+        staged = root / MTD.filename if inside else root
+        if inside:
+            remove_abandoned(staged, "download")  # what a killed run left in it does not make it "used"
+        mine = f".{staged.name}.download-"
+        if root.exists() and (not inside or any(not p.name.startswith(mine) for p in root.iterdir())):
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
-        with staging_dir(root, "download") as staging:  # the extraction stages inside: one folder to clean
+        with staging_dir(staged, "download") as staging:  # the extraction stages inside: one folder to clean
             # The archive stays until the copy is in place: a failed move must not cost the download.
             extracted = download_and_extract(MTD, staging / "archive", keep_archive=True,
                                              content_problem=_mtd_problem)
             source = _mtd_source(extracted)
-            if root.exists() and not any(root.iterdir()):
-                root.rmdir()
-            os.replace(source, root)
+            if inside:
+                _move_contents(source, root)
+            else:
+                os.replace(source, root)
         if not keep_archive:
             (downloads_dir() / MTD.filename).unlink(missing_ok=True)
     check_mtd_folder(root)
