@@ -100,6 +100,23 @@ def _run_data(run: dict) -> str | None:
     raise CommandError(f"The run's data folder {root} is gone; pass --data with where the data is now.")
 
 
+def _run_textures(run: dict, given: str | None) -> str | None:
+    """The texture folder a resumed run continues with: its own; ``given`` (--textures) only where
+    that has moved (another source would change the run's anomalies without a word)."""
+    recorded = run.get("textures")
+    if given is None:
+        if recorded and not Path(recorded).is_dir():
+            raise CommandError(f"The run's texture folder {recorded} is gone; pass --textures with where it is now.")
+        return recorded
+    if recorded is None:
+        raise CommandError("--textures cannot change a run being resumed: it trained with the built-in "
+                           "textures (scikit-image's), and keeps them.")
+    if Path(given).expanduser().resolve() != Path(recorded) and Path(recorded).is_dir():
+        raise CommandError(f"--textures cannot change a run being resumed: its textures are still in {recorded} "
+                           f"(pass --textures only when they have moved).")
+    return given
+
+
 def _kind(args, is_sample: bool) -> str:
     if getattr(args, "kind", None):
         return args.kind
@@ -299,7 +316,7 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     ``clear_run_dir`` (--overwrite) empties the folder once everything has been checked and
     training is about to start."""
     from .data import MVTecDataset
-    from .training import Trainer
+    from .training import Trainer, split_holdout
 
     root, is_sample = _dataset_root(args)
     kind = _kind(args, is_sample) if resume is None else None  # a resumed run keeps its own
@@ -307,12 +324,16 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
         raise CommandError(f"--invert-foreground finds a dark object on a bright background, for --kind object; "
                            f"{args.category!r} trains as a texture, where anomalies go anywhere.")
     train = MVTecDataset(root, args.category, "train", image_size=config.image_size)
+    holdout = checkpoint.get("run", {}).get("holdout") if resume is not None else None
+    if holdout:  # a demo run kept normals out of training for its threshold: they stay out
+        train, _ = split_holdout(train, holdout, config.seed)
     textures = _texture_source(args.textures, config.image_size)
     run_info = {"data_root": str(root), "category": args.category,
                 "textures": str(Path(args.textures).expanduser().resolve()) if args.textures else None}
     if resume is not None:
         trainer = Trainer.resume(resume, train, textures, run_dir=run_dir, progress=not args.no_progress,
                                  checkpoint=checkpoint)
+        trainer.run_info.update(run_info)  # where its data and textures are now (moved, or as they were)
         print(f"resuming {resume} at step {trainer.step} of {trainer.config.steps}")
     else:
         trainer = Trainer(config, train, textures, kind=kind, run_dir=run_dir, progress=not args.no_progress,
@@ -374,7 +395,7 @@ def cmd_train(args) -> int:
         if args.data is None:
             args.data = _run_data(run)  # the run's own data (None: the offline sample)
         args.category = run.get("category", config.category)
-        args.textures = args.textures or run.get("textures")
+        args.textures = _run_textures(run, args.textures)
         run_dir = resume.parent
         _check_writable(run_dir, folder=True)  # its checkpoints are written there
     else:
@@ -474,6 +495,13 @@ def cmd_evaluate(args) -> int:
     from .device import get_device
 
     out = _check_output_file(Path(args.out).expanduser()) if args.out else None
+    if out is not None and out.is_file():  # written over: only metrics, never the model or another file
+        model_file = checkpoint_file(args.checkpoint)
+        if model_file.is_file() and os.path.samefile(out, model_file):
+            raise CommandError(f"--out {out} is the checkpoint being evaluated; give a new .json file name.")
+        if out.suffix.lower() != ".json":
+            raise CommandError(f"--out {out} exists and is not a .json file; evaluate writes its metrics as JSON: "
+                               f"give a new .json file name.")
     scoring, given_data = parse_overrides(args.set), args.data
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"), scoring=scoring)
     run = checkpoint.get("run", {})
@@ -493,10 +521,14 @@ def cmd_evaluate(args) -> int:
         out = _check_output_file(checkpoint_file(args.checkpoint).parent / name, default=True)
     # where --data says the run's data is now; with another category, --data is other data
     _calibrate_memory_map(model, config, run, given_data if category == trained_on else None)
+    if checkpoint["step"] < config.steps:
+        print(f"note: this checkpoint stopped at step {checkpoint['step']} of {config.steps} (training was cut); "
+              f"train --resume finishes it.")
     result = _evaluate_run(model, config, root, category)
-    print(result.table())
+    # Written before anything is printed: a reader that stops early (| head) cannot cost the result.
     atomic_write_json(_metrics_record(result, config, {"step": checkpoint["step"], "category": category,
                                                  "data_root": str(root), "scoring_set": scoring}), out)
+    print(result.table())
     print(f"metrics written to {out}")
     return 0
 
@@ -578,7 +610,7 @@ def cmd_predict(args) -> int:
         if not results:
             raise CommandError(nothing_read)
 
-    written = {path.name.casefold() for path in predictor.save_overlays(predictions(), out)}
+    written = {path.name.casefold() for path in predictor.save_overlays(predictions(), out, replace=earlier)}
     for stale in earlier:  # only after the new set is complete (--overwrite); on a case-blind disk
         if stale.name.casefold() not in written:  # IMG_overlay.png may now be the new img_overlay.png
             stale.unlink(missing_ok=True)

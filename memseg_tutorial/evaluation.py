@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -64,7 +65,8 @@ def binarize_masks(masks, size: tuple[int, int] | None = None) -> np.ndarray:
     """Ground truth -> bool (N, H, W): nearest-neighbour resize to ``size`` (H, W), then > 0.5.
 
     Nearest neighbour never invents grey edge values, and the 0.5 threshold makes 0/1 and 0/255
-    masks (once scaled) behave alike.
+    masks (once scaled) behave alike. Label ids (0, 2, 3, ...) would therefore read as no defect
+    anywhere: that is warned about, since the metrics would otherwise be wrong without a word.
     """
     masks = _as_numpy(masks).astype(np.float32)
     if masks.ndim == 4 and masks.shape[1] == 1:  # (N, 1, H, W) tensors from a DataLoader
@@ -73,8 +75,13 @@ def binarize_masks(masks, size: tuple[int, int] | None = None) -> np.ndarray:
         masks = masks[None]
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W) or (N, 1, H, W), got shape {masks.shape}.")
-    if masks.max(initial=0.0) > 1.0:  # 0/255 masks
+    top = masks.max(initial=0.0)
+    if top > 1.0:  # 0/255 masks
         masks = masks / 255.0
+        if not (masks > 0.5).any():
+            warnings.warn(f"The masks hold values up to {top:g} but none above 127.5 (masks above 1 are read "
+                          f"on the 0-255 scale), so no pixel reads as a defect. If they hold label ids, "
+                          f"pass masks > 0.", stacklevel=2)
     if size is not None and masks.shape[1:] != tuple(size):
         height, width = size
         masks = np.stack(

@@ -256,10 +256,14 @@ def earlier_outputs(out_dir: str | os.PathLike) -> set[Path]:
     scores = out_dir / "scores.csv"
     if not scores.is_file():
         return set()
-    with open(scores, newline="", encoding="utf-8") as file:
-        rows = list(csv.reader(file))
+    foreign = ValueError(f"{out_dir} holds a scores.csv that predict did not write; choose another output folder.")
+    try:
+        with open(scores, newline="", encoding="utf-8") as file:
+            rows = list(csv.reader(file))
+    except (UnicodeDecodeError, csv.Error):  # not even text that predict could have written
+        raise foreign from None
     if not rows or tuple(rows[0][:5]) != SCORES_CSV_HEADER[:5]:
-        raise ValueError(f"{out_dir} holds a scores.csv that predict did not write; choose another output folder.")
+        raise foreign
     listed = {row[5] if len(row) > 5 else f"{Path(row[0]).stem}_overlay.png" for row in rows[1:] if row}
     return {scores} | {out_dir / name for name in listed if (out_dir / name).is_file()}
 
@@ -462,21 +466,30 @@ class Predictor:
         return repeats * batch_size / (time.perf_counter() - start)
 
     def save_overlays(
-        self, predictions: Iterable[Prediction], out_dir: str | os.PathLike
+        self, predictions: Iterable[Prediction], out_dir: str | os.PathLike,
+        replace: Iterable[Path] | None = None,
     ) -> list[Path]:
         """One PNG per image (image | heat map | contour) and scores.csv, written all-or-nothing.
 
         ``predictions`` may be :meth:`iter_predict`'s generator: each one is written, then dropped.
+        Only the files in ``replace`` (default: :func:`earlier_outputs`, what an earlier call
+        wrote there) may be written over; an overlay whose name another file in ``out_dir`` has
+        takes a numbered name instead.
 
         Files are first written to a temporary folder inside ``out_dir`` and moved into place at
         the end, so an error halfway leaves no half-finished set of outputs behind.
         """
         out_dir = Path(out_dir)
         created = not out_dir.exists()
+        replaceable = {Path(path).name.casefold() for path in (earlier_outputs(out_dir) if replace is None
+                                                                  else replace)}
+        others = set() if created else {p.name.casefold() for p in out_dir.iterdir()} - replaceable
+        if "scores.csv" in others:
+            raise ValueError(f"{out_dir} holds a scores.csv that may not be replaced; choose another output folder.")
         try:
             with staging_dir(out_dir / PREDICTIONS_NAME) as staging:  # locked; removed at the end
                 names, rows = [], [SCORES_CSV_HEADER]
-                used: set[str] = set()
+                used = set(others)  # never written over: numbered names go round them
                 for index, prediction in enumerate(predictions):
                     stem = Path(prediction.path).stem if prediction.path else f"image_{index:04d}"
                     name = _overlay_name(stem, index, used)

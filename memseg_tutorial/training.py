@@ -567,7 +567,8 @@ class Trainer:
         progress: bool = True,
         checkpoint: dict | None = None,
     ) -> Trainer:
-        """A trainer that continues a checkpoint exactly: same weights, same next batch.
+        """A trainer that continues a checkpoint exactly: same weights, same next batch (given the
+        same number of training images: another count is refused).
 
         ``checkpoint``: what :func:`load_checkpoint` read from ``path``, when the caller has it
         already (the command line checks it first), so that a large file is not read twice. The
@@ -577,6 +578,9 @@ class Trainer:
             checkpoint = load_checkpoint(path, map_location="cpu")
         config = Config.from_dict(checkpoint["config"])
         run = checkpoint.get("run", {})
+        if run.get("train_images") not in (None, len(train_dataset)):  # the data moved, or is other data
+            raise ValueError(f"{path} was trained on {run['train_images']} normal images, and the training set "
+                             f"given holds {len(train_dataset)}: a resumed run continues on the same images.")
         trainer = cls(
             config,
             train_dataset,

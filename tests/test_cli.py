@@ -278,7 +278,46 @@ def test_evaluate_writes_metrics(checkpoint, sample_root, tmp_path, capsys, monk
         assert metrics[key] == computed[0].metrics[key], key
     assert metrics["per_defect"] == computed[0].per_defect
     assert "AUPRO@0.3" in out
-    assert "note:" not in out  # the category it was trained on
+    assert "note: this checkpoint was trained on" not in out  # the category it was trained on
+
+
+def test_evaluate_never_writes_its_metrics_over_the_model_or_a_file_that_is_not_json(
+        checkpoint, sample_root, tmp_path, capsys):
+    model = checkpoint.read_bytes()
+    code, _, err = run(["evaluate", str(checkpoint), "--out", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, f"--out {checkpoint} is the checkpoint being evaluated")
+    code, _, err = run(["evaluate", str(checkpoint.parent), "--out", str(checkpoint)], capsys)  # the run folder
+    assert_one_line_error(code, err, "is the checkpoint being evaluated")
+    assert checkpoint.read_bytes() == model
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "notes.txt")], capsys)
+    assert_one_line_error(code, err, "exists and is not a .json file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "old.json").write_text("{}")  # an earlier result: replaced, as before
+    code, _, err = run(["evaluate", str(checkpoint), "--data", str(sample_root), "--out",
+                        str(tmp_path / "old.json")], capsys)
+    assert code == 0, err
+    assert "image_auroc" in json.loads((tmp_path / "old.json").read_text())
+
+
+def test_evaluate_writes_its_metrics_before_printing_and_names_an_unfinished_run(
+        sample_root, texture_source, tmp_path, monkeypatch, capsys):
+    config = get_config("quick", image_size=64, memory_size=2, steps=3, score_top_k=10, device="cpu")
+    train = MVTecDataset(sample_root, "surface", "train", image_size=64)
+    trainer = Trainer(config, train, texture_source, run_dir=tmp_path / "cut", progress=False,
+                      run_info={"data_root": str(sample_root), "category": "surface"})
+    trainer.fit(steps=1)
+    code, out, err = run(["evaluate", str(trainer.save()), "--out", str(tmp_path / "m.json")], capsys)
+    assert code == 0, err
+    assert "note: this checkpoint stopped at step 1 of 3 (training was cut); train --resume finishes it." in out
+    from memseg_tutorial.evaluation import EvaluationResult
+
+    def closed_stdout(self):  # a reader that went away (| head) before the table
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(EvaluationResult, "table", closed_stdout)
+    code, _, err = run(["evaluate", str(tmp_path / "cut"), "--out", str(tmp_path / "piped.json")], capsys)
+    assert code != 0 and json.loads((tmp_path / "piped.json").read_text())["step"] == 1
 
 
 def test_evaluate_set_scores_like_a_run_trained_with_those_settings(
@@ -637,6 +676,27 @@ def test_predict_refuses_a_non_image_before_the_model_and_never_mixes_two_result
                         "--overwrite"], capsys)
     assert_one_line_error(code, err, "scores.csv that predict did not write")
     assert (tmp_path / "other" / "scores.csv").read_text() == "id,grade\n1,A\n"
+    (tmp_path / "other" / "scores.csv").write_bytes("café;note\n".encode("latin-1"))  # not even UTF-8
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "other")], capsys)
+    assert_one_line_error(code, err, f"{tmp_path / 'other'} holds a scores.csv that predict did not write")
+
+
+def test_predict_never_writes_over_a_file_of_the_users_with_an_overlays_name(checkpoint, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_overlay.png").write_text("the user's own file")
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "a_overlay.png").read_text() == "the user's own file"
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[1].endswith(",a_0000_overlay.png") and cv2.imread(str(out / "a_0000_overlay.png")) is not None
+    code, _, err = run(["predict", str(checkpoint), str(images), "--out", str(out), "--overwrite"], capsys)
+    assert code == 0, err  # its own earlier overlay is replaced, the user's file still kept
+    assert sorted(p.name for p in out.iterdir()) == ["a_0000_overlay.png", "a_overlay.png", "scores.csv"]
+    assert (out / "a_overlay.png").read_text() == "the user's own file"
 
 
 def test_warnings_are_one_line_that_names_the_file(checkpoint, tmp_path, monkeypatch, capsys):
@@ -951,6 +1011,59 @@ def test_quieting_opencv_works_with_every_build_of_it(api, monkeypatch):
     monkeypatch.setenv("OPENCV_LOG_LEVEL", "DEBUG")
     cli._quiet_opencv()  # the user's level wins
     assert len(calls) == (0 if api in ("none", "other-signature") else 1)
+
+
+def test_resume_takes_moved_data_and_textures_and_refuses_other_ones(sample_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path / "runs"))
+    real_step = _ctrl_c_at(monkeypatch, 1)
+    data, textures = tmp_path / "data", tmp_path / "tex"
+    shutil.copytree(sample_root / "surface", data / "surface")
+    textures.mkdir()
+    cv2.imwrite(str(textures / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    code, _, err = run(_train_argv(data, "--name", "r", "--steps", "3", "--textures", str(textures)), capsys)
+    assert code == 130, err
+    checkpoint = tmp_path / "runs" / "r" / "checkpoint.pt"
+    resume = ["train", "--resume", str(checkpoint), "--no-progress"]
+
+    fewer = tmp_path / "fewer"  # other data: one normal image less
+    shutil.copytree(data, fewer)
+    next((fewer / "surface" / "train" / "good").iterdir()).unlink()
+    code, _, err = run([*resume, "--data", str(fewer)], capsys)
+    count = len(list((data / "surface" / "train" / "good").iterdir()))
+    assert_one_line_error(code, err, f"was trained on {count} normal images, and the training set given holds "
+                                     f"{count - 1}")
+    other = tmp_path / "other_tex"
+    shutil.copytree(textures, other)
+    code, _, err = run([*resume, "--textures", str(other)], capsys)
+    assert_one_line_error(code, err, f"its textures are still in {textures}")
+
+    moved_data, moved_textures = tmp_path / "moved_data", tmp_path / "moved_tex"
+    data.rename(moved_data)
+    textures.rename(moved_textures)
+    code, _, err = run(resume, capsys)
+    assert_one_line_error(code, err, f"The run's data folder {data} is gone")
+    code, _, err = run([*resume, "--data", str(moved_data)], capsys)
+    assert_one_line_error(code, err, f"The run's texture folder {textures} is gone; pass --textures")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    _ctrl_c_at(monkeypatch, 2)  # cut again: the next resume must find the moved folders by itself
+    code, out, err = run([*resume, "--data", str(moved_data), "--textures", str(moved_textures)], capsys)
+    assert code == 130 and "at step 1 of 3" in out and "interrupted at step 2" in err, err
+    run_info = load_checkpoint(checkpoint)["run"]
+    assert (run_info["data_root"], run_info["textures"]) == (str(moved_data), str(moved_textures))
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    code, out, err = run(resume, capsys)
+    assert code == 0 and "at step 2 of 3" in out, err
+
+
+def test_resume_keeps_the_built_in_textures(checkpoint, tmp_path, capsys):
+    unfinished = tmp_path / "run" / "checkpoint.pt"
+    unfinished.parent.mkdir()
+    state = load_checkpoint(checkpoint)
+    state["config"]["steps"] = 5  # one step of five: something to resume
+    torch.save(state, unfinished)
+    (tmp_path / "tex").mkdir()
+    code, _, err = run(["train", "--resume", str(unfinished), "--textures", str(tmp_path / "tex")], capsys)
+    assert_one_line_error(code, err, "--textures cannot change a run being resumed: it trained with the built-in")
 
 
 def test_invert_foreground_reaches_the_run_and_its_resume(sample_root, tmp_path, monkeypatch, capsys):

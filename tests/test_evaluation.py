@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -168,6 +170,18 @@ def test_masks_resized_with_nearest_and_binarised(kind):
         [cv2.resize(v, (15, 10), interpolation=cv2.INTER_NEAREST) for v in values]
     ) > 0.5
     np.testing.assert_array_equal(big, expected)
+
+
+def test_label_id_masks_that_read_empty_are_warned_about():
+    """0/2 label ids fall below 127.5 on the 0-255 scale: every pixel would read normal without a word."""
+    labels = np.array([[[0, 2], [3, 0]]], dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"values up to 3 but none above 127\.5 .* label ids, pass masks > 0"):
+        assert not binarize_masks(labels).any()
+    np.testing.assert_array_equal(binarize_masks(labels > 0), labels > 0)  # the advice works
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/255, 0/1 and all-normal masks say nothing
+        for quiet in (labels * 85, labels.clip(0, 1), np.zeros_like(labels)):
+            binarize_masks(quiet)
 
 
 def test_masks_of_another_size_than_the_maps_are_resized_first():

@@ -18,6 +18,7 @@ from memseg_tutorial.config import SCORING_FIELDS
 from memseg_tutorial.data import MVTecDataset, TextureSource, UnreadableImageError
 from memseg_tutorial.model import MemSeg
 from memseg_tutorial.training import (
+    DatasetSubset,
     GpuSampleStream,
     TexturePool,
     Trainer,
@@ -149,6 +150,16 @@ def test_resume_can_take_the_checkpoint_its_caller_has_read(train_set, texture_s
     resumed = Trainer.resume(path, train_set, texture_source, progress=False, checkpoint=checkpoint)
     assert resumed.step == 2 and resumed.run_dir == tmp_path
     assert_same_weights(first, resumed)
+
+
+def test_resume_refuses_a_training_set_of_another_size(train_set, texture_source, tmp_path):
+    """Another count of images is other data (or a part of it): the batches would no longer be the run's."""
+    first = make_trainer(tiny_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    first.fit(steps=1)
+    fewer = DatasetSubset(train_set, list(range(len(train_set) - 1)))
+    with pytest.raises(ValueError, match=rf"was trained on {len(train_set)} normal images, and the training set "
+                                         rf"given holds {len(train_set) - 1}: a resumed run continues on the same"):
+        Trainer.resume(first.save(), fewer, texture_source, progress=False)
 
 
 def test_resume_keeps_an_object_runs_kind_and_foreground_setting(sample_root, texture_source, tmp_path):
