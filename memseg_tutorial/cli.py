@@ -233,22 +233,12 @@ class NotWritable(CommandError):
 
 
 def _check_writable(path: Path, folder: bool = False, permission: bool = True) -> None:
-    """Fail before the work, not after it, when ``path`` could not be written: the folder it goes
-    in (``folder``: the folder itself, once it exists), or the nearest one above that exists, must
-    be a folder, and (``permission``) one we may write to. ``os.access`` answers for the user's
-    permissions; a network share's own rules may still refuse a write later."""
-    try:
-        place = path if folder and path.is_dir() else path.parent
-        while not place.exists() and place != place.parent:  # folders still to be made
-            place = place.parent
-        if not place.exists():  # a drive or share that is not there
-            raise NotWritable(path, f"{place} does not exist")
-        if not place.is_dir():
-            raise NotWritable(path, f"{place} is a file, not a folder")
-    except PermissionError:
-        raise NotWritable(path, "a folder on the way to it may not be looked into (permissions)") from None
-    if permission and not os.access(place, os.W_OK | os.X_OK):
-        raise NotWritable(path, f"no permission to write in {place}")
+    """Fail before the work, not after it, when ``path`` could not be written (:func:`writable_problem`)."""
+    from .staging import writable_problem
+
+    reason = writable_problem(path, folder, permission)
+    if reason is not None:
+        raise NotWritable(path, reason)
 
 
 def _check_output_file(path: Path, default: bool = False) -> Path:

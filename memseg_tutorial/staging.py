@@ -117,6 +117,27 @@ def atomic_target(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
 
 
+def writable_problem(path: Path, folder: bool = False, permission: bool = True) -> str | None:
+    """Why ``path`` could not be written (None: it could), found before the work, not after it:
+    the folder it goes in (``folder``: the folder itself, once it exists), or the nearest one above
+    that exists, must be a folder, and (``permission``) one we may write to. ``os.access`` answers for
+    the user's permissions; a network share's own rules may still refuse a write later."""
+    path = Path(path)
+    try:
+        place = path if folder and path.is_dir() else path.parent
+        while not place.exists() and place != place.parent:  # folders still to be made
+            place = place.parent
+        if not place.exists():  # a drive or share that is not there
+            return f"{place} does not exist"
+        if not place.is_dir():
+            return f"{place} is a file, not a folder"
+    except PermissionError:
+        return "a folder on the way to it may not be looked into (permissions)"
+    if permission and not os.access(place, os.W_OK | os.X_OK):
+        return f"no permission to write in {place}"
+    return None
+
+
 def _idle_seconds_and_size(path: Path) -> tuple[float, int]:
     """(seconds since anything in the folder ``path`` was last written, bytes of its files), in one walk."""
     newest, size = path.lstat().st_mtime, 0

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .device import checked_device, get_device
 from .seeding import make_rng, use_deterministic_algorithms
+from .staging import writable_problem
 
 MEMORY_KEY = 1_000_003  # make_rng(seed, MEMORY_KEY) picks the memory images (no clash with sample i)
 GPU_BATCH_KEY = 2_000_003  # make_rng(seed, GPU_BATCH_KEY, step) drives the GPU synthesis of step k
@@ -50,7 +53,46 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: more steps cannot repair the weights."""
+    """The loss or the weights became NaN or infinite: more steps cannot repair them."""
+
+
+class _Interrupts:
+    """Ctrl-C while :meth:`Trainer.fit` runs, held until the step ends.
+
+    A step moves BatchNorm statistics in its forward pass and the weights in its optimiser step,
+    and counts itself only at the end: a checkpoint saved from the middle of one would say step k
+    and hold part of step k + 1, so its resume would not repeat the run. A second Ctrl-C stops at
+    once (a step that hangs), and then nothing is saved over the last checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.pending = self.forced = False
+
+    def check(self) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self):
+        """Hold Ctrl-C meanwhile; only the main thread may set a signal handler (else: nothing held)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame) -> None:
+            if self.pending:
+                self.forced = True
+                raise KeyboardInterrupt
+            self.pending = True
+            print("\nCtrl-C: stopping after this step (press it again to stop at once, without saving).",
+                  file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -303,6 +345,8 @@ class Trainer:
         self.config = config.validate()
         check_training_set(train_dataset, config)
         check_training_files(train_dataset, texture_source)
+        if run_dir is not None and (problem := writable_problem(Path(run_dir), folder=True)) is not None:
+            raise ValueError(f"Cannot write checkpoints in {run_dir}: {problem}.")  # before the training, not after
         self.device = checked_device(device) if device is not None else get_device(config)
         self.train_dataset = train_dataset
         self.texture_source = texture_source
@@ -313,6 +357,7 @@ class Trainer:
         # can tell a folder that differs from them
         self.run_info = {"kind": kind, "invert_foreground": invert_foreground,
                          "train_images": len(train_dataset), **(run_info or {})}
+        self.run_info.setdefault("gpu_synthesis", self.uses_gpu_synthesis)  # a resume elsewhere draws other batches
 
         if config.deterministic:
             use_deterministic_algorithms()  # before the first kernel, so cuBLAS picks it up
@@ -464,21 +509,30 @@ class Trainer:
         """Train until ``config.steps`` (or for ``steps`` more steps); returns the loss history.
 
         Saves ``run_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. Ctrl-C
-        saves a checkpoint first, says where (unless ``report_interrupt`` is False: the command line
-        says it in its own error line), then re-raises KeyboardInterrupt (resume with
-        :meth:`Trainer.resume`).
+        lets the step that runs finish, saves a checkpoint, says where (unless ``report_interrupt``
+        is False: the command line says it in its own error line), then re-raises
+        KeyboardInterrupt (resume with :meth:`Trainer.resume`); a second Ctrl-C stops at once and
+        keeps the last checkpoint as it was.
         """
-        if self.model.memory_bank.is_empty:
-            self.build_memory_bank()
-        stop = self.config.steps if steps is None else min(self.config.steps, self.step + steps)
-        if self.step >= stop:
-            return self.history
+        interrupts = _Interrupts()
+        with interrupts.held():
+            if any(scale.bank.is_empty for scale in self.model.scales):  # none yet, or one cut short
+                self.build_memory_bank()
+            interrupts.check()  # nothing trained yet: nothing to save
+            stop = self.config.steps if steps is None else min(self.config.steps, self.step + steps)
+            if self.step >= stop:
+                return self.history
+            self._fit(stop, callback, report_interrupt, interrupts)
+        return self.history
+
+    def _fit(self, stop: int, callback, report_interrupt: bool, interrupts: _Interrupts) -> None:
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         start_time, start_step = time.perf_counter(), self.step
+        saved = None  # the step of the last checkpoint written here
         try:
             for batch in self._batches(self.step, stop):
                 record = self.train_step(batch)
@@ -496,23 +550,30 @@ class Trainer:
                     and self.step < stop
                 ):
                     self.save()
-        except KeyboardInterrupt:
+                    saved = self.step
+                interrupts.check()  # between two steps: the state is whole
+            self.seconds = time.perf_counter() - start_time
+            self.images_per_second = (
+                (self.step - start_step) * self.config.batch_size / max(self.seconds, 1e-9)
+            )
+            self.calibrate_memory_map()
             if self.run_dir is not None:
-                path = self.save()
+                self.save()
+                saved = self.step
+            interrupts.check()  # the run is complete and saved; the caller asked to stop all the same
+        except KeyboardInterrupt:
+            if self.run_dir is not None and interrupts.forced:
+                if report_interrupt:
+                    print(f"\nStopped at once, inside step {self.step + 1}: nothing was saved over "
+                          f"{self.checkpoint_path}.")
+            elif self.run_dir is not None:
+                path = self.save() if saved != self.step else self.checkpoint_path
                 if report_interrupt:
                     print(f"\nInterrupted at step {self.step}; checkpoint saved to {path}.")
             raise
         finally:
             if bar is not None:
                 bar.close()
-        self.seconds = time.perf_counter() - start_time
-        self.images_per_second = (
-            (self.step - start_step) * self.config.batch_size / max(self.seconds, 1e-9)
-        )
-        self.calibrate_memory_map()
-        if self.run_dir is not None:
-            self.save()
-        return self.history
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -529,10 +590,18 @@ class Trainer:
         numbers per trained weight, about three fifths of the file): no training continues from it, and
         evaluation and inference need only the model.
         """
+        bad = next((name for name, value in self.model.state_dict().items()
+                    if value.is_floating_point() and not torch.isfinite(value).all()), None)
+        target = Path(path) if path is not None else self.checkpoint_path
+        if bad is not None:  # never over a good checkpoint; checked before the calibration reads them
+            raise TrainingDiverged(
+                f"The model holds NaN or inf after step {self.step} (first in {bad}): training diverged, "
+                f"so nothing was saved over {target}. Train again with a lower learning rate (the config's "
+                f"lr; on the command line train --set lr=... with a new --name).")
         self.calibrate_memory_map()
         finished = self.step >= self.config.steps
         return save_checkpoint(
-            Path(path) if path is not None else self.checkpoint_path,
+            target,
             model=self.model,
             config=self.config,
             step=self.step,
@@ -594,6 +663,12 @@ class Trainer:
             load_encoder_weights=False,  # load_state brings every weight
         )
         trainer.load_state(checkpoint)
+        recorded = run.get("gpu_synthesis")
+        if recorded is not None and recorded != trainer.uses_gpu_synthesis:
+            where = ("the GPU there and on the CPU here" if recorded else "the CPU there and on the GPU here")
+            warnings.warn(f"{path} simulated its anomalies on {where}: the weights continue exactly, but "
+                          f"the batches from now on are not the ones the run would have drawn.", stacklevel=2)
+            trainer.run_info["gpu_synthesis"] = trainer.uses_gpu_synthesis
         return trainer
 
 

@@ -3,8 +3,11 @@ leaves a broken checkpoint behind."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -381,6 +384,117 @@ def test_ctrl_c_saves_a_checkpoint(train_set, texture_source, tmp_path, capsys):
         trainer.fit(callback=press_ctrl_c, report_interrupt=False)
     assert load_checkpoint(tmp_path / "quiet" / "checkpoint.pt")["step"] == 2
     assert "Interrupted" not in capsys.readouterr().out
+
+
+def _ctrl_c_inside(trainer, at_step: int, presses: int = 1, where: str = "criterion") -> None:
+    """Send SIGINT to this process ``presses`` times from inside a step (after its forward pass, when
+    BatchNorm statistics have moved) or from the final memory-map calibration."""
+    if where == "criterion":
+        real = trainer.criterion
+
+        def criterion(logits, masks):
+            if trainer.step == at_step:
+                for _ in range(presses):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return real(logits, masks)
+
+        trainer.criterion = criterion
+    else:
+        real_calibrate, pressed = trainer.calibrate_memory_map, []
+
+        def calibrate():
+            if trainer.step == at_step and not pressed:  # once: save() asks for it again
+                pressed.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            real_calibrate()
+
+        trainer.calibrate_memory_map = calibrate
+
+
+def test_ctrl_c_inside_a_step_lets_it_finish_so_the_resume_is_exact(train_set, texture_source, tmp_path, capsys):
+    """A checkpoint saved from the middle of a step (BatchNorm statistics moved, weights maybe too,
+    the step not yet counted) would resume to another run; the bank refresh is part of the step."""
+    config = tiny_config(steps=4, memory_refresh_every=2)
+    straight = make_trainer(config, train_set, texture_source)
+    straight.fit()
+    cut = make_trainer(config, train_set, texture_source, run_dir=tmp_path)
+    _ctrl_c_inside(cut, at_step=1)  # inside step 2, whose end refreshes the bank
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    assert cut.step == 2 and load_checkpoint(tmp_path)["step"] == 2
+    captured = capsys.readouterr()
+    assert "Ctrl-C: stopping after this step (press it again to stop at once, without saving)." in captured.err
+    assert f"Interrupted at step 2; checkpoint saved to {tmp_path / 'checkpoint.pt'}." in captured.out
+    resumed = Trainer.resume(tmp_path, train_set, texture_source, progress=False)
+    resumed.fit()
+    assert_same_weights(straight, resumed)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(train_set, texture_source, tmp_path, capsys):
+    trainer = make_trainer(tiny_config(steps=4, checkpoint_every=1), train_set, texture_source, run_dir=tmp_path)
+    _ctrl_c_inside(trainer, at_step=2, presses=2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path)["step"] == 2  # step 3 was cut short: not saved
+    assert f"Stopped at once, inside step 3: nothing was saved over {tmp_path / 'checkpoint.pt'}." in (
+        capsys.readouterr().out)
+
+
+def test_ctrl_c_during_the_final_calibration_still_saves_the_finished_run(train_set, texture_source, tmp_path):
+    trainer = make_trainer(tiny_config(steps=2, memory_map_weight=0.5), train_set, texture_source, run_dir=tmp_path)
+    _ctrl_c_inside(trainer, at_step=2, where="calibration")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    saved = load_checkpoint(tmp_path)
+    assert saved["step"] == 2 and saved["optimizer"] is None  # the finished run, as fit() writes it
+
+
+def test_fit_rebuilds_a_half_size_bank_that_a_stop_left_empty(train_set, texture_source):
+    trainer = make_trainer(tiny_config(steps=1, half_scale_map=True), train_set, texture_source)
+    trainer.build_memory_bank()
+    bank = trainer.model.half_memory_bank
+    bank.store([torch.zeros(0, c, 0, 0) for c in bank.channels])  # as a stop between the two scales leaves it
+    assert bank.is_empty
+    trainer.fit()
+    assert not trainer.model.half_memory_bank.is_empty
+
+
+def test_a_model_with_nan_is_never_saved_over_a_checkpoint(train_set, texture_source, tmp_path):
+    """A diverged step can leave NaN in BatchNorm statistics even when the weights were spared."""
+    from memseg_tutorial.training import TrainingDiverged
+
+    trainer = make_trainer(tiny_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    trainer.fit(steps=1)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    trainer.model.encoder.stem[1].running_mean[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"holds NaN or inf after step 1 \(first in encoder\.stem\.1\."
+                                               r"running_mean\).*nothing was saved over .*checkpoint\.pt"):
+        trainer.save()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_training(train_set, texture_source, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=rf"Cannot write checkpoints in {tmp_path / 'afile' / 'run'}: "
+                                         rf"{tmp_path / 'afile'} is a file, not a folder"):
+        make_trainer(tiny_config(), train_set, texture_source, run_dir=tmp_path / "afile" / "run")
+
+
+def test_a_resume_that_simulates_anomalies_elsewhere_says_so(train_set, texture_source, tmp_path):
+    first = make_trainer(tiny_config(steps=3), train_set, texture_source, run_dir=tmp_path)
+    first.fit(steps=1)
+    assert first.run_info["gpu_synthesis"] is False
+    checkpoint = load_checkpoint(first.save())
+    checkpoint["run"]["gpu_synthesis"] = True  # as a run started on a GPU
+    with pytest.warns(UserWarning, match="simulated its anomalies on the GPU there and on the CPU here: the "
+                                         "weights continue exactly, but the batches"):
+        resumed = Trainer.resume(tmp_path, train_set, texture_source, progress=False, checkpoint=checkpoint)
+    assert resumed.run_info["gpu_synthesis"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same place: nothing to say
+        Trainer.resume(first.save(), train_set, texture_source, progress=False)
 
 
 def test_learning_rate_schedule():
