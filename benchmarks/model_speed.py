@@ -2,7 +2,8 @@
 
 Run:  .venv/bin/python benchmarks/model_speed.py [--size 256] [--memory 30] [--repeats 3]
 
-Prints, measured side by side in one run:
+Prints, measured side by side in one run (every timed function once per round, in turn, so that a slow
+moment of a shared machine falls on all of them alike; the median of the rounds):
   1. memory-bank selection (distances + argmin + DI) vectorised vs one loop per image and sample;
   2. images/s at batch 1 and 8 for fp32 / bf16 autocast x channels_last off / on, each with the
      max abs difference of its anomaly maps to fp32, relative to the spread (std) of the fp32
@@ -20,19 +21,26 @@ parallel regions slow down badly when their threads are descheduled.
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import os
-import platform
-import threading
-import time
-import warnings
 
-import torch
+# Busy-waiting OpenMP threads are 5-10x slower when other programs share the cores; passive
+# waiting costs nothing on a quiet machine. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from memseg_tutorial.model import InferenceSettings, MemSeg
-from memseg_tutorial.model.backbone import RANDOM_WEIGHTS_WARNING
-from memseg_tutorial.model.memseg import CPU_INFERENCE
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import ctypes  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+
+from memseg_tutorial.model import InferenceSettings, MemSeg  # noqa: E402
+from memseg_tutorial.model.backbone import RANDOM_WEIGHTS_WARNING  # noqa: E402
+from memseg_tutorial.model.memseg import CPU_INFERENCE  # noqa: E402
 
 warnings.filterwarnings("ignore", message=RANDOM_WEIGHTS_WARNING)
 
@@ -79,27 +87,24 @@ def run_measured(function):
     return result, (peak[0] - start_rss) / 1024
 
 
-def best_time(function, repeats: int, budget_s: float = 30.0):
-    """(best seconds of ``repeats`` timed runs after one warm-up, the last result).
+def interleaved_medians(functions: dict, rounds: int, budget_s: float = 60.0) -> tuple[dict, dict]:
+    """({key: median seconds}, {key: last result}) of ``functions``, each warmed up once, then
+    called once per round, in turn: a slow moment of a shared machine falls on every one alike.
 
-    Stays within about ``budget_s`` seconds: a configuration so slow that its warm-up alone uses
-    half the budget is reported from that single run (an upper bound: it includes warm-up costs).
+    Stops adding rounds after about ``budget_s`` seconds (at least one timed round).
     """
-    start = time.perf_counter()
-    result = function()  # warm-up (allocations, oneDNN kernel selection)
-    times = [time.perf_counter() - start]
-    if times[0] > budget_s / 2:
-        return times[0], result
-    times = []
+    results = {key: function() for key, function in functions.items()}  # warm-up: allocations, kernels
+    times: dict = {key: [] for key in functions}
     spent = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
+    for _ in range(max(rounds, 1)):
+        for key, function in functions.items():
+            start = time.perf_counter()
+            results[key] = function()
+            times[key].append(time.perf_counter() - start)
+            spent += times[key][-1]
         if spent > budget_s:
             break
-    return min(times), result
+    return {key: statistics.median(values) for key, values in times.items()}, results
 
 
 def loop_selection(features, memory):
@@ -135,20 +140,17 @@ def bench_selection(model: MemSeg, images: torch.Tensor, repeats: int) -> None:
         raise SystemExit(f"vectorised and loop selection disagree: indices {vector_indices.tolist()} vs "
                          f"{loop_indices.tolist()}, max |DI diff| {max_diff:.1e} of {scale:.1e}")
 
-    def time_vectorised():
-        return best_time(lambda: model.memory_bank.difference(features), repeats)[0]
-
-    def time_loop():
-        return best_time(lambda: loop_selection(features, memory), repeats)[0]
-
+    functions = {"vectorised": lambda: model.memory_bank.difference(features),
+                 "loop": lambda: loop_selection(features, memory)}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see the module docstring
     try:
         with torch.no_grad():
-            vector_s, vector_peak = run_measured(time_vectorised)
-            loop_s, loop_peak = run_measured(time_loop)
+            seconds, _ = interleaved_medians(functions, repeats)
+            (_, vector_peak), (_, loop_peak) = (run_measured(function) for function in functions.values())
     finally:
         torch.set_num_threads(threads)
+    vector_s, loop_s = seconds["vectorised"], seconds["loop"]
     batch, n_memory = len(images), len(model.memory_bank)
     print(f"memory-bank selection, batch {batch}, N={n_memory}, 1 thread "
           f"(same indices: yes, max |DI diff| {max_diff:.1e}):")
@@ -170,21 +172,20 @@ def bench_inference(model: MemSeg, images: dict[int, torch.Tensor], repeats: int
     spread = {b: float(maps.std()) for b, maps in reference.items()}
     print(f"fp32 maps: std {spread[1]:.2e} (batch 1), {spread[8]:.2e} (batch 8)")
     print(f"{'configuration':30s} {'batch':>5s} {'images/s':>9s} {'max|map-fp32|':>14s} {'/ std':>7s} {'peak MiB':>9s}")
+    # channels_last is a copy of the model in that layout: all rows can then take turns in each round.
+    nets = {name: (copy.deepcopy(model).to(memory_format=torch.channels_last) if settings.channels_last else model)
+            for name, settings in configs.items()}
+    functions = {(name, batch): (lambda net=nets[name], x=x, settings=settings: net.anomaly_map(x, settings))
+                 for name, settings in configs.items() for batch, x in images.items()}
+    seconds, maps = interleaved_medians(functions, repeats)
     results = {}
-    for name, settings in configs.items():
-        net = model.to(memory_format=torch.channels_last) if settings.channels_last else model
-        for batch, x in images.items():
-
-            def measure(net=net, x=x, settings=settings, batch=batch):
-                seconds, maps = best_time(lambda: net.anomaly_map(x, settings), repeats)
-                return batch / seconds, maps
-
-            (throughput, maps), peak = run_measured(measure)
-            diff = float((maps - reference[batch]).abs().max())
-            relative = diff / spread[batch]
-            results[(name, batch)] = (throughput, relative)
-            print(f"{name:30s} {batch:5d} {throughput:9.2f} {diff:14.2e} {relative:6.1%} {peak:9.0f}", flush=True)
-        model.to(memory_format=torch.contiguous_format)
+    for (name, batch), function in functions.items():
+        _, peak = run_measured(function)
+        throughput = batch / seconds[(name, batch)]
+        diff = float((maps[(name, batch)] - reference[batch]).abs().max())
+        relative = diff / spread[batch]
+        results[(name, batch)] = (throughput, relative)
+        print(f"{name:30s} {batch:5d} {throughput:9.2f} {diff:14.2e} {relative:6.1%} {peak:9.0f}", flush=True)
 
     print()
     for batch in images:
@@ -210,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--memory", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is printed (default 5)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default). On a CPU shared with other jobs, "
                              "1 thread avoids OpenMP threads waiting for each other.")

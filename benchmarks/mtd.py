@@ -6,7 +6,8 @@ test split (191 normal + 392 defective tiles) and prints image AUROC, pixel AURO
 training and evaluation images/s (with ``half_scale_map``, as chosen, also the figures of the
 full-size map alone from the same run). Nothing is chosen on the test split: the settings below were
 picked with ``--validate``, which holds out 160 training normals and scores 80 of them as they are
-against 80 that received a faded drawn defect (scratch, crack, hole, stain from the sample-data
+against 80 that received a faded drawn defect (every exposure of those tiles held out, as the test
+split keeps its defective tiles apart from training; the normals one exposure at a time, as there) (scratch, crack, hole, stain from the sample-data
 painters, or a wide band of changed brightness like MTD's "uneven": families the training simulation
 never produces), and prints a row per family.
 
@@ -35,6 +36,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -54,6 +56,7 @@ from memseg_tutorial.config import (  # noqa: E402
 )
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
+from memseg_tutorial.data.mtd import tile_groups  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
 from memseg_tutorial.device import model_device  # noqa: E402
 from memseg_tutorial.evaluation import (  # noqa: E402
@@ -64,6 +67,7 @@ from memseg_tutorial.evaluation import (  # noqa: E402
 )
 from memseg_tutorial.paths import runs_dir, shared_data_dir  # noqa: E402
 from memseg_tutorial.seeding import make_rng  # noqa: E402
+from memseg_tutorial.staging import writable_problem  # noqa: E402
 from memseg_tutorial.training import CHECKPOINT_NAME, Trainer  # noqa: E402
 
 VALIDATION_KEY = 3_000_017
@@ -229,12 +233,30 @@ def validation_split(train: MTDDataset, config, n_normal: int = 80, n_anomalous:
     (``"drawn"``: scratch, crack, hole, stain) or one of those or a wide band (``"drawn+band"``,
     the default), or one from the training synthesizer (``"synthetic"``, which flatters settings
     that fit the simulation). Either way no test image is ever read.
+
+    The split mirrors the test split's: MTD photographed each tile under up to six exposures
+    (:func:`tile_groups`), and no defective test tile has an exposure among the training tiles,
+    while most normal test tiles do. So the tiles that receive a defect are held out with every
+    exposure, and the normals one exposure at a time.
     """
     from memseg_tutorial.synthesis import AnomalySynthesizer
 
-    order = make_rng(config.seed, VALIDATION_KEY).permutation(len(train))
-    held = order[: n_normal + n_anomalous]
-    kept = sorted(int(i) for i in order[n_normal + n_anomalous :])
+    order = [int(i) for i in make_rng(config.seed, VALIDATION_KEY).permutation(len(train))]
+    groups = tile_groups([str(path) for path in getattr(train, "image_paths", [])]) or list(range(len(train)))
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    anomalous: list[int] = []
+    for index in order:  # whole tiles, in the seeded order, as long as they fit
+        tile = members[groups[index]]
+        if index == tile[0] and len(anomalous) + len(tile) <= n_anomalous:
+            anomalous += tile
+    if len(anomalous) < n_anomalous:
+        raise ValueError(f"Cannot hold out {n_anomalous} images in whole tiles out of {len(train)}.")
+    defective_tiles = {groups[i] for i in anomalous}
+    normal = [i for i in order if groups[i] not in defective_tiles][:n_normal]
+    held = normal + anomalous
+    kept = sorted(set(range(len(train))) - set(held))
     synthesizer = AnomalySynthesizer(config, TEXTURES(config), kind="texture")
     images, masks, labels, families = [], [], [], []
     for rank, index in enumerate(held):
@@ -280,7 +302,8 @@ def image_auroc_by_score(maps: torch.Tensor, labels) -> dict[str, float]:
 
 
 def by_score_line(metrics: dict) -> str:
-    """The readings of :func:`image_auroc_by_score` on one line, as the VALIDATION and TEST lines print them."""
+    """The readings of :func:`image_auroc_by_score` on one line, as the VALIDATION line prints them (never the
+    test split's: nothing is chosen there)."""
     return "image AUROC by score " + " ".join(f"{k} {v:.3f}" for k, v in metrics["image_auroc_by_score"].items())
 
 
@@ -290,8 +313,10 @@ def score_validation(model, validation: dict, config) -> dict:
 
     model.eval()
     device = model_device(model)
+    start = time.perf_counter()
     maps = torch.cat([model.anomaly_map(x.to(device)).float().cpu()
                       for x in validation["images"].split(16)])
+    seconds = time.perf_counter() - start
     scores = image_scores(maps, config.score_top_k, config.score_mode).numpy()
     labels, masks = validation["labels"], validation["masks"]
     metrics = compute_metrics(labels, scores, masks, maps.numpy(), config.aupro_fpr_limit)
@@ -299,6 +324,7 @@ def score_validation(model, validation: dict, config) -> dict:
     metrics["per_family"] = per_defect_metrics(labels, scores, masks, maps.numpy(), validation["families"],
                                                config.aupro_fpr_limit)
     metrics["image_auroc_by_score"] = image_auroc_by_score(maps, labels)
+    metrics["eval_images_per_s"] = len(maps) / max(seconds, 1e-9)
     return metrics
 
 
@@ -367,7 +393,7 @@ def saved_run(run_dir: Path | None, config: Config, split: str, steps_asked: int
 
 def fit_steps(config, train, textures, minutes: float, warmup_steps: int = 10) -> int:
     """Steps that fit in ``minutes`` at the speed of a few measured steps (after one warm-up)."""
-    probe = Trainer(config, train, textures, progress=False)
+    probe = Trainer(dataclasses.replace(config, steps=warmup_steps + 1), train, textures, progress=False)
     probe.build_memory_bank()
     probe.train_step(probe.batch(0))  # first step pays for allocations
     start = time.perf_counter()
@@ -382,8 +408,16 @@ def fit_steps(config, train, textures, minutes: float, warmup_steps: int = 10) -
     if refresh:  # a bank rebuild costs about memory_size / batch_size forward passes (+1/4: half size)
         rebuild = 0.15 * config.memory_size / config.batch_size * (1.25 if config.half_scale_map else 1.0)
         steps = int(steps / (1.0 + rebuild / refresh))
+    steps = max(steps, 10)
     print(f"measured {seconds_per_step:.2f} s/step -> {steps} steps in {minutes:g} min", flush=True)
-    return max(steps, 10)
+    return steps
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="BatchNorm statistics of the random stem..layer3 from normal images")
     parser.add_argument("--train-encoder", action="store_true",
                         help="also train layer1..3 (memory bank refreshed every --memory-refresh steps)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--validate", action="store_true", help="tune: score held-out train normals vs the same with drawn defects; no test image is read")
     parser.add_argument("--validation-anomalies", choices=(*VALIDATION_ANOMALIES, "synthetic"),
                         default="drawn+band",
@@ -436,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                 "train_encoder": args.train_encoder, "grey_sources": args.grey_sources == "on"}
     try:
         settings.update(parse_overrides(args.set))
+        if "steps" in settings:  # fitted to --minutes, or --steps: one way to give it
+            raise ValueError("give the number of steps with --steps N, not --set steps=N")
         preset = settings.pop("preset")
         config = get_config(preset, **settings)
     except (TypeError, ValueError) as error:  # an unknown or invalid setting (--set, --image-size), in one line
@@ -444,7 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         needs_half_off = fits_without and size_rule(True) in str(error)  # the size check of the option itself
         hint = " Add --set half_scale_map=False for other sizes." if needs_half_off else ""
         raise SystemExit(f"mtd.py settings (--image-size, --set, ...): {error}{hint}") from None
-    full_train = MTDDataset(args.root, "train", image_size=config.image_size)
+    if args.out is not None and (args.out.is_dir() or writable_problem(args.out) is not None):
+        reason = "it is a folder" if args.out.is_dir() else writable_problem(args.out)
+        raise SystemExit(f"mtd.py: cannot write --out {args.out}: {reason}.")  # before the training, not after
+    try:
+        full_train = MTDDataset(args.root, "train", image_size=config.image_size)
+    except (FileNotFoundError, ValueError) as error:  # no MTD folder, or a split.csv without training tiles
+        raise SystemExit(f"mtd.py: {error}") from None
     textures = TEXTURES(config)
     validation = None
     if args.validate:
@@ -512,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"settings": config.to_dict(), "steps": steps, "steps_planned": steps_planned,
               "steps_of_earlier_runs": start_step,
               "rescored_from": {key: old for key, (old, _) in rescoring.items()},
-              "stopped_by_time_budget": cut, "train_minutes": train_seconds / 60,
+              "stopped_by_time_budget": cut, "train_minutes": train_seconds / 60 if trained_now else None,
               "train_images_per_s": images_per_s,
               "loss_first20": float(np.mean(losses[:20])), "loss_last20": float(np.mean(losses[-20:]))}
     if validation is not None:
@@ -520,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         result.update(split=f"validation (80 held-out train normals + 80 with {args.validation_anomalies} defects)",
                       **metrics)
         print(format_results_table(metrics["per_family"], metrics, config.aupro_fpr_limit))
-        print(f"VALIDATION {headline(metrics, config.aupro_fpr_limit)}  {by_score_line(metrics)}")
+        print(f"VALIDATION {headline(metrics, config.aupro_fpr_limit)}  eval {metrics['eval_images_per_s']:.2f} "
+              f"img/s  {by_score_line(metrics)}")
         if config.half_scale_map:
             plain = score_validation(trainer.model.without_half_scale_map(), validation, config)
             print("the same run, scored with the full-size map only:")
@@ -530,19 +573,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         test = MTDDataset(args.root, "test", image_size=config.image_size)
         evaluation = evaluate(trainer.model, test, config, batch_size=16)
-        result.update(split="test", **evaluation_record(evaluation),
-                      image_auroc_by_score=image_auroc_by_score(torch.from_numpy(evaluation.maps), evaluation.labels))
+        result.update(split="test", **evaluation_record(evaluation))
         print(evaluation.table())
         print(f"TEST {headline(evaluation.metrics, evaluation.fpr_limit)}  "
               f"train {speed.replace('images/s', 'img/s')}  eval {evaluation.images_per_second:.2f} img/s")
-        print(f"TEST {by_score_line(result)}")
+        if rescoring:
+            print("note: scored on the test split with other scoring settings than the run's own: a figure to "
+                  "report, never one to choose by (settings are chosen with --validate)")
         if config.half_scale_map:
             plain = evaluate(trainer.model.without_half_scale_map(), test, config, batch_size=16)
             print("the same run, scored with the full-size map only:")
             print(plain.table())
             print(f"TEST with the full-size map only: {headline(plain.metrics, plain.fpr_limit)}", flush=True)
             result["full_size_map_only"] = evaluation_record(plain)
-    out = args.out or runs_dir() / ("mtd_validation.json" if args.validate else "mtd_benchmark.json")
+    # A finished run scored again keeps the file of its training run (with the training speed) as it is.
+    scored = "" if trained_now else "_scored"
+    out = args.out or runs_dir() / (f"mtd_validation{scored}.json" if args.validate else f"mtd_benchmark{scored}.json")
     atomic_write_json(result, out)
     print(f"wrote {out}")
     return 0

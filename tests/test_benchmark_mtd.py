@@ -30,12 +30,15 @@ def mtd_script():
 
 
 class GreyTiles:
-    """Stand-in for MTDDataset: len() and load_rgb(i) of grey, slightly noisy tiles."""
+    """Stand-in for MTDDataset: len() and load_rgb(i) of grey, slightly noisy tiles; with
+    ``exposures``, file names as MTD's (``exp1_num_...``): that many exposures of each tile."""
 
-    def __init__(self, count: int = 12, size: int = 64) -> None:
+    def __init__(self, count: int = 12, size: int = 64, exposures: int | None = None) -> None:
         rng = np.random.default_rng(7)
         self.tiles = [np.repeat(rng.integers(60, 120, (size, size, 1), dtype=np.uint8), 3, axis=2)
                       for _ in range(count)]
+        if exposures is not None:
+            self.image_paths = [f"MT_Free/Imgs/exp{i % exposures + 1}_num_{1000 + 10 * i}.jpg" for i in range(count)]
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -58,8 +61,13 @@ def test_drawn_defect_is_grey_visible_and_seeded(mtd_script):
             assert family_again == family
 
 
-def test_bad_set_values_fail_before_any_data_is_read(mtd_script):
-    for bad, reason in (("no_such_field=1", "no_such_field"), ("texture_probability=2.0", "texture_probability")):
+def test_bad_set_values_fail_before_any_data_is_read(mtd_script, monkeypatch, tmp_path):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data read before the settings were checked")
+
+    monkeypatch.setattr(mtd_script, "MTDDataset", no_data)
+    for bad, reason in (("no_such_field=1", "no_such_field"), ("texture_probability=2.0", "texture_probability"),
+                        ("steps=20", "--steps N, not --set steps=N")):
         with pytest.raises(SystemExit, match=f"--set.*{reason}"):  # get_config's check, before any data is read
             mtd_script.main(["--set", bad])
     with pytest.raises(SystemExit, match="multiple of 64 .*--set half_scale_map=False"):  # the benchmark's option
@@ -70,6 +78,13 @@ def test_bad_set_values_fail_before_any_data_is_read(mtd_script):
     with pytest.raises(SystemExit) as refused:  # another setting's error gets no hint about the size
         mtd_script.main(["--image-size", "96", "--set", "no_such_field=1"])
     assert "no_such_field" in str(refused.value) and "half_scale_map=False" not in str(refused.value)
+    with pytest.raises(SystemExit, match=rf"cannot write --out {tmp_path}: it is a folder"):
+        mtd_script.main(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit):  # argparse: --threads must be 1 or more
+        mtd_script.main(["--threads", "0"])
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=rf"^mtd.py: MTD folder not found: {tmp_path / 'nothing'}"):
+        mtd_script.main(["--root", str(tmp_path / "nothing")])
 
 
 def test_validation_split_holds_out_normals_only(mtd_script):
@@ -86,6 +101,31 @@ def test_validation_split_holds_out_normals_only(mtd_script):
     kept_again, again = mtd_script.validation_split(tiles, config, n_normal=3, n_anomalous=3)
     assert kept_again == kept and np.array_equal(again["masks"], masks)
     assert again["families"] == validation["families"]
+
+
+def test_validation_holds_out_every_exposure_of_a_tile_that_receives_a_defect(mtd_script):
+    """As in the test split: no defective tile has an exposure among the training tiles, while a
+    normal one may (MTD photographed each tile up to six times)."""
+    from memseg_tutorial.data.mtd import tile_groups
+
+    tiles = GreyTiles(count=60, exposures=3)  # 20 tiles of 3 exposures
+    groups = tile_groups(tiles.image_paths)
+    assert len(set(groups)) == 20
+    kept, validation = mtd_script.validation_split(tiles, get_config("quick", image_size=64),
+                                                   n_normal=6, n_anomalous=9)
+    originals = torch.stack([to_tensor(tiles.load_rgb(i)) for i in range(len(tiles))])
+    # the tile each held-out image was made from: the one it differs least from
+    held = (validation["images"][:, None] - originals[None]).abs().mean(dim=(2, 3, 4)).argmin(dim=1).tolist()
+    normal, defective = held[:6], held[6:]
+    assert len(set(held)) == 15 and set(held).isdisjoint(kept) and sorted(held + kept) == list(range(60))
+    defective_tiles = {groups[i] for i in defective}
+    assert len(defective_tiles) == 3  # three whole tiles
+    assert defective_tiles.isdisjoint(groups[i] for i in kept)
+    assert defective_tiles.isdisjoint(groups[i] for i in normal)
+    assert not {groups[i] for i in normal}.isdisjoint(groups[i] for i in kept)  # normals: as the test's
+    with pytest.raises(ValueError, match="whole tiles"):
+        mtd_script.validation_split(GreyTiles(count=6, exposures=3), get_config("quick", image_size=64),
+                                    n_normal=1, n_anomalous=4)
 
 
 def test_validation_tiles_are_not_trained_on(mtd_script):
@@ -173,7 +213,11 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     """--run-dir: a run stopped by its time budget is continued by the next one; a finished one is
     scored again without training, with the same scoring settings or others; a run of other
     settings, on another split or on other tiles is refused."""
-    monkeypatch.setattr(mtd_script, "MTDDataset", lambda root, split, image_size: GreyTiles(40, image_size))
+    def training_tiles_only(root, split, image_size):  # --validate never reads the test split
+        assert split == "train", f"--validate read the {split} split"
+        return GreyTiles(40, image_size)
+
+    monkeypatch.setattr(mtd_script, "MTDDataset", training_tiles_only)
     monkeypatch.setattr(mtd_script, "TEXTURES", lambda config: TextureSource(None, image_size=config.image_size))
     monkeypatch.setattr(mtd_script, "validation_split",
                         functools.partial(mtd_script.validation_split, n_normal=6, n_anomalous=6))
@@ -209,6 +253,7 @@ def test_run_dir_keeps_the_model_continues_a_cut_run_and_refuses_other_settings(
     assert "scoring the finished run" in capsys.readouterr().out
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["steps_of_earlier_runs"] == again["steps"] and again["train_images_per_s"] is None
+    assert again["train_minutes"] is None and again["eval_images_per_s"] > 0
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert again[key] == continued[key]
 
