@@ -1,6 +1,6 @@
 """MemSeg inference speed on CPU, and the memory-bank selection against a plain loop.
 
-Run:  .venv/bin/python benchmarks/model_speed.py [--size 256] [--memory 30] [--repeats 3]
+Run:  .venv/bin/python benchmarks/model_speed.py [--size 256] [--memory 30] [--repeats 5]
 
 Prints, measured side by side in one run (every timed function once per round, in turn, so that a slow
 moment of a shared machine falls on all of them alike; the median of the rounds):
@@ -172,9 +172,9 @@ def bench_inference(model: MemSeg, images: dict[int, torch.Tensor], repeats: int
     spread = {b: float(maps.std()) for b, maps in reference.items()}
     print(f"fp32 maps: std {spread[1]:.2e} (batch 1), {spread[8]:.2e} (batch 8)")
     print(f"{'configuration':30s} {'batch':>5s} {'images/s':>9s} {'max|map-fp32|':>14s} {'/ std':>7s} {'peak MiB':>9s}")
-    # channels_last is a copy of the model in that layout: all rows can then take turns in each round.
-    nets = {name: (copy.deepcopy(model).to(memory_format=torch.channels_last) if settings.channels_last else model)
-            for name, settings in configs.items()}
+    # channels_last rows share one copy of the model in that layout: all rows take turns in each round.
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    nets = {name: channels_last if settings.channels_last else model for name, settings in configs.items()}
     functions = {(name, batch): (lambda net=nets[name], x=x, settings=settings: net.anomaly_map(x, settings))
                  for name, settings in configs.items() for batch, x in images.items()}
     seconds, maps = interleaved_medians(functions, repeats)

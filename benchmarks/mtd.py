@@ -6,10 +6,11 @@ test split (191 normal + 392 defective tiles) and prints image AUROC, pixel AURO
 training and evaluation images/s (with ``half_scale_map``, as chosen, also the figures of the
 full-size map alone from the same run). Nothing is chosen on the test split: the settings below were
 picked with ``--validate``, which holds out 160 training normals and scores 80 of them as they are
-against 80 that received a faded drawn defect (every exposure of those tiles held out, as the test
-split keeps its defective tiles apart from training; the normals one exposure at a time, as there) (scratch, crack, hole, stain from the sample-data
-painters, or a wide band of changed brightness like MTD's "uneven": families the training simulation
-never produces), and prints a row per family.
+against 80 that received a faded drawn defect: scratch, crack, hole, stain from the sample-data
+painters, or a wide band of changed brightness like MTD's "uneven", families the training simulation
+never produces. Every exposure of a tile that receives a defect is held out, as the test split keeps
+its defective tiles apart from training; the normals are held out one exposure at a time, as there.
+It prints a row per family.
 
     python benchmarks/mtd.py                       # the benchmark (~30 min on 2 CPU cores)
     python benchmarks/mtd.py --minutes 10          # fewer steps, fitted to a 10-minute budget
@@ -242,6 +243,7 @@ def validation_split(train: MTDDataset, config, n_normal: int = 80, n_anomalous:
     from memseg_tutorial.synthesis import AnomalySynthesizer
 
     order = [int(i) for i in make_rng(config.seed, VALIDATION_KEY).permutation(len(train))]
+    # Without file names (the tests' stand-in tiles) each image is a tile of its own.
     groups = tile_groups([str(path) for path in getattr(train, "image_paths", [])]) or list(range(len(train)))
     members: dict[int, list[int]] = {}
     for index, group in enumerate(groups):
@@ -252,9 +254,12 @@ def validation_split(train: MTDDataset, config, n_normal: int = 80, n_anomalous:
         if index == tile[0] and len(anomalous) + len(tile) <= n_anomalous:
             anomalous += tile
     if len(anomalous) < n_anomalous:
-        raise ValueError(f"Cannot hold out {n_anomalous} images in whole tiles out of {len(train)}.")
+        raise ValueError(f"Cannot make {n_anomalous} defective validation images of whole tiles (all their "
+                         f"exposures) from {len(train)} images: the tiles' sizes do not add up to it.")
     defective_tiles = {groups[i] for i in anomalous}
     normal = [i for i in order if groups[i] not in defective_tiles][:n_normal]
+    if len(normal) < n_normal:  # the labels below count on n_normal normals first
+        raise ValueError(f"Only {len(normal)} images are left for {n_normal} normal validation images.")
     held = normal + anomalous
     kept = sorted(set(range(len(train))) - set(held))
     synthesizer = AnomalySynthesizer(config, TEXTURES(config), kind="texture")
@@ -480,9 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         needs_half_off = fits_without and size_rule(True) in str(error)  # the size check of the option itself
         hint = " Add --set half_scale_map=False for other sizes." if needs_half_off else ""
         raise SystemExit(f"mtd.py settings (--image-size, --set, ...): {error}{hint}") from None
-    if args.out is not None and (args.out.is_dir() or writable_problem(args.out) is not None):
+    if args.out is not None:  # before the training, not after
         reason = "it is a folder" if args.out.is_dir() else writable_problem(args.out)
-        raise SystemExit(f"mtd.py: cannot write --out {args.out}: {reason}.")  # before the training, not after
+        if reason is not None:
+            raise SystemExit(f"mtd.py: cannot write --out {args.out}: {reason}.")
     try:
         full_train = MTDDataset(args.root, "train", image_size=config.image_size)
     except (FileNotFoundError, ValueError) as error:  # no MTD folder, or a split.csv without training tiles

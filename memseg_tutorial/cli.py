@@ -111,10 +111,16 @@ def _run_textures(run: dict, given: str | None) -> str | None:
     if recorded is None:
         raise CommandError("--textures cannot change a run being resumed: it trained with the built-in "
                            "textures (scikit-image's), and keeps them.")
-    if Path(given).expanduser().resolve() != Path(recorded) and Path(recorded).is_dir():
-        raise CommandError(f"--textures cannot change a run being resumed: its textures are still in {recorded} "
-                           f"(pass --textures only when they have moved).")
+    _only_if_moved(recorded, given, "--textures", "textures")
     return given
+
+
+def _only_if_moved(recorded: str | None, given: str, flag: str, what: str) -> None:
+    """A resumed run takes ``flag`` (--data, --textures) only where its own folder has moved: other
+    images would change its batches without a word (the Trainer also compares the counts)."""
+    if recorded and Path(recorded).is_dir() and Path(given).expanduser().resolve() != Path(recorded).resolve():
+        raise CommandError(f"{flag} cannot change a run being resumed: its {what} are still in {recorded} "
+                           f"(pass {flag} only when they have moved).")
 
 
 def _kind(args, is_sample: bool) -> str:
@@ -306,7 +312,7 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
     ``clear_run_dir`` (--overwrite) empties the folder once everything has been checked and
     training is about to start."""
     from .data import MVTecDataset
-    from .training import Trainer, split_holdout
+    from .training import StoppedAtOnce, Trainer, split_holdout
 
     root, is_sample = _dataset_root(args)
     kind = _kind(args, is_sample) if resume is None else None  # a resumed run keeps its own
@@ -338,6 +344,10 @@ def _train(args, config, run_dir: Path, resume: Path | None = None, clear_run_di
         shutil.rmtree(run_dir)
     try:
         trainer.fit(report_interrupt=False)  # the error line below says it
+    except StoppedAtOnce:  # a second Ctrl-C, inside a step: the checkpoint on disk is an older one
+        kept = (f"{trainer.checkpoint_path} (step {trainer.saved_step}) is kept; continue with --resume "
+                f"{trainer.checkpoint_path}" if trainer.saved_step is not None else "no checkpoint was written")
+        raise Interrupted(f"stopped at once (a second Ctrl-C), without saving: {kept}") from None
     except KeyboardInterrupt:
         if not trainer.checkpoint_path.is_file():  # stopped before the first step: nothing to resume
             raise Interrupted("interrupted before training started; nothing was saved") from None
@@ -384,6 +394,8 @@ def cmd_train(args) -> int:
         run = checkpoint.get("run", {})
         if args.data is None:
             args.data = _run_data(run)  # the run's own data (None: the offline sample)
+        else:
+            _only_if_moved(run.get("data_root"), args.data, "--data", "data")
         args.category = run.get("category", config.category)
         args.textures = _run_textures(run, args.textures)
         run_dir = resume.parent
@@ -471,6 +483,16 @@ def _calibrate_memory_map(model, config, run: dict, data: str | None = None) -> 
           f"of {category!r} outside the bank")
 
 
+def _is_metrics_file(path: Path) -> bool:
+    """Whether ``path`` holds what evaluate writes (and may write again): a run's history.json, a
+    benchmark's record or any other file is never replaced."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not text, not JSON
+        return False
+    return isinstance(record, dict) and {"image_auroc", "per_defect", "step", "scoring_set"} <= set(record)
+
+
 def _setting_label(value) -> str:
     """A --set value as a file name shows it: one name for 2 and 2.0, so that the same settings
     write the same file (never over the plain one, which has none)."""
@@ -489,9 +511,9 @@ def cmd_evaluate(args) -> int:
         model_file = checkpoint_file(args.checkpoint)
         if model_file.is_file() and os.path.samefile(out, model_file):
             raise CommandError(f"--out {out} is the checkpoint being evaluated; give a new .json file name.")
-        if out.suffix.lower() != ".json":
-            raise CommandError(f"--out {out} exists and is not a .json file; evaluate writes its metrics as JSON: "
-                               f"give a new .json file name.")
+        if not _is_metrics_file(out):
+            raise CommandError(f"--out {out} exists and holds no metrics that evaluate wrote; give a new .json "
+                               f"file name.")
     scoring, given_data = parse_overrides(args.set), args.data
     model, config, checkpoint = load_model(args.checkpoint, get_device(args.device or "auto"), scoring=scoring)
     run = checkpoint.get("run", {})

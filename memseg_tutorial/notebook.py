@@ -1,8 +1,12 @@
-"""The one call at the top of every lesson: preset, device, seeds and figure settings."""
+"""The one call at the top of every lesson (preset, device, seeds and figure settings), and what
+the lessons' exercise checks share."""
 
 from __future__ import annotations
 
 import platform
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import matplotlib
 import numpy as np
@@ -53,3 +57,28 @@ def check_numpy_is_current() -> None:
             f"numpy {np.__version__} is loaded but the install put numpy {installed} on disk: restart the runtime "
             "(Colab: Runtime > Restart session) and run this cell again"
         )
+
+
+@contextmanager
+def refusing(function: Callable, namespace: dict, why: str) -> Iterator[None]:
+    """While the block runs, ``function`` raises ``AssertionError(why)`` under every name it has in
+    the package's modules and in ``namespace`` (the notebook's ``globals()``).
+
+    An exercise's check runs the student's function inside it, so that the answer cannot be the
+    package's own function called under another name; afterwards every name is put back.
+    """
+    def refuse(*args, **kwargs):
+        raise AssertionError(why)
+
+    places = [vars(module) for name, module in list(sys.modules.items())
+              if name == "memseg_tutorial" or name.startswith("memseg_tutorial.")]
+    names = [(place, key) for place in [*places, namespace] for key, value in list(place.items())
+             if value is function]
+    for place, key in names:
+        place[key] = refuse
+    try:
+        yield
+    finally:
+        for place, key in names:
+            place[key] = function
+

@@ -15,6 +15,7 @@ anomalies; each is reproducible on its own.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -56,6 +57,16 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite: more steps cannot repair them."""
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second Ctrl-C stopped :meth:`Trainer.fit` inside a step: nothing was saved."""
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which finishes its step first (a
+    forked worker would run its handler too, a spawned one would die and fail the step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Interrupts:
     """Ctrl-C while :meth:`Trainer.fit` runs, held until the step ends.
 
@@ -65,8 +76,9 @@ class _Interrupts:
     once (a step that hangs), and then nothing is saved over the last checkpoint.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, saves: bool = True) -> None:
         self.pending = self.forced = False
+        self.saves = saves  # only for what the first press announces
 
     def check(self) -> None:
         if self.pending:
@@ -80,13 +92,20 @@ class _Interrupts:
             return
         previous = signal.getsignal(signal.SIGINT)
 
+        then = "saving after this step (press it again to stop at once, without saving)" if self.saves else (
+            "stopping after this step (press it again to stop at once)")
+
         def handler(signum, frame) -> None:
             if self.pending:
                 self.forced = True
-                raise KeyboardInterrupt
+                raise StoppedAtOnce
             self.pending = True
-            print("\nCtrl-C: stopping after this step (press it again to stop at once, without saving).",
-                  file=sys.stderr, flush=True)
+            message = f"\nCtrl-C: {then}.\n"
+            try:  # os.write: print() to a file could re-enter a buffered write that the signal interrupted
+                os.write(sys.stderr.fileno(), message.encode())
+            except (OSError, ValueError):  # no file descriptor (a Jupyter kernel's stream): its own write
+                with contextlib.suppress(Exception):
+                    sys.stderr.write(message)
 
         signal.signal(signal.SIGINT, handler)
         try:
@@ -352,12 +371,14 @@ class Trainer:
         self.texture_source = texture_source
         self.kind = kind
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.saved_step: int | None = None  # the step that run_dir's checkpoint holds, once written or read
         self.progress = progress
         # train_images: how many normals it trained on, so that a later calibration (evaluate --set)
         # can tell a folder that differs from them
         self.run_info = {"kind": kind, "invert_foreground": invert_foreground,
                          "train_images": len(train_dataset), **(run_info or {})}
         self.run_info.setdefault("gpu_synthesis", self.uses_gpu_synthesis)  # a resume elsewhere draws other batches
+        self.run_info.setdefault("texture_images", len(texture_source))  # a moved copy must hold the same
 
         if config.deterministic:
             use_deterministic_algorithms()  # before the first kernel, so cuBLAS picks it up
@@ -449,6 +470,7 @@ class Trainer:
             sampler=range(start * size, stop * size),
             num_workers=self.config.num_workers,
             persistent_workers=False,
+            worker_init_fn=_ignore_ctrl_c if self.config.num_workers > 0 else None,
         )
         yield from loader
 
@@ -514,7 +536,7 @@ class Trainer:
         KeyboardInterrupt (resume with :meth:`Trainer.resume`); a second Ctrl-C stops at once and
         keeps the last checkpoint as it was.
         """
-        interrupts = _Interrupts()
+        interrupts = _Interrupts(saves=self.run_dir is not None)
         with interrupts.held():
             if any(scale.bank.is_empty for scale in self.model.scales):  # none yet, or one cut short
                 self.build_memory_bank()
@@ -564,8 +586,7 @@ class Trainer:
         except KeyboardInterrupt:
             if self.run_dir is not None and interrupts.forced:
                 if report_interrupt:
-                    print(f"\nStopped at once, inside step {self.step + 1}: nothing was saved over "
-                          f"{self.checkpoint_path}.")
+                    print(f"\nStopped at once (a second Ctrl-C): nothing was saved over {self.checkpoint_path}.")
             elif self.run_dir is not None:
                 path = self.save() if saved != self.step else self.checkpoint_path
                 if report_interrupt:
@@ -584,7 +605,8 @@ class Trainer:
         return self.run_dir / CHECKPOINT_NAME
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the checkpoint atomically (temp file + rename).
+        """Write the checkpoint atomically (temp file + rename); :class:`TrainingDiverged` instead
+        when the model holds NaN or inf, so that a diverged run never replaces a good checkpoint.
 
         A finished run's checkpoint leaves out the optimiser's state (with AdamW, which keeps two
         numbers per trained weight, about three fifths of the file): no training continues from it, and
@@ -600,7 +622,7 @@ class Trainer:
                 f"lr; on the command line train --set lr=... with a new --name).")
         self.calibrate_memory_map()
         finished = self.step >= self.config.steps
-        return save_checkpoint(
+        written = save_checkpoint(
             target,
             model=self.model,
             config=self.config,
@@ -611,6 +633,9 @@ class Trainer:
             history=self.history,
             run_info=self.run_info,
         )
+        if path is None or (self.run_dir is not None and target == self.checkpoint_path):
+            self.saved_step = self.step  # what the run's own checkpoint holds, for the messages
+        return written
 
     def load_state(self, checkpoint: dict) -> None:
         """Restore model, optimiser, schedule, step and history from a checkpoint dict."""
@@ -650,6 +675,10 @@ class Trainer:
         if run.get("train_images") not in (None, len(train_dataset)):  # the data moved, or is other data
             raise ValueError(f"{path} was trained on {run['train_images']} normal images, and the training set "
                              f"given holds {len(train_dataset)}: a resumed run continues on the same images.")
+        if run.get("texture_images") not in (None, len(texture_source)):
+            raise ValueError(f"{path} drew its anomalies from {run['texture_images']} texture images, and the "
+                             f"texture source given holds {len(texture_source)}: a resumed run continues with "
+                             f"the same textures.")
         trainer = cls(
             config,
             train_dataset,
@@ -663,6 +692,7 @@ class Trainer:
             load_encoder_weights=False,  # load_state brings every weight
         )
         trainer.load_state(checkpoint)
+        trainer.saved_step = trainer.step
         recorded = run.get("gpu_synthesis")
         if recorded is not None and recorded != trainer.uses_gpu_synthesis:
             where = ("the GPU there and on the CPU here" if recorded else "the CPU there and on the GPU here")

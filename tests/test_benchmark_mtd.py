@@ -123,9 +123,12 @@ def test_validation_holds_out_every_exposure_of_a_tile_that_receives_a_defect(mt
     assert defective_tiles.isdisjoint(groups[i] for i in kept)
     assert defective_tiles.isdisjoint(groups[i] for i in normal)
     assert not {groups[i] for i in normal}.isdisjoint(groups[i] for i in kept)  # normals: as the test's
-    with pytest.raises(ValueError, match="whole tiles"):
+    with pytest.raises(ValueError, match="Cannot make 4 defective validation images of whole tiles"):
         mtd_script.validation_split(GreyTiles(count=6, exposures=3), get_config("quick", image_size=64),
                                     n_normal=1, n_anomalous=4)
+    with pytest.raises(ValueError, match="Only 3 images are left for 4 normal validation images"):
+        mtd_script.validation_split(GreyTiles(count=6, exposures=3), get_config("quick", image_size=64),
+                                    n_normal=4, n_anomalous=3)
 
 
 def test_validation_tiles_are_not_trained_on(mtd_script):

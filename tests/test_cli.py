@@ -290,14 +290,18 @@ def test_evaluate_never_writes_its_metrics_over_the_model_or_a_file_that_is_not_
     assert_one_line_error(code, err, "is the checkpoint being evaluated")
     assert checkpoint.read_bytes() == model
     (tmp_path / "notes.txt").write_text("mine")
-    code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / "notes.txt")], capsys)
-    assert_one_line_error(code, err, "exists and is not a .json file")
+    (tmp_path / "history.json").write_text('{"history": []}')  # a run's own record, JSON but no metrics
+    for other in ("notes.txt", "history.json"):
+        code, _, err = run(["evaluate", str(checkpoint), "--out", str(tmp_path / other)], capsys)
+        assert_one_line_error(code, err, "exists and holds no metrics that evaluate wrote")
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    (tmp_path / "old.json").write_text("{}")  # an earlier result: replaced, as before
-    code, _, err = run(["evaluate", str(checkpoint), "--data", str(sample_root), "--out",
-                        str(tmp_path / "old.json")], capsys)
+    assert (tmp_path / "history.json").read_text() == '{"history": []}'
+    argv = ["evaluate", str(checkpoint), "--data", str(sample_root), "--out", str(tmp_path / "old.json")]
+    assert run(argv, capsys)[0] == 0
+    first = (tmp_path / "old.json").read_text()
+    code, _, err = run([*argv, "--set", "score_top_k=5"], capsys)  # an earlier result: replaced, as before
     assert code == 0, err
-    assert "image_auroc" in json.loads((tmp_path / "old.json").read_text())
+    assert (tmp_path / "old.json").read_text() != first and "image_auroc" in json.loads(first)
 
 
 def test_evaluate_writes_its_metrics_before_printing_and_names_an_unfinished_run(
@@ -612,6 +616,28 @@ def test_ctrl_c_during_training_is_reported_once_with_the_resume_command(sample_
     assert "has finished (4 of 4 steps): nothing to train" in out and f"evaluate {checkpoint}" in out
     assert "training:" not in out
     assert [(path.stat().st_mtime_ns, path.read_bytes()) for path in files] == before
+
+
+def test_a_second_ctrl_c_is_reported_as_a_stop_without_saving(sample_root, tmp_path, monkeypatch, capfd):
+    import signal
+
+    monkeypatch.setenv("MEMSEG_RUNS_DIR", str(tmp_path))
+    real_step = Trainer.train_step
+
+    def pressed_twice_inside_step_3(self, batch):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", pressed_twice_inside_step_3)
+    code, _, err = run(_train_argv(sample_root, "--name", "twice", "--steps", "4", "--set", "checkpoint_every=1"),
+                       capfd)  # the first press is written to the file descriptor, from the handler
+    checkpoint = tmp_path / "twice" / "checkpoint.pt"
+    assert err.startswith("\nCtrl-C: saving after this step"), err  # the first press, as it happens
+    assert_one_line_error(code, err.split("\n", 2)[-1], "stopped at once (a second Ctrl-C), without saving: "
+                          f"{checkpoint} (step 2) is kept; continue with --resume {checkpoint}")
+    assert code == 130 and load_checkpoint(checkpoint)["step"] == 2
 
 
 def test_a_run_with_relative_weights_and_textures_resumes_from_another_folder_without_the_pth(
@@ -1029,9 +1055,7 @@ def test_resume_takes_moved_data_and_textures_and_refuses_other_ones(sample_root
     shutil.copytree(data, fewer)
     next((fewer / "surface" / "train" / "good").iterdir()).unlink()
     code, _, err = run([*resume, "--data", str(fewer)], capsys)
-    count = len(list((data / "surface" / "train" / "good").iterdir()))
-    assert_one_line_error(code, err, f"was trained on {count} normal images, and the training set given holds "
-                                     f"{count - 1}")
+    assert_one_line_error(code, err, f"--data cannot change a run being resumed: its data are still in {data}")
     other = tmp_path / "other_tex"
     shutil.copytree(textures, other)
     code, _, err = run([*resume, "--textures", str(other)], capsys)
@@ -1040,6 +1064,13 @@ def test_resume_takes_moved_data_and_textures_and_refuses_other_ones(sample_root
     moved_data, moved_textures = tmp_path / "moved_data", tmp_path / "moved_tex"
     data.rename(moved_data)
     textures.rename(moved_textures)
+    code, _, err = run([*resume, "--data", str(fewer), "--textures", str(other)], capsys)  # moved, but other data
+    count = len(list((moved_data / "surface" / "train" / "good").iterdir()))
+    assert_one_line_error(code, err, f"was trained on {count} normal images, and the training set given holds "
+                                     f"{count - 1}")
+    cv2.imwrite(str(other / "b.png"), np.full((40, 60, 3), 90, np.uint8))
+    code, _, err = run([*resume, "--data", str(moved_data), "--textures", str(other)], capsys)
+    assert_one_line_error(code, err, "drew its anomalies from 1 texture images, and the texture source given holds 2")
     code, _, err = run(resume, capsys)
     assert_one_line_error(code, err, f"The run's data folder {data} is gone")
     code, _, err = run([*resume, "--data", str(moved_data)], capsys)

@@ -216,6 +216,32 @@ def test_a_full_disk_is_not_called_a_download_failure(tmp_path, monkeypatch):
     assert not (tmp_path / "downloads").exists()
 
 
+def test_a_network_error_with_a_disk_like_errno_is_still_a_download_failure(tmp_path, monkeypatch):
+    """ssl.SSLError is an OSError whose errno can be 1, EPERM's number: only local writes are the disk's."""
+    import ssl
+
+    class BrokenTls(_Response):
+        def read(self, size):
+            raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda *a, **k: BrokenTls(b"", {}))
+    info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.gz", None, "toy.tar.gz")
+    with pytest.raises(DownloadError, match=r"Could not download toy dataset .*DECRYPTION_FAILED(.|\n)*by hand"):
+        download_file(info, tmp_path / "downloads", progress=False)
+
+
+def test_a_folder_that_cannot_be_written_is_named_before_the_download(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("downloaded although the file could not be saved")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a read-only disk (root ignores chmod)
+    info = DownloadInfo("toy dataset", "https://example.invalid/toy.tar.gz", None, "toy.tar.gz")
+    with pytest.raises(DownloadError, match=rf"Could not save toy dataset in {re.escape(str(tmp_path / 'd'))}: no "
+                                            r"permission to write in .*Make it writable, or set MEMSEG_DATA_DIR"):
+        download_file(info, tmp_path / "d", progress=False)
+
+
 def test_a_download_larger_than_the_free_space_is_refused_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(download_module.urllib.request, "urlopen",
                         lambda *a, **k: _Response(b"", {"Content-Length": str(int(4.9e9))}))
@@ -748,25 +774,27 @@ def test_mtd_fills_an_existing_empty_root_in_place(tmp_path, monkeypatch):
     counts = dict.fromkeys(download_module.MTD_IMAGE_COUNTS, 1)
     _offer_mtd_zip(tmp_path / "mtd.zip", counts, monkeypatch)
     root = tmp_path / "mount" / "mtd"
-    root.mkdir(parents=True)
-    real_replace, calls = os.replace, []
+    (root / "lost+found").mkdir(parents=True)  # what an ext4 mount point holds: not "used"
+    real_replace, calls, failed = os.replace, [], []
 
     def replace(source, target):
         assert Path(target).parent != root.parent, "wrote beside the root"
         if Path(target).parent == root:
             calls.append(target)
-            if len(calls) == 3:
+            if len(calls) == 3 and not failed:
+                failed.append(target)
                 raise PermissionError("no permission to move it")
         real_replace(source, target)
 
     monkeypatch.setattr(download_module.os, "replace", replace)
     with pytest.raises(PermissionError, match="no permission"):
         download_module.download_mtd(root)
-    assert list(root.iterdir()) == [] and (tmp_path / "data" / "downloads" / "mtd.zip").is_file()
-    inode = root.stat().st_ino
+    assert [p.name for p in root.iterdir()] == ["lost+found"] and (tmp_path / "data" / "downloads" / "mtd.zip").is_file()
+    inode, calls[:] = root.stat().st_ino, []
     assert download_module.download_mtd(root) == root
     assert root.stat().st_ino == inode and sorted(p.name for p in root.parent.iterdir()) == ["mtd"]
-    assert {p.name for p in root.iterdir()} == {*counts, "split.csv"}
+    assert {p.name for p in root.iterdir()} == {*counts, "split.csv", "lost+found"}
+    assert Path(calls[-1]).name == "MT_Free"  # the mark of a complete copy comes last
 
 
 def test_mtd_extraction_stages_inside_the_download_staging_folder(tmp_path, monkeypatch):

@@ -130,3 +130,25 @@ def test_setup_defaults_to_the_quick_preset_and_seeds_torch_and_numpy(monkeypatc
         setup_notebook()
         again = torch.rand(3), np.random.rand(3)
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+
+
+def test_refusing_replaces_every_name_of_a_function_and_puts_them_back():
+    """An exercise's check runs the student's function inside refusing(): the package's own
+    function, under any name it has (the package's modules, the notebook's globals), raises."""
+    import memseg_tutorial
+    from memseg_tutorial import losses
+    from memseg_tutorial.notebook import refusing
+
+    original = losses.focal_loss
+    namespace = {"focal_loss": original, "alias": original, "other": len}
+    with refusing(original, namespace, "write it yourself"):
+        for call in (namespace["focal_loss"], namespace["alias"], losses.focal_loss,
+                     memseg_tutorial.losses.focal_loss):
+            with pytest.raises(AssertionError, match="write it yourself"):
+                call(None, None, 2.0)
+        assert namespace["other"] is len
+    assert losses.focal_loss is original and namespace == {"focal_loss": original, "alias": original, "other": len}
+    with pytest.raises(ValueError, match="boom"), refusing(original, namespace, "x"):
+        raise ValueError("boom")
+    assert losses.focal_loss is original and namespace["alias"] is original  # put back after an error too
+

@@ -411,7 +411,7 @@ def _ctrl_c_inside(trainer, at_step: int, presses: int = 1, where: str = "criter
         trainer.calibrate_memory_map = calibrate
 
 
-def test_ctrl_c_inside_a_step_lets_it_finish_so_the_resume_is_exact(train_set, texture_source, tmp_path, capsys):
+def test_ctrl_c_inside_a_step_lets_it_finish_so_the_resume_is_exact(train_set, texture_source, tmp_path, capfd):
     """A checkpoint saved from the middle of a step (BatchNorm statistics moved, weights maybe too,
     the step not yet counted) would resume to another run; the bank refresh is part of the step."""
     config = tiny_config(steps=4, memory_refresh_every=2)
@@ -422,8 +422,8 @@ def test_ctrl_c_inside_a_step_lets_it_finish_so_the_resume_is_exact(train_set, t
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
     assert cut.step == 2 and load_checkpoint(tmp_path)["step"] == 2
-    captured = capsys.readouterr()
-    assert "Ctrl-C: stopping after this step (press it again to stop at once, without saving)." in captured.err
+    captured = capfd.readouterr()  # the first press is written to the file descriptor, from the handler
+    assert "Ctrl-C: saving after this step (press it again to stop at once, without saving)." in captured.err
     assert f"Interrupted at step 2; checkpoint saved to {tmp_path / 'checkpoint.pt'}." in captured.out
     resumed = Trainer.resume(tmp_path, train_set, texture_source, progress=False)
     resumed.fit()
@@ -432,14 +432,43 @@ def test_ctrl_c_inside_a_step_lets_it_finish_so_the_resume_is_exact(train_set, t
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
 
 
-def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(train_set, texture_source, tmp_path, capsys):
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(train_set, texture_source, tmp_path, capfd):
     trainer = make_trainer(tiny_config(steps=4, checkpoint_every=1), train_set, texture_source, run_dir=tmp_path)
     _ctrl_c_inside(trainer, at_step=2, presses=2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_checkpoint(tmp_path)["step"] == 2  # step 3 was cut short: not saved
-    assert f"Stopped at once, inside step 3: nothing was saved over {tmp_path / 'checkpoint.pt'}." in (
-        capsys.readouterr().out)
+    assert f"Stopped at once (a second Ctrl-C): nothing was saved over {tmp_path / 'checkpoint.pt'}." in (
+        capfd.readouterr().out)
+    quiet = make_trainer(tiny_config(steps=2), train_set, texture_source)  # no run folder: nothing to save
+    _ctrl_c_inside(quiet, at_step=0)
+    with pytest.raises(KeyboardInterrupt):
+        quiet.fit()
+    assert quiet.step == 1 and "Ctrl-C: stopping after this step (press it again to stop at once)." in (
+        capfd.readouterr().err)
+
+
+def test_dataloader_workers_leave_ctrl_c_to_the_main_process(train_set, texture_source, monkeypatch):
+    """A terminal's Ctrl-C reaches the workers too: a forked one would run fit()'s handler, a
+    spawned one would die and fail the step that the main process is finishing."""
+    from memseg_tutorial import training
+
+    seen = []
+    real_loader = training.DataLoader
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("worker_init_fn"))
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(training, "DataLoader", recording)
+    make_trainer(tiny_config(steps=1, num_workers=1), train_set, texture_source).fit()
+    assert seen == [training._ignore_ctrl_c]
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        training._ignore_ctrl_c(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_during_the_final_calibration_still_saves_the_finished_run(train_set, texture_source, tmp_path):

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..paths import data_dir
-from ..staging import remove_abandoned, staging_dir
+from ..staging import remove_abandoned, staging_dir, writable_problem
 
 CHUNK_SIZE = 1 << 20
 # What reading a truncated or corrupt archive raises (tarfile.TarError includes ReadError).
@@ -44,9 +44,8 @@ _TAR_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") e
 # How each kind of archive starts: a web page served instead (a moved link, a login or captive
 # portal) is caught on its first bytes, before it can be saved under the archive's name.
 _ARCHIVE_MAGIC = {".xz": b"\xfd7zXZ\x00", ".gz": b"\x1f\x8b", ".zip": b"PK"}
-# Errors of the local disk, not of the network: fetching the file again cannot help.
+# A full disk (else a local write fails for want of permission, or a read-only disk).
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_DISK_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -186,11 +185,15 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
     if target.is_file():
         verify_checksum(target, info.sha256)
         return target
+    problem = writable_problem(target)
+    if problem is not None:  # a read-only disk or folder: before the download, and not called a network error
+        raise DownloadError(f"Could not save {info.name} in {folder}: {problem}. Make it writable, or set "
+                            "MEMSEG_DATA_DIR to a folder on another disk, and run the same call again.")
     digest = hashlib.sha256()
     try:
         with staging_dir(target, "part") as staging:  # locked while it downloads; removed after
             partial = staging / info.filename
-            with urllib.request.urlopen(info.url, timeout=timeout) as response, open(partial, "wb") as out:
+            with urllib.request.urlopen(info.url, timeout=timeout) as response, _local(open, partial, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 _check_free_space(info, staging, total)
                 received, cut = 0, False
@@ -199,7 +202,7 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
                         for block in iter(lambda: response.read(CHUNK_SIZE), b""):
                             if received == 0:
                                 _check_archive_start(info, target, block, response.headers.get("Content-Type"))
-                            out.write(block)
+                            _local(out.write, block)
                             digest.update(block)
                             received += len(block)
                             bar.update(len(block))
@@ -216,19 +219,36 @@ def download_file(info: DownloadInfo, folder: str | Path | None = None, timeout:
                     f"got {actual}. The download was incomplete or the file changed; nothing was kept.\n"
                     + _manual_instructions(info, target)
                 )
-            os.replace(partial, target)
+            _local(os.replace, partial, target)
     except (ChecksumError, DownloadError):
         raise
+    except _LocalWriteError as wrapped:  # the disk, not the network: fetching the file again cannot help
+        error = wrapped.error
+        remedy = "Free some space there" if error.errno in _FULL_ERRNOS else "Make it writable"
+        raise DownloadError(f"Could not save {info.name} in {folder}: {error.strerror or error}. Nothing "
+                            f"was kept. {remedy}, or set MEMSEG_DATA_DIR to a folder on another disk, and "
+                            "run the same call again.") from error
     except OSError as error:
-        if not isinstance(error, urllib.error.URLError) and error.errno in _DISK_ERRNOS:
-            remedy = "Free some space there" if error.errno in _FULL_ERRNOS else "Make it writable"
-            raise DownloadError(f"Could not save {info.name} in {folder}: {error.strerror or error}. Nothing "
-                                f"was kept. {remedy}, or set MEMSEG_DATA_DIR to a folder on another disk, and "
-                                "run the same call again.") from error
         raise _download_error(info, target, getattr(error, "reason", None) or error) from error
     except (http.client.HTTPException, ValueError) as error:  # ValueError: unknown url type
         raise _download_error(info, target, error) from error
     return target
+
+
+class _LocalWriteError(Exception):
+    """An OSError of the local disk while a download is saved (a network error is an OSError too)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _local(function, *args):
+    """``function(*args)``, a write to the local disk: its OSError becomes a :class:`_LocalWriteError`."""
+    try:
+        return function(*args)
+    except OSError as error:
+        raise _LocalWriteError(error) from error
 
 
 def _check_free_space(info: DownloadInfo, folder: Path, size: int | None) -> None:
@@ -278,7 +298,7 @@ def _escapes(path: PurePosixPath) -> bool:
 def _key(path: PurePosixPath | str) -> str:
     """A member path as the file system may see it: normalised, case-blind (macOS, Windows) and
     with one Unicode spelling per accented name (macOS treats "é" and "e" + accent as one name)."""
-    return unicodedata.normalize("NFC", os.path.normpath(str(path))).casefold()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", os.path.normpath(str(path))).casefold())
 
 
 def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> None:
@@ -365,6 +385,7 @@ def safe_extract(archive: str | Path, destination: str | Path,
     the file to delete.
     """
     archive, destination = Path(archive), Path(destination)
+    remove_abandoned(destination, "extract")  # what a killed extraction left beside it (staged there before 2026-11-28)
     # Locked while it is written and removed after; a destination made for it goes again if it fails.
     with staging_dir(destination / archive.name, "extract") as staging:
         try:
@@ -492,10 +513,13 @@ def _mtd_problem(folder: Path) -> str | None:
 
 
 def _move_contents(source: Path, folder: Path) -> None:
-    """Move everything in ``source`` into the existing ``folder``, all or nothing."""
+    """Move everything in ``source`` into the existing ``folder``: all of it, or on an error none.
+
+    MT_Free goes last: it marks a complete copy (a process killed half-way leaves none, and the
+    next run says the folder is in use rather than take it for a copy)."""
     moved = []
     try:
-        for entry in sorted(source.iterdir()):
+        for entry in sorted(source.iterdir(), key=lambda path: (path.name == "MT_Free", path.name)):
             os.replace(entry, folder / entry.name)
             moved.append(folder / entry.name)
     except BaseException:
@@ -524,7 +548,8 @@ def download_mtd(root: str | Path | None = None, keep_archive: bool = False) -> 
         if inside:
             remove_abandoned(staged, "download")  # what a killed run left in it does not make it "used"
         mine = f".{staged.name}.download-"
-        if root.exists() and (not inside or any(not p.name.startswith(mine) for p in root.iterdir())):
+        if root.exists() and (not inside or any(not p.name.startswith(mine) and p.name != "lost+found"
+                                                for p in root.iterdir())):  # an ext4 mount point's own folder
             raise DownloadError(f"{root} exists and holds no MTD copy: give an empty or new folder as the root.")
         with staging_dir(staged, "download") as staging:  # the extraction stages inside: one folder to clean
             # The archive stays until the copy is in place: a failed move must not cost the download.
