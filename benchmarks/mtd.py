@@ -57,7 +57,7 @@ from memseg_tutorial.config import (  # noqa: E402
 )
 from memseg_tutorial.data import MTDDataset, TextureSource  # noqa: E402
 from memseg_tutorial.data.images import to_tensor  # noqa: E402
-from memseg_tutorial.data.mtd import tile_groups  # noqa: E402
+from memseg_tutorial.data.mtd import tile_groups, tile_members  # noqa: E402
 from memseg_tutorial.data.sample import DEFECT_DRAWERS, MIN_DEFECT_PIXELS  # noqa: E402
 from memseg_tutorial.device import model_device  # noqa: E402
 from memseg_tutorial.evaluation import (  # noqa: E402
@@ -245,9 +245,7 @@ def validation_split(train: MTDDataset, config, n_normal: int = 80, n_anomalous:
     order = [int(i) for i in make_rng(config.seed, VALIDATION_KEY).permutation(len(train))]
     # Without file names (the tests' stand-in tiles) each image is a tile of its own.
     groups = tile_groups([str(path) for path in getattr(train, "image_paths", [])]) or list(range(len(train)))
-    members: dict[int, list[int]] = {}
-    for index, group in enumerate(groups):
-        members.setdefault(group, []).append(index)
+    members = tile_members(groups)
     anomalous: list[int] = []
     for index in order:  # whole tiles, in the seeded order, as long as they fit
         tile = members[groups[index]]

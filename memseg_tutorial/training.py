@@ -554,7 +554,6 @@ class Trainer:
 
             bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         start_time, start_step = time.perf_counter(), self.step
-        saved = None  # the step of the last checkpoint written here
         try:
             for batch in self._batches(self.step, stop):
                 record = self.train_step(batch)
@@ -572,7 +571,6 @@ class Trainer:
                     and self.step < stop
                 ):
                     self.save()
-                    saved = self.step
                 interrupts.check()  # between two steps: the state is whole
             self.seconds = time.perf_counter() - start_time
             self.images_per_second = (
@@ -581,14 +579,13 @@ class Trainer:
             self.calibrate_memory_map()
             if self.run_dir is not None:
                 self.save()
-                saved = self.step
             interrupts.check()  # the run is complete and saved; the caller asked to stop all the same
         except KeyboardInterrupt:
             if self.run_dir is not None and interrupts.forced:
                 if report_interrupt:
                     print(f"\nStopped at once (a second Ctrl-C): nothing was saved over {self.checkpoint_path}.")
             elif self.run_dir is not None:
-                path = self.save() if saved != self.step else self.checkpoint_path
+                path = self.save() if self.saved_step != self.step else self.checkpoint_path
                 if report_interrupt:
                     print(f"\nInterrupted at step {self.step}; checkpoint saved to {path}.")
             raise

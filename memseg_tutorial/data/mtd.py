@@ -134,6 +134,15 @@ def tile_groups(names: Sequence[str]) -> list[int]:
     return groups
 
 
+def tile_members(groups: Sequence[int]) -> dict[int, list[int]]:
+    """{group: the indices of its images, in order}, from :func:`tile_groups`: a split that keeps
+    whole tiles together moves these lists, never single images."""
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    return members
+
+
 def write_mtd_split(root: str | Path, seed: int = 0, train_fraction: float = 0.8) -> Path:
     """Write a ``split.csv`` for a freshly downloaded MTD folder (``MT_*/Imgs/*.jpg`` + ``.png``).
 
@@ -150,9 +159,7 @@ def write_mtd_split(root: str | Path, seed: int = 0, train_fraction: float = 0.8
             raise FileNotFoundError(f"No MTD images in {root / folder / 'Imgs'}: is {root} the MTD folder?")
         names = [(str(p.relative_to(root)), str(p.with_suffix(".png").relative_to(root))) for p in images]
         if label == NORMAL:
-            tiles: dict[int, list[int]] = {}  # group -> indices into names
-            for k, group in enumerate(tile_groups([image for image, _ in names])):
-                tiles.setdefault(group, []).append(k)
+            tiles = tile_members(tile_groups([image for image, _ in names]))  # group -> indices into names
             order = sorted(tiles)
             n_train, n_assigned = int(train_fraction * len(names)), 0
             for position in make_rng(seed).permutation(len(order)):  # whole tiles, while they fit
